@@ -1,0 +1,50 @@
+//! The application: owns the configuration, the pools, the cancel map and the shutdown state, and
+//! hands them out explicitly (no process-global state, so tests can run many Apps side by side).
+
+use crate::auth::client::VerifierCache;
+use crate::config::Config;
+use crate::frontend::cancel::CancelMap;
+use crate::pool::registry::Registry;
+use crate::shutdown::Shutdown;
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct App {
+    config: RwLock<Arc<Config>>,
+    pub pools: Arc<Registry>,
+    pub cancels: Arc<CancelMap>,
+    pub shutdown: Arc<Shutdown>,
+    pub verifiers: VerifierCache,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config: RwLock::new(Arc::new(config)),
+            pools: Arc::default(),
+            cancels: Arc::default(),
+            shutdown: Arc::default(),
+            verifiers: VerifierCache::default(),
+        })
+    }
+
+    /// The configuration in force; a reload swaps it for clients that log in afterwards.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// Re-reads the configuration file. Listeners are kept (a changed listen address needs a
+    /// restart, as in PgBouncer); pools take their new settings at once.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let source = self.config().source.clone();
+        let new = crate::config::load(&source)?;
+        for w in &new.warnings {
+            tracing::warn!("{w}");
+        }
+        self.pools.reload(&new);
+        *self.config.write() = Arc::new(new);
+        tracing::info!(file = %source.display(), "configuration reloaded");
+        Ok(())
+    }
+}

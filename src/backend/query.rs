@@ -1,0 +1,41 @@
+//! Simple queries the pooler runs on a server itself (parameter alignment, reset, checks); their
+//! replies are consumed here and never reach a client.
+
+use super::connect::read_message;
+use super::{BackendError, Server};
+use crate::proto::{backend as msg, encode};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+/// Runs `sql` and waits for ReadyForQuery. ParameterStatus updates the server's parameters; an
+/// ErrorResponse fails the call (the server is then closed by the caller).
+pub async fn run_simple(server: &mut Server, sql: &str) -> Result<(), BackendError> {
+    let mut out = BytesMut::with_capacity(sql.len() + 6);
+    encode::query(&mut out, sql);
+    server.stream.write_all(&out).await?;
+    let mut failure = None;
+    loop {
+        let (tag, body) = read_message(&mut server.stream, &mut server.rbuf).await?;
+        match tag {
+            b'S' => {
+                let (k, v) = msg::parameter_status(&body)?;
+                server.params.set(k, v);
+            }
+            b'E' => {
+                let f = msg::error_fields(&body)?;
+                failure = Some(BackendError::Login { code: f.code.to_owned(), message: f.message.to_owned() });
+            }
+            b'Z' => {
+                let status = msg::ready_for_query(&body)?;
+                return match failure {
+                    Some(e) => Err(e),
+                    None if status != b'I' => Err(BackendError::Protocol(crate::proto::ProtoError::Malformed(
+                        "pooler query left a transaction open",
+                    ))),
+                    None => Ok(()),
+                };
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The configuration model: raw (as read, PgBouncer's names) and validated.
+
+use super::ConfigError;
+use crate::auth::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a server stays with a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Until the client disconnects.
+    Session,
+    /// Until the transaction ends (ReadyForQuery `I`).
+    Transaction,
+    /// Until the statement ends; multi-statement transactions are refused.
+    Statement,
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "session" => Ok(Self::Session),
+            "transaction" => Ok(Self::Transaction),
+            "statement" => Ok(Self::Statement),
+            _ => Err(format!("expected session, transaction or statement, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+            Self::Statement => "statement",
+        })
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthType {
+    /// No check; the user name must still be known unless `any`.
+    Trust,
+    /// No check and the user name is ignored (the database entry forces one).
+    Any,
+    /// Cleartext password.
+    #[serde(alias = "password")]
+    Plain,
+    /// MD5 challenge; a SCRAM secret upgrades the client to SCRAM, as PgBouncer does.
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+impl std::str::FromStr for AuthType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "trust" => Ok(Self::Trust),
+            "any" => Ok(Self::Any),
+            "plain" | "password" => Ok(Self::Plain),
+            "md5" => Ok(Self::Md5),
+            "scram-sha-256" => Ok(Self::ScramSha256),
+            other => Err(format!("unsupported auth_type {other:?} (trust, any, plain, md5, scram-sha-256)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[pgbouncer]` settings as read. Durations are seconds (fractions allowed); 0 disables a timeout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawGeneral {
+    pub listen_addr: Vec<String>,
+    pub listen_port: u16,
+    pub unix_socket_dir: String,
+    pub max_client_conn: usize,
+    pub auth_type: AuthType,
+    pub auth_file: Option<PathBuf>,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: f64,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
+    pub server_reset_query: String,
+    pub server_reset_query_always: bool,
+    pub server_check_query: String,
+    pub server_check_delay: f64,
+    pub server_connect_timeout: f64,
+    pub server_login_retry: f64,
+    pub server_idle_timeout: f64,
+    pub server_lifetime: f64,
+    pub query_timeout: f64,
+    pub query_wait_timeout: f64,
+    pub client_idle_timeout: f64,
+    pub client_login_timeout: f64,
+    pub idle_transaction_timeout: f64,
+    pub ignore_startup_parameters: Vec<String>,
+    pub track_extra_parameters: Vec<String>,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    pub log_pooler_errors: bool,
+    pub stats_period: f64,
+    /// pgsluice only: tokio worker threads; 0 means one per core.
+    pub workers: usize,
+    /// pgsluice only: `text` (PgBouncer's line shape) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for RawGeneral {
+    fn default() -> Self {
+        Self {
+            listen_addr: vec!["127.0.0.1".into()],
+            listen_port: 6432,
+            unix_socket_dir: "/tmp".into(),
+            max_client_conn: 100,
+            auth_type: AuthType::Md5,
+            auth_file: None,
+            pool_mode: PoolMode::Session,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: 5.0,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            server_check_query: "select 1".into(),
+            server_check_delay: 30.0,
+            server_connect_timeout: 15.0,
+            server_login_retry: 15.0,
+            server_idle_timeout: 600.0,
+            server_lifetime: 3600.0,
+            query_timeout: 0.0,
+            query_wait_timeout: 120.0,
+            client_idle_timeout: 0.0,
+            client_login_timeout: 60.0,
+            idle_transaction_timeout: 0.0,
+            ignore_startup_parameters: Vec::new(),
+            track_extra_parameters: vec!["IntervalStyle".into()],
+            log_connections: true,
+            log_disconnections: true,
+            log_pooler_errors: true,
+            stats_period: 60.0,
+            workers: 0,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// One `[databases]` entry as read.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDatabase {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub dbname: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub auth_user: Option<String>,
+    pub pool_size: Option<usize>,
+    pub min_pool_size: Option<usize>,
+    pub reserve_pool: Option<usize>,
+    pub max_db_connections: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+    pub client_encoding: Option<String>,
+    pub datestyle: Option<String>,
+    pub timezone: Option<String>,
+}
+
+impl std::fmt::Debug for RawDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawDatabase")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `[users]` entry as read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUser {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    pub max_user_connections: Option<usize>,
+}
+
+/// Everything as read, before validation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(alias = "pgbouncer")]
+    pub general: RawGeneral,
+    pub databases: BTreeMap<String, RawDatabase>,
+    pub users: BTreeMap<String, RawUser>,
+}
+
+/// A raw config plus the warnings met while reading it (keys not implemented, ...).
+#[derive(Debug)]
+pub struct Loaded {
+    pub raw: RawConfig,
+    pub warnings: Vec<String>,
+}
+
+/// Where a pool's servers are and how to log in to them.
+#[derive(Clone)]
+pub struct Database {
+    pub name: String,
+    /// A host name, an IP address, or a unix socket directory (starts with `/`).
+    pub host: String,
+    pub port: u16,
+    pub dbname: Option<String>,
+    /// Forces the server login user, whatever the client's.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub pool_size: Option<usize>,
+    pub min_pool_size: Option<usize>,
+    pub reserve_pool: Option<usize>,
+    pub max_db_connections: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+    /// Startup parameters sent to the server (client_encoding, datestyle, timezone).
+    pub startup_params: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct User {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    pub max_user_connections: Option<usize>,
+}
+
+fn secs(s: f64) -> Option<Duration> {
+    (s > 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+/// Validated settings; durations that are 0 in the file are `None` here (disabled).
+#[derive(Debug, Clone)]
+pub struct General {
+    pub listen_addr: Vec<String>,
+    pub listen_port: u16,
+    pub unix_socket_dir: Option<PathBuf>,
+    pub max_client_conn: usize,
+    pub auth_type: AuthType,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
+    pub server_reset_query: Option<String>,
+    pub server_reset_query_always: bool,
+    pub server_check_query: Option<String>,
+    pub server_check_delay: Duration,
+    pub server_connect_timeout: Duration,
+    pub server_login_retry: Duration,
+    pub server_idle_timeout: Option<Duration>,
+    pub server_lifetime: Option<Duration>,
+    pub query_timeout: Option<Duration>,
+    pub query_wait_timeout: Option<Duration>,
+    pub client_idle_timeout: Option<Duration>,
+    pub client_login_timeout: Option<Duration>,
+    pub idle_transaction_timeout: Option<Duration>,
+    pub ignore_startup_parameters: Vec<String>,
+    /// Parameters re-applied when a client lands on a server whose values differ.
+    pub tracked_parameters: Vec<String>,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    pub log_pooler_errors: bool,
+    pub stats_period: Option<Duration>,
+    pub workers: usize,
+    pub log_format: LogFormat,
+}
+
+/// The whole validated configuration. Immutable; a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub general: General,
+    pub databases: BTreeMap<String, Database>,
+    pub users: BTreeMap<String, User>,
+    /// Secrets from the auth file, by user name.
+    pub auth_secrets: BTreeMap<String, Secret>,
+    pub warnings: Vec<String>,
+}
+
+/// Always tracked, as PgBouncer does; `track_extra_parameters` adds to these.
+const BASE_TRACKED: [&str; 5] = ["client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name"];
+
+impl Config {
+    pub fn from_raw(raw: RawConfig, source: &Path, warnings: Vec<String>) -> Result<Self, ConfigError> {
+        let g = raw.general;
+        for (name, v) in [
+            ("reserve_pool_timeout", g.reserve_pool_timeout),
+            ("server_check_delay", g.server_check_delay),
+            ("server_connect_timeout", g.server_connect_timeout),
+            ("server_login_retry", g.server_login_retry),
+            ("server_idle_timeout", g.server_idle_timeout),
+            ("server_lifetime", g.server_lifetime),
+            ("query_timeout", g.query_timeout),
+            ("query_wait_timeout", g.query_wait_timeout),
+            ("client_idle_timeout", g.client_idle_timeout),
+            ("client_login_timeout", g.client_login_timeout),
+            ("idle_transaction_timeout", g.idle_transaction_timeout),
+            ("stats_period", g.stats_period),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0e9).contains(&v)) {
+                return Err(ConfigError::Invalid(format!("{name} must be a number of seconds ≥ 0, got {v}")));
+            }
+        }
+        if g.listen_addr.is_empty() && g.unix_socket_dir.is_empty() {
+            return Err(ConfigError::Invalid("nothing to listen on: listen_addr and unix_socket_dir are both empty".into()));
+        }
+        let auth_secrets = match &g.auth_file {
+            Some(path) => load_auth_file(&resolve(source, path))?,
+            None => BTreeMap::new(),
+        };
+        let mut tracked: Vec<String> = BASE_TRACKED.iter().map(|s| (*s).to_owned()).collect();
+        for p in &g.track_extra_parameters {
+            if !tracked.iter().any(|t| t.eq_ignore_ascii_case(p)) {
+                tracked.push(p.clone());
+            }
+        }
+        let general = General {
+            listen_addr: g.listen_addr,
+            listen_port: g.listen_port,
+            unix_socket_dir: (!g.unix_socket_dir.is_empty()).then(|| PathBuf::from(&g.unix_socket_dir)),
+            max_client_conn: g.max_client_conn,
+            auth_type: g.auth_type,
+            pool_mode: g.pool_mode,
+            default_pool_size: g.default_pool_size,
+            min_pool_size: g.min_pool_size,
+            reserve_pool_size: g.reserve_pool_size,
+            reserve_pool_timeout: Duration::from_secs_f64(g.reserve_pool_timeout),
+            max_db_connections: g.max_db_connections,
+            max_user_connections: g.max_user_connections,
+            server_reset_query: (!g.server_reset_query.trim().is_empty()).then_some(g.server_reset_query),
+            server_reset_query_always: g.server_reset_query_always,
+            server_check_query: (!g.server_check_query.trim().is_empty()).then_some(g.server_check_query),
+            server_check_delay: Duration::from_secs_f64(g.server_check_delay),
+            server_connect_timeout: secs(g.server_connect_timeout).unwrap_or(Duration::from_secs(15)),
+            server_login_retry: Duration::from_secs_f64(g.server_login_retry),
+            server_idle_timeout: secs(g.server_idle_timeout),
+            server_lifetime: secs(g.server_lifetime),
+            query_timeout: secs(g.query_timeout),
+            query_wait_timeout: secs(g.query_wait_timeout),
+            client_idle_timeout: secs(g.client_idle_timeout),
+            client_login_timeout: secs(g.client_login_timeout),
+            idle_transaction_timeout: secs(g.idle_transaction_timeout),
+            ignore_startup_parameters: g.ignore_startup_parameters,
+            tracked_parameters: tracked,
+            log_connections: g.log_connections,
+            log_disconnections: g.log_disconnections,
+            log_pooler_errors: g.log_pooler_errors,
+            stats_period: secs(g.stats_period),
+            workers: g.workers,
+            log_format: g.log_format,
+        };
+        let mut databases = BTreeMap::new();
+        for (name, d) in raw.databases {
+            let mut startup_params = Vec::new();
+            for (k, v) in [("client_encoding", &d.client_encoding), ("datestyle", &d.datestyle), ("timezone", &d.timezone)] {
+                if let Some(v) = v {
+                    startup_params.push((k.to_owned(), v.clone()));
+                }
+            }
+            let db = Database {
+                name: name.clone(),
+                host: d.host.unwrap_or_else(|| "127.0.0.1".into()),
+                port: d.port.unwrap_or(5432),
+                dbname: d.dbname,
+                user: d.user,
+                password: d.password.map(|p| Secret::parse(&p)),
+                pool_size: d.pool_size,
+                min_pool_size: d.min_pool_size,
+                reserve_pool: d.reserve_pool,
+                max_db_connections: d.max_db_connections,
+                pool_mode: d.pool_mode,
+                startup_params,
+            };
+            databases.insert(name, db);
+        }
+        let users = raw
+            .users
+            .into_iter()
+            .map(|(n, u)| (n, User { pool_mode: u.pool_mode, pool_size: u.pool_size, max_user_connections: u.max_user_connections }))
+            .collect();
+        Ok(Config { source: source.to_owned(), general, databases, users, auth_secrets, warnings })
+    }
+
+    /// The `[databases]` entry for a client's database name, falling back to `*`.
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+}
+
+/// Paths in a config file are relative to the directory of that file.
+pub fn resolve(source: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        source.parent().map(|d| d.join(path)).unwrap_or_else(|| path.to_owned())
+    }
+}
+
+fn load_auth_file(path: &Path) -> Result<BTreeMap<String, Secret>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: path.to_owned(), source })?;
+    let entries = super::userlist::parse(&text)
+        .map_err(|e| ConfigError::AuthFile { file: path.to_owned(), line: e.line(), message: e.to_string() })?;
+    Ok(entries.into_iter().map(|e| (e.user, Secret::parse(&e.secret))).collect())
+}

@@ -1,0 +1,25 @@
+//! Native TOML configuration through figment: built-in defaults, then the file, then `PGSLUICE_*`
+//! environment variables. `PGSLUICE_LISTEN_PORT=7000` sets `general.listen_port`; a double underscore
+//! reaches other tables (`PGSLUICE_DATABASES__APP__HOST=db1`).
+
+use super::{ConfigError, Loaded, RawConfig};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use std::path::Path;
+
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let figment = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed("PGSLUICE_").map(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            if k.contains("__") {
+                k.replace("__", ".").into()
+            } else {
+                format!("general.{k}").into()
+            }
+        }).split("."));
+    let raw: RawConfig = figment
+        .extract()
+        .map_err(|e| ConfigError::Toml { file: path.to_owned(), message: e.to_string() })?;
+    Ok(Loaded { raw, warnings: Vec::new() })
+}

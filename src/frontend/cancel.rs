@@ -1,0 +1,98 @@
+//! Cancel requests: each client gets its own BackendKeyData from the pooler; a CancelRequest carrying
+//! it is forwarded, over a new connection, to the server that client holds at that moment.
+
+use crate::backend::{BackendKey, ServerAddr};
+use crate::proto::encode;
+use bytes::BytesMut;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+/// The server a client holds right now, if any.
+#[derive(Debug, Default)]
+pub struct CancelTarget {
+    secret: u32,
+    server: Mutex<Option<(Arc<ServerAddr>, BackendKey)>>,
+}
+
+impl CancelTarget {
+    pub fn attach(&self, addr: &Arc<ServerAddr>, key: BackendKey) {
+        *self.server.lock() = Some((addr.clone(), key));
+    }
+
+    pub fn detach(&self) {
+        *self.server.lock() = None;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CancelMap {
+    clients: DashMap<u32, Arc<CancelTarget>>,
+}
+
+/// Removes the client's key from the map when the client goes.
+#[derive(Debug)]
+pub struct CancelRegistration {
+    map: Arc<CancelMap>,
+    pub pid: u32,
+    pub target: Arc<CancelTarget>,
+}
+
+impl CancelRegistration {
+    /// The secret half of the key, sent to the client in BackendKeyData.
+    pub fn target_secret(&self) -> u32 {
+        self.target.secret
+    }
+}
+
+impl Drop for CancelRegistration {
+    fn drop(&mut self) {
+        self.map.clients.remove(&self.pid);
+    }
+}
+
+impl CancelMap {
+    /// Hands out a fresh, unused key for a client.
+    pub fn register(self: &Arc<Self>) -> CancelRegistration {
+        loop {
+            let pid: u32 = rand::random();
+            let target = Arc::new(CancelTarget { secret: rand::random(), server: Mutex::new(None) });
+            if let dashmap::Entry::Vacant(v) = self.clients.entry(pid) {
+                v.insert(target.clone());
+                return CancelRegistration { map: self.clone(), pid, target };
+            }
+        }
+    }
+
+    /// Forwards a cancel if the key matches a client that holds a server; silently does nothing
+    /// otherwise, as PostgreSQL does (a cancel never gets an answer).
+    pub async fn forward(&self, pid: u32, secret: u32) {
+        let target = {
+            let Some(entry) = self.clients.get(&pid) else { return };
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(&entry.secret, &secret)) {
+                return;
+            }
+            let server = entry.server.lock().clone();
+            server
+        };
+        let Some((addr, key)) = target else { return };
+        let mut packet = BytesMut::with_capacity(16);
+        encode::cancel_request(&mut packet, key.pid, key.secret);
+        let result = if addr.host.starts_with('/') {
+            match UnixStream::connect(format!("{}/.s.PGSQL.{}", addr.host, addr.port)).await {
+                Ok(mut s) => s.write_all(&packet).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            match TcpStream::connect((addr.host.as_str(), addr.port)).await {
+                Ok(mut s) => s.write_all(&packet).await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not forward cancel request to server");
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The client side: the login handshake and the per-client session loop.
+
+pub mod cancel;
+pub mod handshake;
+pub mod session;
+
+use crate::proto::encode::{self, Severity};
+use crate::net::stream::Stream;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+/// Sends an ErrorResponse, best effort: the client may already be gone.
+pub async fn send_error(stream: &mut Stream, severity: Severity, code: &str, message: &str, detail: Option<&str>) {
+    let mut out = BytesMut::with_capacity(64 + message.len());
+    encode::error_response(&mut out, severity, code, message, detail);
+    let _ = stream.write_all(&out).await;
+}
+
+/// Serves one client from its first byte to its last.
+pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: String) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let config = app.config();
+    let g = &config.general;
+    let login = handshake::login(app, &mut stream, &mut buf);
+    let logged_in = match g.client_login_timeout {
+        Some(t) => match tokio::time::timeout(t, login).await {
+            Ok(r) => r,
+            Err(_) => {
+                send_error(&mut stream, Severity::Fatal, crate::proto::sqlstate::PROTOCOL_VIOLATION, "client_login_timeout", None).await;
+                if g.log_pooler_errors {
+                    tracing::warn!(peer = %peer, "client_login_timeout");
+                }
+                return;
+            }
+        },
+        None => login.await,
+    };
+    let me = match logged_in {
+        Ok(me) => me,
+        Err(handshake::LoginEnd::Cancel | handshake::LoginEnd::Gone) => return,
+        Err(handshake::LoginEnd::Rejected(reason)) => {
+            if g.log_pooler_errors {
+                tracing::warn!(peer = %peer, "login rejected: {reason}");
+            }
+            return;
+        }
+    };
+    let (db, user) = (me.database.clone(), me.user.clone());
+    if g.log_connections {
+        tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls=no");
+    }
+    let started = tokio::time::Instant::now();
+    drop(config);
+    let reason = session::run(app, &mut stream, &mut buf, me).await;
+    if app.config().general.log_disconnections {
+        let age = started.elapsed().as_secs_f64();
+        tracing::info!(peer = %peer, db = %db, user = %user, "closing because: {reason} (age={age:.0}s)");
+    }
+    let _ = stream.shutdown().await;
+}

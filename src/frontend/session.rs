@@ -1,0 +1,248 @@
+//! One client's life after login: wait for a request, get a server, relay, give the server back.
+
+use super::handshake::LoggedIn;
+use super::send_error;
+use crate::app::App;
+use crate::backend::params::ParamSet;
+use crate::backend::query::run_simple;
+use crate::config::PoolMode;
+use crate::net::stream::Stream;
+use crate::pool::{Conn, PoolError};
+use crate::proto::encode::{self, Severity};
+use crate::proto::scan::{self, Scanner};
+use crate::proto::sqlstate;
+use crate::relay::{self, ClientSide, Outcome, RelayError, Timeouts};
+use crate::shutdown::Phase;
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+
+/// Why a session ended, for the disconnect log line.
+pub type EndReason = String;
+
+/// Serves a logged-in client until it leaves or is closed.
+pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: LoggedIn) -> EndReason {
+    let mut shutdown = app.shutdown.watch();
+    let mut scanner = Scanner::default();
+    // An error owed to the client: its server died between requests, so the next request gets it.
+    let mut owed_error: Option<String> = None;
+    loop {
+        let config = app.config();
+        let g = &config.general;
+        // Idle: no server held. Wait for the next request.
+        while !has_request(buf) {
+            let idle_deadline = g.client_idle_timeout.map(|d| Instant::now() + d);
+            let read = async {
+                match idle_deadline {
+                    Some(d) => timeout_at(d, stream.read_buf(buf)).await.ok(),
+                    None => Some(stream.read_buf(buf).await),
+                }
+            };
+            tokio::select! {
+                r = read => match r {
+                    None => {
+                        send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout", None).await;
+                        return "client_idle_timeout".into();
+                    }
+                    Some(Ok(0)) | Some(Err(_)) => return "client unexpected eof".into(),
+                    Some(Ok(_)) => {}
+                },
+                _ = crate::shutdown::reached(&mut shutdown, Phase::WaitForServers) => {
+                    send_error(stream, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down", None).await;
+                    return "pooler shutdown".into();
+                }
+            }
+            match drop_leading_noise(buf) {
+                Ok(Noise::Terminate) => return "client close request".into(),
+                Ok(Noise::None) => {}
+                Err(e) => {
+                    send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &e.to_string(), None).await;
+                    return format!("client protocol violation: {e}");
+                }
+            }
+        }
+        if let Some(message) = owed_error.take() {
+            if let Err(reason) = answer_with_error(stream, buf, &message).await {
+                return reason;
+            }
+            continue;
+        }
+
+        // A request: get a server.
+        let pool = me.pool.clone();
+        let settings = pool.settings();
+        let mode = settings.mode;
+        let mut conn = tokio::select! {
+            r = pool.checkout() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    let code = match &e {
+                        PoolError::Connect(b) => b.sqlstate().to_owned(),
+                        PoolError::WaitTimeout => sqlstate::PROTOCOL_VIOLATION.to_owned(),
+                    };
+                    if g.log_pooler_errors {
+                        tracing::warn!(db = %me.database, user = %me.user, error = %e, "pooler error");
+                    }
+                    send_error(stream, Severity::Fatal, &code, &e.to_string(), None).await;
+                    return format!("{e}");
+                }
+            },
+            _ = crate::shutdown::reached(&mut shutdown, Phase::Immediate) => return "pooler shutdown".into(),
+        };
+        if let Some(sql) = ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters) {
+            if let Err(e) = run_simple(&mut conn.server, &sql).await {
+                tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
+                send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
+                return "server parameter sync failed".into();
+            }
+        }
+        me.cancel.target.attach(&conn.server.addr, conn.server.key);
+        let outcome = relay::run(
+            ClientSide { stream, buf, scanner: &mut scanner, params: &mut me.params, tracked: &g.tracked_parameters },
+            &mut conn.server,
+            mode,
+            Timeouts { query: g.query_timeout, idle_transaction: g.idle_transaction_timeout },
+            &mut shutdown,
+        )
+        .await;
+        me.cancel.target.detach();
+        match outcome {
+            Ok(Outcome::Released) => {
+                pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
+                give_back(app, &pool, conn, mode, false).await;
+                if shutdown.borrow().clone() >= Phase::WaitForServers {
+                    send_error(stream, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down", None).await;
+                    return "pooler shutdown".into();
+                }
+            }
+            Ok(Outcome::ClientGone { clean }) => {
+                if clean {
+                    give_back(app, &pool, conn, mode, true).await;
+                }
+                return "client close request".into();
+            }
+            Ok(Outcome::ServerLost { in_flight, message }) => {
+                drop(conn);
+                let text = "server connection lost";
+                if mode == PoolMode::Session {
+                    send_error(stream, Severity::Fatal, sqlstate::CONNECTION_FAILURE, text, message.as_deref()).await;
+                    return "server connection lost".into();
+                }
+                if in_flight == 0 {
+                    owed_error = Some(message.unwrap_or_else(|| text.to_owned()));
+                    continue;
+                }
+                let mut out = BytesMut::new();
+                encode::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, text, message.as_deref());
+                for _ in 0..in_flight {
+                    encode::ready_for_query(&mut out, b'I');
+                }
+                if stream.write_all(&out).await.is_err() {
+                    return "client unexpected eof".into();
+                }
+            }
+            Ok(Outcome::TransactionInStatementMode) => {
+                drop(conn);
+                let m = "transaction blocks not allowed in statement pooling mode";
+                send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m, None).await;
+                return m.into();
+            }
+            Ok(Outcome::QueryTimeout) => {
+                drop(conn);
+                send_error(stream, Severity::Fatal, sqlstate::QUERY_CANCELED, "query_timeout", None).await;
+                return "query_timeout".into();
+            }
+            Ok(Outcome::IdleTransactionTimeout) => {
+                drop(conn);
+                send_error(stream, Severity::Fatal, sqlstate::IDLE_IN_TRANSACTION_TIMEOUT, "idle_transaction_timeout", None).await;
+                return "idle_transaction_timeout".into();
+            }
+            Ok(Outcome::Shutdown) => {
+                drop(conn);
+                send_error(stream, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down", None).await;
+                return "pooler shutdown".into();
+            }
+            Err(e) => {
+                drop(conn);
+                match &e {
+                    RelayError::ClientIo(_) => {}
+                    RelayError::ClientProto(p) => {
+                        send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &p.to_string(), None).await
+                    }
+                    RelayError::ServerProto(_) | RelayError::ServerLostMidMessage => {
+                        send_error(stream, Severity::Fatal, sqlstate::CONNECTION_FAILURE, "server connection lost", None).await
+                    }
+                }
+                return e.to_string();
+            }
+        }
+    }
+}
+
+/// Returns a server after use. In session mode (or with `server_reset_query_always`) the reset query
+/// runs first; a server it fails on is closed.
+async fn give_back(app: &App, pool: &std::sync::Arc<crate::pool::Pool>, mut conn: Conn, mode: PoolMode, client_left: bool) {
+    let config = app.config();
+    let g = &config.general;
+    let reset = (mode == PoolMode::Session && client_left) || g.server_reset_query_always;
+    if reset {
+        if let Some(sql) = &g.server_reset_query {
+            if let Err(e) = run_simple(&mut conn.server, sql).await {
+                tracing::warn!(error = %e, "server reset query failed; closing server");
+                return;
+            }
+        }
+    }
+    pool.checkin(conn);
+}
+
+/// True once at least a frame header is buffered: enough to know a request has started.
+fn has_request(buf: &BytesMut) -> bool {
+    buf.len() >= 5
+}
+
+enum Noise {
+    None,
+    Terminate,
+}
+
+/// Handles what arrives while no server is held and needs none: Terminate, and copy messages left
+/// over after a failed COPY (PostgreSQL ignores those too).
+fn drop_leading_noise(buf: &mut BytesMut) -> Result<Noise, crate::proto::ProtoError> {
+    while let Some(h) = scan::header(buf)? {
+        match h.tag {
+            b'X' => return Ok(Noise::Terminate),
+            b'd' | b'c' | b'f' if buf.len() >= h.total => {
+                let _ = buf.split_to(h.total);
+            }
+            _ => break,
+        }
+    }
+    Ok(Noise::None)
+}
+
+/// Answers the client's next request with `message` (08006) instead of running it: the messages up
+/// to and including the request's Query or Sync are read and dropped.
+async fn answer_with_error(stream: &mut Stream, buf: &mut BytesMut, message: &str) -> Result<(), EndReason> {
+    loop {
+        let mut found = false;
+        let scanned = Scanner::default()
+            .scan(buf, |_| true, |e| {
+                found = matches!(e, scan::Event::Whole { tag: b'Q' | b'S', .. });
+                !found
+            })
+            .map_err(|e| e.to_string())?;
+        let _ = buf.split_to(scanned.forward);
+        if found {
+            break;
+        }
+        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("client unexpected eof".into());
+        }
+    }
+    let mut out = BytesMut::new();
+    encode::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, "server connection lost", Some(message));
+    encode::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await.map_err(|e| e.to_string())
+}

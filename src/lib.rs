@@ -1,0 +1,26 @@
+//! pgsluice: a PostgreSQL connection pooler.
+//!
+//! How one query travels:
+//! listener ([`net::listener`]) → startup and login ([`frontend::handshake`], [`auth`]) → the client's
+//! session loop ([`frontend::session`]) → at the start of a transaction a server is checked out of its
+//! pool ([`pool`], opened by [`backend::connect`] when none is idle) → bytes are relayed both ways
+//! unchanged ([`relay`]) while the scanner ([`proto::scan`]) watches for ReadyForQuery → the server goes
+//! back to the pool when it is idle and clean (transaction and statement mode) or when the client leaves
+//! (session mode).
+//!
+//! Protocol code in [`proto`] and the SCRAM exchange in [`auth::scram`] are sans-IO and fuzzed.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod logging;
+pub mod net;
+pub mod pool;
+pub mod proto;
+pub mod relay;
+pub mod run;
+pub mod shutdown;

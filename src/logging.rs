@@ -1,0 +1,43 @@
+//! Log lines in PgBouncer's shape (`2026-01-01 10:00:00.000 UTC [pid] LOG message`) or JSON.
+
+use crate::config::LogFormat;
+use std::fmt;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// PgBouncer's text line: time, pid, level word, then the message and any structured fields.
+#[derive(Debug, Default)]
+pub struct PgBouncerFormat;
+
+impl<S, N> FormatEvent<S, N> for PgBouncerFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let now = chrono::Utc::now();
+        let level = match *event.metadata().level() {
+            Level::ERROR => "ERROR",
+            Level::WARN => "WARNING",
+            Level::INFO => "LOG",
+            Level::DEBUG | Level::TRACE => "DEBUG",
+        };
+        write!(writer, "{} UTC [{}] {} ", now.format("%Y-%m-%d %H:%M:%S%.3f"), std::process::id(), level)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Installs the global subscriber (the binary's edge; tests don't call this). `RUST_LOG` overrides
+/// the default level, which is `info`.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.event_format(PgBouncerFormat).try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+}

@@ -1,0 +1,131 @@
+//! Accepting clients on TCP (every `listen_addr`, IPv4 and IPv6) and on the unix socket.
+
+use crate::app::App;
+use crate::frontend;
+use crate::net::stream::Stream;
+use crate::proto::encode::Severity;
+use crate::proto::sqlstate;
+use crate::shutdown::Phase;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::{TcpListener, UnixListener};
+
+/// The sockets pgsluice listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub tcp: Vec<TcpListener>,
+    pub unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `*` binds 0.0.0.0 and :: separately; the IPv6 socket must not claim IPv4 too.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds every configured address. `*` means all IPv4 and IPv6 addresses.
+pub async fn bind(listen_addr: &[String], port: u16, unix_socket_dir: Option<&Path>) -> std::io::Result<Listeners> {
+    let mut tcp = Vec::new();
+    for a in listen_addr {
+        let addrs: Vec<SocketAddr> = if a == "*" {
+            vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)]
+        } else {
+            tokio::net::lookup_host((a.as_str(), port)).await?.collect()
+        };
+        for addr in addrs {
+            match bind_tcp(addr) {
+                Ok(l) => tcp.push(l),
+                // A machine without IPv6 still serves IPv4 for `*`.
+                Err(e) if a == "*" && addr.is_ipv6() => tracing::warn!(error = %e, "could not listen on [::]"),
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("could not listen on {addr}: {e}"))),
+            }
+        }
+    }
+    let unix = match unix_socket_dir {
+        Some(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            // A stale socket from a crashed run would make bind fail.
+            let _ = std::fs::remove_file(&path);
+            Some((UnixListener::bind(&path)?, path))
+        }
+        None => None,
+    };
+    Ok(Listeners { tcp, unix })
+}
+
+/// Accepts clients until shutdown begins.
+pub async fn serve(app: Arc<App>, listeners: Listeners) {
+    let mut tasks = Vec::new();
+    for l in listeners.tcp {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            accept_loop(app, || async { l.accept().await.map(|(s, a)| (Stream::from(s), a.to_string())) }).await
+        }));
+    }
+    if let Some((l, path)) = listeners.unix {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            accept_loop(app, || async { l.accept().await.map(|(s, _)| (Stream::from(s), "unix".to_owned())) }).await;
+            let _ = std::fs::remove_file(path);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn accept_loop<F, Fut>(app: Arc<App>, accept: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(Stream, String)>>,
+{
+    let mut phase = app.shutdown.watch();
+    loop {
+        let accepted = tokio::select! {
+            r = accept() => r,
+            _ = crate::shutdown::reached(&mut phase, Phase::WaitForClients) => return,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let max = app.config().general.max_client_conn;
+        let Some(guard) = app.shutdown.admit(max) else {
+            tokio::spawn(async move {
+                frontend::send_error(
+                    &mut stream,
+                    Severity::Fatal,
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "no more connections allowed (max_client_conn)",
+                    None,
+                )
+                .await;
+            });
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            frontend::serve_client(&app, stream, peer).await;
+            drop(guard);
+        });
+    }
+}

@@ -1,0 +1,57 @@
+//! A connection count shared by every pool of one database (`max_db_connections`) or one user
+//! (`max_user_connections`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub struct Limit {
+    /// 0 means unlimited.
+    max: AtomicUsize,
+    used: AtomicUsize,
+    /// Woken when a connection is released, for pools blocked by this limit.
+    pub freed: Notify,
+}
+
+impl Limit {
+    pub fn new(max: usize) -> Self {
+        Self { max: AtomicUsize::new(max), used: AtomicUsize::new(0), freed: Notify::new() }
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn try_acquire(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (max == 0 || u < max).then_some(u + 1))
+            .is_ok()
+    }
+
+    pub fn release(&self) {
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+        self.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enforces_max_and_unlimited() {
+        let l = Limit::new(2);
+        assert!(l.try_acquire() && l.try_acquire());
+        assert!(!l.try_acquire());
+        l.release();
+        assert!(l.try_acquire());
+        let u = Limit::new(0);
+        assert!((0..1000).all(|_| u.try_acquire()));
+    }
+}

@@ -1,0 +1,361 @@
+//! Server connection pools: one per (database, user).
+//!
+//! The synchronous state sits behind a small parking_lot mutex that is never held across `.await`.
+//! A checked-out server travels as a [`Conn`], which owns a [`Slot`]: dropping a `Conn` closes the
+//! server and frees its slot, so no error path can leak pool capacity. Waiting clients are served first
+//! come, first served: a returned server, or a freed slot, is handed straight to the oldest waiter.
+
+pub mod limit;
+pub mod maintenance;
+pub mod registry;
+mod settings;
+
+pub use settings::PoolSettings;
+
+use crate::backend::connect::{self, LoginParams};
+use crate::backend::{params::ParamSet, BackendError, Server};
+use limit::Limit;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tokio::time::{sleep_until, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("query_wait_timeout: no server connection became free in time")]
+    WaitTimeout,
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+}
+
+/// What a waiter is handed: a ready server, or the right to open one.
+enum Grant {
+    Server(Server),
+    Slot(Slot),
+}
+
+#[derive(Default)]
+struct Inner {
+    idle: Vec<Server>,
+    /// Servers counted against the pool: idle, checked out, and being opened.
+    total: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+/// Counters for the stats line and, later, the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub xacts: AtomicU64,
+    pub queries: AtomicU64,
+    pub wait_us: AtomicU64,
+    pub checkouts: AtomicU64,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    settings: Mutex<Arc<PoolSettings>>,
+    inner: Mutex<Inner>,
+    db_limit: Arc<Limit>,
+    user_limit: Arc<Limit>,
+    /// Server parameters from the latest login, shown to clients when they log in.
+    welcome: Mutex<Option<ParamSet>>,
+    /// When the janitor last failed to open a server, for `server_login_retry`.
+    last_login_failure: Mutex<Option<Instant>>,
+    pub stats: PoolStats,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+/// One unit of pool capacity, counted in the pool and in the database and user limits.
+/// Dropping it gives the capacity back (and to the oldest waiter, if any).
+pub struct Slot {
+    pool: Option<Arc<Pool>>,
+}
+
+impl Slot {
+    /// Turns the slot into a count the pool keeps by itself (the server goes idle).
+    fn disarm(mut self) {
+        self.pool = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release_slot();
+        }
+    }
+}
+
+/// A checked-out server. Return it with [`Pool::checkin`]; dropping it closes the server.
+pub struct Conn {
+    pub server: Server,
+    slot: Slot,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("server", &self.server.id).finish()
+    }
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, settings: PoolSettings, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Self {
+        Self {
+            key,
+            settings: Mutex::new(Arc::new(settings)),
+            inner: Mutex::new(Inner::default()),
+            db_limit,
+            user_limit,
+            welcome: Mutex::new(None),
+            last_login_failure: Mutex::new(None),
+            stats: PoolStats::default(),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.lock().clone()
+    }
+
+    pub fn update_settings(&self, s: PoolSettings) {
+        *self.settings.lock() = Arc::new(s);
+    }
+
+    pub fn note_login_failure(&self, at: Instant) {
+        *self.last_login_failure.lock() = Some(at);
+    }
+
+    /// False within `server_login_retry` of the last failed background login.
+    pub fn may_retry_login(&self, now: Instant) -> bool {
+        let retry = self.settings().server_login_retry;
+        self.last_login_failure.lock().is_none_or(|t| now.duration_since(t) >= retry)
+    }
+
+    pub fn welcome_params(&self) -> Option<ParamSet> {
+        self.welcome.lock().clone()
+    }
+
+    /// (idle, total) server counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let i = self.inner.lock();
+        (i.idle.len(), i.total)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().waiters.iter().filter(|w| !w.is_closed()).count()
+    }
+
+    /// Takes a slot if the pool, database and user limits allow; `reserve` allows the reserve pool.
+    fn try_take_slot(self: &Arc<Self>, inner: &mut Inner, settings: &PoolSettings, reserve: bool) -> Option<Slot> {
+        let cap = settings.pool_size + if reserve { settings.reserve_pool_size } else { 0 };
+        if inner.total >= cap {
+            return None;
+        }
+        if !self.db_limit.try_acquire() {
+            return None;
+        }
+        if !self.user_limit.try_acquire() {
+            self.db_limit.release();
+            return None;
+        }
+        inner.total += 1;
+        Some(Slot { pool: Some(self.clone()) })
+    }
+
+    fn release_slot(self: &Arc<Self>) {
+        let settings = self.settings();
+        let mut inner = self.inner.lock();
+        inner.total = inner.total.saturating_sub(1);
+        self.db_limit.release();
+        self.user_limit.release();
+        while inner.waiters.front().is_some() {
+            let Some(slot) = self.try_take_slot(&mut inner, &settings, false) else { break };
+            let Some(tx) = inner.waiters.pop_front() else { break };
+            if let Err(Grant::Slot(slot)) = tx.send(Grant::Slot(slot)) {
+                // That waiter is gone; undo the count without recursing into this function.
+                slot.disarm();
+                inner.total -= 1;
+                self.db_limit.release();
+                self.user_limit.release();
+            }
+        }
+    }
+
+    /// Gets a server for a client: an idle one, a new one, or the next one freed, in that order,
+    /// waiting at most `query_wait_timeout` (the reserve pool opens after `reserve_pool_timeout`).
+    pub async fn checkout(self: &Arc<Self>) -> Result<Conn, PoolError> {
+        let started = Instant::now();
+        let settings = self.settings();
+        let wait_deadline = settings.query_wait_timeout.map(|t| started + t);
+        let reserve_at = (settings.reserve_pool_size > 0).then(|| started + settings.reserve_pool_timeout);
+        let mut waiter: Option<oneshot::Receiver<Grant>> = None;
+        let mut handed: Option<Grant> = None;
+        loop {
+            let grant = match handed.take() {
+                Some(g) => Some(g),
+                None => {
+                    let use_reserve = reserve_at.is_some_and(|r| Instant::now() >= r);
+                    let mut inner = self.inner.lock();
+                    if let Some(s) = inner.idle.pop() {
+                        Some(Grant::Server(s))
+                    } else if let Some(slot) = self.try_take_slot(&mut inner, &settings, use_reserve) {
+                        Some(Grant::Slot(slot))
+                    } else {
+                        if waiter.is_none() {
+                            let (tx, rx) = oneshot::channel();
+                            inner.waiters.push_back(tx);
+                            waiter = Some(rx);
+                        }
+                        None
+                    }
+                }
+            };
+            match grant {
+                Some(Grant::Server(server)) => {
+                    let conn = Conn { server, slot: Slot { pool: Some(self.clone()) } };
+                    if self.reusable(&conn.server, &settings) {
+                        self.note_wait(started);
+                        return Ok(conn);
+                    }
+                    drop(conn);
+                    continue;
+                }
+                Some(Grant::Slot(slot)) => {
+                    let server = self.open(&settings).await?;
+                    self.note_wait(started);
+                    return Ok(Conn { server, slot });
+                }
+                None => {}
+            }
+            let Some(rx) = waiter.as_mut() else { continue };
+            let reserve_timer = reserve_at.filter(|r| Instant::now() < *r);
+            // A limit freed between our try and this wait would be missed by `notified()`; a short
+            // re-check bounds that race.
+            let recheck = Instant::now() + std::time::Duration::from_millis(200);
+            let next_timer = [wait_deadline, reserve_timer].into_iter().flatten().fold(recheck, Instant::min);
+            tokio::select! {
+                g = rx => {
+                    waiter = None;
+                    handed = g.ok();
+                }
+                _ = self.db_limit.freed.notified() => {}
+                _ = self.user_limit.freed.notified() => {}
+                _ = sleep_until(next_timer) => {
+                    if wait_deadline.is_some_and(|d| Instant::now() >= d) {
+                        // Stop further hand-offs, then keep one that raced with the deadline.
+                        if let Some(mut rx) = waiter.take() {
+                            rx.close();
+                            if let Ok(g) = rx.try_recv() {
+                                handed = Some(g);
+                                continue;
+                            }
+                        }
+                        return Err(PoolError::WaitTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_wait(&self, started: Instant) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.wait_us.fetch_add(us, Ordering::Relaxed);
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reusable(&self, s: &Server, settings: &PoolSettings) -> bool {
+        if settings.server_lifetime.is_some_and(|l| s.created.elapsed() >= l) {
+            return false;
+        }
+        s.is_healthy_idle()
+    }
+
+    async fn open(&self, settings: &PoolSettings) -> Result<Server, BackendError> {
+        let login = &settings.login;
+        let params = LoginParams {
+            addr: login.addr.clone(),
+            user: &login.user,
+            database: &login.dbname,
+            secret: login.secret.as_ref(),
+            startup: &login.startup,
+        };
+        let server = connect::connect(&params, settings.server_connect_timeout).await?;
+        *self.welcome.lock() = Some(server.params.clone());
+        Ok(server)
+    }
+
+    /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
+    pub fn checkin(self: &Arc<Self>, conn: Conn) {
+        let settings = self.settings();
+        if settings.server_lifetime.is_some_and(|l| conn.server.created.elapsed() >= l) || settings.closing {
+            return;
+        }
+        let Conn { mut server, slot } = conn;
+        server.last_used = Instant::now();
+        slot.disarm();
+        let mut inner = self.inner.lock();
+        let mut grant = Grant::Server(server);
+        while let Some(tx) = inner.waiters.pop_front() {
+            match tx.send(grant) {
+                Ok(()) => return,
+                Err(g) => grant = g,
+            }
+        }
+        if let Grant::Server(s) = grant {
+            inner.idle.push(s);
+        }
+    }
+
+    /// Opens a server without a client, for `min_pool_size`; it goes straight to idle.
+    pub async fn warm_one(self: &Arc<Self>) -> Result<bool, BackendError> {
+        let settings = self.settings();
+        let slot = {
+            let mut inner = self.inner.lock();
+            match self.try_take_slot(&mut inner, &settings, false) {
+                Some(s) => s,
+                None => return Ok(false),
+            }
+        };
+        let server = self.open(&settings).await?;
+        self.checkin(Conn { server, slot });
+        Ok(true)
+    }
+
+    /// Removes idle servers for which `expired` says so; they are closed outside the lock.
+    pub fn evict_idle(self: &Arc<Self>, mut expired: impl FnMut(&Server, usize) -> bool) -> usize {
+        let evicted: Vec<Server> = {
+            let mut inner = self.inner.lock();
+            let total = inner.total;
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < inner.idle.len() {
+                if expired(&inner.idle[i], total - out.len()) {
+                    out.push(inner.idle.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            out
+        };
+        let n = evicted.len();
+        for s in evicted {
+            drop(Slot { pool: Some(self.clone()) });
+            drop(s);
+        }
+        n
+    }
+}
+

@@ -1,0 +1,61 @@
+//! All pools, keyed by (database, user), with the database and user limits they share.
+
+use super::limit::Limit;
+use super::{Pool, PoolKey, PoolSettings};
+use crate::config::Config;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    pools: DashMap<PoolKey, Arc<Pool>>,
+    db_limits: DashMap<String, Arc<Limit>>,
+    user_limits: DashMap<String, Arc<Limit>>,
+}
+
+impl Registry {
+    /// The pool for `key`, created with `settings` on first use.
+    pub fn get_or_create(&self, key: PoolKey, settings: PoolSettings) -> Arc<Pool> {
+        if let Some(p) = self.pools.get(&key) {
+            return p.clone();
+        }
+        let db_limit = self.limit(&self.db_limits, &key.database, settings.max_db_connections);
+        let user_limit = self.limit(&self.user_limits, &key.user, settings.max_user_connections);
+        self.pools
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Pool::new(key, settings, db_limit, user_limit)))
+            .clone()
+    }
+
+    fn limit(&self, map: &DashMap<String, Arc<Limit>>, name: &str, max: usize) -> Arc<Limit> {
+        map.entry(name.to_owned()).or_insert_with(|| Arc::new(Limit::new(max))).clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.iter().map(|p| p.value().clone()).collect()
+    }
+
+    /// Applies a reloaded configuration to the existing pools. A pool whose database entry is gone
+    /// keeps serving its connected clients and closes servers as they come back.
+    pub fn reload(&self, config: &Config) {
+        for p in self.pools.iter() {
+            let key = p.key();
+            match PoolSettings::resolve(config, &key.database, &key.user) {
+                Some(s) => {
+                    if let Some(l) = self.db_limits.get(&key.database) {
+                        l.set_max(s.max_db_connections);
+                    }
+                    if let Some(l) = self.user_limits.get(&key.user) {
+                        l.set_max(s.max_user_connections);
+                    }
+                    p.update_settings(s);
+                }
+                None => {
+                    let mut s = (*p.settings()).clone();
+                    s.closing = true;
+                    p.update_settings(s);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The settings one pool runs with, resolved from the global, database and user configuration.
+
+use crate::auth::secret::Secret;
+use crate::backend::ServerAddr;
+use crate::config::{Config, PoolMode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the pool logs in to its servers.
+#[derive(Clone)]
+pub struct LoginInfo {
+    pub addr: Arc<ServerAddr>,
+    pub user: String,
+    pub dbname: String,
+    pub secret: Option<Secret>,
+    pub startup: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for LoginInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginInfo")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
+    pub query_wait_timeout: Option<Duration>,
+    pub server_lifetime: Option<Duration>,
+    pub server_idle_timeout: Option<Duration>,
+    pub server_connect_timeout: Duration,
+    pub server_login_retry: Duration,
+    pub login: LoginInfo,
+    /// The database entry is gone after a reload: servers are closed as they come back.
+    pub closing: bool,
+}
+
+impl PoolSettings {
+    /// Resolves the settings of the pool for `database` (a `[databases]` name) and client `user`.
+    /// `None` when no database entry (nor `*`) matches.
+    pub fn resolve(config: &Config, database: &str, user: &str) -> Option<PoolSettings> {
+        let g = &config.general;
+        let db = config.database(database)?;
+        let u = config.user(user);
+        let server_user = db.user.clone().unwrap_or_else(|| user.to_owned());
+        // The database entry's password goes with its forced user; otherwise the auth file's secret.
+        let secret = match (&db.user, &db.password) {
+            (_, Some(p)) => Some(p.clone()),
+            _ => config.auth_secrets.get(&server_user).cloned(),
+        };
+        Some(PoolSettings {
+            mode: u.and_then(|u| u.pool_mode).or(db.pool_mode).unwrap_or(g.pool_mode),
+            pool_size: u.and_then(|u| u.pool_size).or(db.pool_size).unwrap_or(g.default_pool_size),
+            min_pool_size: db.min_pool_size.unwrap_or(g.min_pool_size),
+            reserve_pool_size: db.reserve_pool.unwrap_or(g.reserve_pool_size),
+            reserve_pool_timeout: g.reserve_pool_timeout,
+            max_db_connections: db.max_db_connections.unwrap_or(g.max_db_connections),
+            max_user_connections: u.and_then(|u| u.max_user_connections).unwrap_or(g.max_user_connections),
+            query_wait_timeout: g.query_wait_timeout,
+            server_lifetime: g.server_lifetime,
+            server_idle_timeout: g.server_idle_timeout,
+            server_connect_timeout: g.server_connect_timeout,
+            server_login_retry: g.server_login_retry,
+            login: LoginInfo {
+                addr: Arc::new(ServerAddr { host: db.host.clone(), port: db.port }),
+                user: server_user,
+                dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+                secret,
+                startup: db.startup_params.clone(),
+            },
+            closing: false,
+        })
+    }
+}

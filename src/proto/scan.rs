@@ -1,0 +1,99 @@
+//! Frame scanning for the relay: finds message boundaries in a byte stream without copying.
+//!
+//! The relay forwards bytes as soon as it knows where they belong. A frame the pooler does not need to
+//! inspect (DataRow, CopyData, ...) streams through even when it is larger than the buffer: the scanner
+//! remembers how many of its bytes are still to come. A frame it must inspect (ReadyForQuery,
+//! ParameterStatus, ...) is held until it is complete, up to [`super::MAX_INSPECTED_MESSAGE`].
+
+use super::ProtoError;
+
+/// The 5-byte header of a tagged frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: u8,
+    /// Whole frame size: tag byte + length word + body.
+    pub total: usize,
+}
+
+/// Parses a frame header at the start of `buf`, or `Ok(None)` if fewer than 5 bytes are there.
+/// The length word counts itself, so anything below 4 is a violation; the sum cannot overflow `usize`
+/// on 64-bit targets and is checked elsewhere.
+pub fn header(buf: &[u8]) -> Result<Option<Header>, ProtoError> {
+    let Some(&[tag, a, b, c, d]) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([a, b, c, d]);
+    if len < 4 {
+        return Err(ProtoError::BadLength(len));
+    }
+    let total = (len as usize).checked_add(1).ok_or(ProtoError::BadLength(len))?;
+    Ok(Some(Header { tag, total }))
+}
+
+/// What the caller must know about one frame found by [`Scanner::scan`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A frame whose tag the caller asked to see whole; `body` excludes tag and length.
+    Whole { tag: u8, body: &'a [u8] },
+    /// The start of a frame that streams through; only its tag is known.
+    Passing { tag: u8 },
+}
+
+/// Finds frame boundaries in one direction of a connection.
+#[derive(Debug, Default, Clone)]
+pub struct Scanner {
+    /// Bytes of a streaming frame that are still to come from the peer.
+    remaining: usize,
+}
+
+/// Result of one scan: how many leading bytes of the buffer may be forwarded now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scanned {
+    pub forward: usize,
+}
+
+impl Scanner {
+    /// True when no frame is half-forwarded, i.e. the stream is at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Scans `buf` from the start. `inspect(tag)` says which frames must be complete before they are
+    /// forwarded; `on_event` sees every frame start. Returns how many bytes may be forwarded; bytes after
+    /// that belong to an incomplete frame and stay in the buffer. Scanning stops early, right after a
+    /// frame, when `on_event` returns `false` (the caller wants to act before more is forwarded).
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        inspect: impl Fn(u8) -> bool,
+        mut on_event: impl FnMut(Event<'_>) -> bool,
+    ) -> Result<Scanned, ProtoError> {
+        let mut pos = self.remaining.min(buf.len());
+        self.remaining -= pos;
+        while self.remaining == 0 {
+            let Some(rest) = buf.get(pos..) else { break };
+            let Some(h) = header(rest)? else { break };
+            if inspect(h.tag) {
+                if h.total > super::MAX_INSPECTED_MESSAGE {
+                    return Err(ProtoError::TooLarge { len: h.total, max: super::MAX_INSPECTED_MESSAGE });
+                }
+                let Some(body) = rest.get(5..h.total) else { break };
+                pos += h.total;
+                if !on_event(Event::Whole { tag: h.tag, body }) {
+                    break;
+                }
+            } else {
+                let here = h.total.min(rest.len());
+                pos += here;
+                self.remaining = h.total - here;
+                if !on_event(Event::Passing { tag: h.tag }) {
+                    break;
+                }
+            }
+        }
+        Ok(Scanned { forward: pos })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+use super::*;
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[test]
+fn whole_frames_are_reported_and_forwarded() {
+    let mut buf = frame(b'Z', b"I");
+    buf.extend(frame(b'S', b"a\0b\0"));
+    let mut seen = Vec::new();
+    let out = Scanner::default()
+        .scan(&buf, |_| true, |e| {
+            if let Event::Whole { tag, body } = e {
+                seen.push((tag, body.to_vec()));
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(out.forward, buf.len());
+    assert_eq!(seen, vec![(b'Z', b"I".to_vec()), (b'S', b"a\0b\0".to_vec())]);
+}
+
+#[test]
+fn inspected_frame_waits_until_complete() {
+    let buf = frame(b'Z', b"I");
+    let mut s = Scanner::default();
+    let out = s.scan(&buf[..5], |_| true, |_| true).unwrap();
+    assert_eq!(out.forward, 0);
+    assert!(s.at_boundary());
+}
+
+#[test]
+fn passing_frame_streams_across_reads() {
+    let big = frame(b'D', &[7u8; 100]);
+    let mut s = Scanner::default();
+    let out = s.scan(&big[..30], |t| t == b'Z', |_| true).unwrap();
+    assert_eq!(out.forward, 30);
+    assert!(!s.at_boundary());
+    // The rest of the DataRow and a ReadyForQuery arrive together.
+    let mut rest = big[30..].to_vec();
+    rest.extend(frame(b'Z', b"T"));
+    let mut z = None;
+    let out = s
+        .scan(&rest, |t| t == b'Z', |e| {
+            if let Event::Whole { tag: b'Z', body } = e {
+                z = Some(body[0]);
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(out.forward, rest.len());
+    assert_eq!(z, Some(b'T'));
+    assert!(s.at_boundary());
+}
+
+#[test]
+fn stop_early_leaves_the_rest() {
+    let mut buf = frame(b'Z', b"I");
+    buf.extend(frame(b'N', b"x"));
+    let out = Scanner::default().scan(&buf, |_| true, |_| false).unwrap();
+    assert_eq!(out.forward, 6);
+}
+
+#[test]
+fn short_length_word_is_rejected() {
+    let buf = [b'Q', 0, 0, 0, 3];
+    assert_eq!(Scanner::default().scan(&buf, |_| false, |_| true), Err(ProtoError::BadLength(3)));
+}
+
+#[test]
+fn oversized_inspected_frame_is_rejected_before_buffering() {
+    let buf = [b'S', 0x7f, 0xff, 0xff, 0xff];
+    assert!(matches!(
+        Scanner::default().scan(&buf, |_| true, |_| true),
+        Err(ProtoError::TooLarge { .. })
+    ));
+}
+
+/// RUSTSEC-2024-0363: a length near 4 GiB must not wrap and make the rest of the payload look like a
+/// second, smuggled message. The whole declared length streams as one frame.
+#[test]
+fn length_near_u32_max_does_not_wrap() {
+    let mut buf = vec![b'Q', 0xff, 0xff, 0xff, 0xff];
+    buf.extend(frame(b'Q', b"DROP TABLE x\0"));
+    let mut tags = Vec::new();
+    let mut s = Scanner::default();
+    let out = s
+        .scan(&buf, |_| false, |e| {
+            if let Event::Passing { tag } = e {
+                tags.push(tag);
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(tags, vec![b'Q']);
+    assert_eq!(out.forward, buf.len());
+    assert!(!s.at_boundary());
+}

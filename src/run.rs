@@ -1,0 +1,98 @@
+//! Running the pooler: bind, serve, handle signals, report stats, shut down by PgBouncer's rules.
+
+use crate::app::App;
+use crate::net::listener::{self, Listeners};
+use crate::shutdown::Phase;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Binds the configured listeners.
+pub async fn bind(app: &App) -> std::io::Result<Listeners> {
+    let config = app.config();
+    let g = &config.general;
+    listener::bind(&g.listen_addr, g.listen_port, g.unix_socket_dir.as_deref()).await
+}
+
+/// Serves until shutdown completes. Signals are handled here when `signals` is true (the binary);
+/// tests drive [`crate::shutdown::Shutdown`] directly.
+pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::io::Result<()> {
+    for addr in listeners.local_addrs() {
+        tracing::info!("listening on {addr}");
+    }
+    if let Some((_, path)) = &listeners.unix {
+        tracing::info!("listening on unix:{}", path.display());
+    }
+    if signals {
+        spawn_signal_handlers(app.clone())?;
+    }
+    let janitor = tokio::spawn(crate::pool::maintenance::run(app.pools.clone()));
+    let stats = tokio::spawn(stats_loop(app.clone()));
+    let accept = tokio::spawn(listener::serve(app.clone(), listeners));
+    let mut phase = app.shutdown.watch();
+    crate::shutdown::reached(&mut phase, Phase::WaitForClients).await;
+    tracing::info!("shutdown requested, no longer accepting clients");
+    tokio::select! {
+        _ = app.shutdown.clients_gone() => {}
+        _ = crate::shutdown::reached(&mut phase, Phase::Immediate) => {}
+    }
+    let _ = accept.await;
+    janitor.abort();
+    stats.abort();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn spawn_signal_handlers(app: Arc<App>) -> std::io::Result<()> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    tracing::info!("got SIGINT, shutting down once servers are released");
+                    app.shutdown.request(Phase::WaitForServers);
+                }
+                _ = term.recv() => {
+                    tracing::info!("got SIGTERM, shutting down once clients have left");
+                    app.shutdown.request(Phase::WaitForClients);
+                }
+                _ = quit.recv() => {
+                    tracing::info!("got SIGQUIT, shutting down now");
+                    app.shutdown.request(Phase::Immediate);
+                }
+                _ = hup.recv() => {
+                    if let Err(e) = app.reload() {
+                        tracing::error!("reload failed, keeping the previous configuration: {e}");
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// PgBouncer's periodic stats line, summed over pools.
+async fn stats_loop(app: Arc<App>) {
+    let Some(period) = app.config().general.stats_period else { return };
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    let mut last = (0u64, 0u64, 0u64);
+    loop {
+        tick.tick().await;
+        let (mut xacts, mut wait_us, mut checkouts) = (0u64, 0u64, 0u64);
+        for p in app.pools.all() {
+            xacts += p.stats.xacts.load(Ordering::Relaxed);
+            wait_us += p.stats.wait_us.load(Ordering::Relaxed);
+            checkouts += p.stats.checkouts.load(Ordering::Relaxed);
+        }
+        let secs = period.as_secs_f64().max(0.001);
+        let d_x = xacts - last.0;
+        let d_c = checkouts - last.2;
+        let avg_wait = if d_c > 0 { (wait_us - last.1) / d_c } else { 0 };
+        tracing::info!("stats: {:.0} xacts/s, {} clients, avg wait {} us", d_x as f64 / secs, app.shutdown.clients(), avg_wait);
+        last = (xacts, wait_us, checkouts);
+    }
+}

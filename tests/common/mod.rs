@@ -1,0 +1,248 @@
+//! Test harness: a throwaway PostgreSQL (initdb on a free loopback port, its own pg_hba with SCRAM
+//! and md5 users), started once per test binary, and pgsluice instances started in-process per test.
+#![allow(dead_code)]
+
+use pgsluice::app::App;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub const SCRAM_USER: &str = "app";
+pub const SCRAM_PASSWORD: &str = "app-secret";
+pub const MD5_USER: &str = "legacy";
+pub const MD5_PASSWORD: &str = "legacy-secret";
+
+pub struct Postgres {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub bindir: PathBuf,
+}
+
+fn bindir() -> PathBuf {
+    if let Ok(d) = std::env::var("PG_BINDIR") {
+        return d.into();
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if d.join("initdb").exists() {
+            return d;
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (apt-get install postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Runs a PostgreSQL program as the `postgres` user when we are root (PostgreSQL refuses root).
+fn pg_command(bindir: &Path, program: &str) -> Command {
+    let path = bindir.join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Postgres {
+    /// The shared server of this test binary.
+    pub fn shared() -> &'static Postgres {
+        static PG: OnceLock<Postgres> = OnceLock::new();
+        PG.get_or_init(Postgres::start)
+    }
+
+    fn start() -> Postgres {
+        let bindir = bindir();
+        let dir = tempfile::Builder::new().prefix("pgsluice-pg-").tempdir().unwrap().keep();
+        if is_root() {
+            Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+        }
+        let data = dir.join("data");
+        let st = pg_command(&bindir, "initdb")
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "initdb failed: {}", String::from_utf8_lossy(&st.stderr));
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!(
+                "local all all trust\n\
+                 host all postgres 127.0.0.1/32 trust\n\
+                 host all {MD5_USER} 127.0.0.1/32 md5\n\
+                 host all all 127.0.0.1/32 scram-sha-256\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        // The watchdog stops PostgreSQL and removes its files once this test process has exited,
+        // since a static is never dropped.
+        let me = std::process::id();
+        let script = format!(
+            "{pg} -D {data} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
+             -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c logging_collector=off > {dir}/postgres.log 2>&1 & pid=$!; \
+             while [ -d /proc/{me} ] && kill -0 $pid 2>/dev/null; do sleep 0.5; done; \
+             kill -INT $pid 2>/dev/null; wait $pid; rm -rf {dir}",
+            pg = bindir.join("postgres").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", &script]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        };
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.spawn().unwrap();
+        let pg = Postgres { port, dir, bindir };
+        pg.wait_ready();
+        pg.psql_super(&format!(
+            "SET password_encryption = 'scram-sha-256';\
+             CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{SCRAM_PASSWORD}';\
+             SET password_encryption = 'md5';\
+             CREATE ROLE {MD5_USER} LOGIN PASSWORD '{MD5_PASSWORD}';\
+             GRANT ALL ON SCHEMA public TO PUBLIC;"
+        ));
+        pg.psql_super(&format!("CREATE DATABASE appdb OWNER {SCRAM_USER}"));
+        pg
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                let ok = Command::new(self.bindir.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                if ok {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        panic!("PostgreSQL did not start on port {}: {log}", self.port);
+    }
+
+    /// Runs SQL as the superuser with psql, returning stdout (unaligned, tuples only).
+    pub fn psql_super(&self, sql: &str) -> String {
+        let out = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Server connections of `user` as pg_stat_activity sees them (client backends only).
+    pub fn backends_of(&self, user: &str) -> usize {
+        self.psql_super(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND backend_type = 'client backend'"
+        ))
+        .parse()
+        .unwrap()
+    }
+}
+
+/// A pgsluice instance inside the test process, configured through a real pgbouncer.ini.
+pub struct Sluice {
+    pub app: Arc<App>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sluice {
+    /// Starts pgsluice in front of the shared PostgreSQL. `pgbouncer` lines are added to the
+    /// `[pgbouncer]` section and `databases` lines to `[databases]` (a default `* =` entry is there).
+    pub async fn start(pgbouncer: &str, databases: &str) -> Sluice {
+        let pg = Postgres::shared();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n\"{MD5_USER}\" \"{MD5_PASSWORD}\"\n\"postgres\" \"\"\n"),
+        )
+        .unwrap();
+        let ini = format!(
+            "[databases]\n{databases}\n* = host=127.0.0.1 port={port}\n\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 0\nunix_socket_dir =\n\
+             auth_type = md5\nauth_file = userlist.txt\nstats_period = 0\n{pgbouncer}\n",
+            port = pg.port
+        );
+        let path = dir.path().join("pgbouncer.ini");
+        std::fs::write(&path, ini).unwrap();
+        let config = pgsluice::config::load(&path).expect("test config loads");
+        let app = App::new(config);
+        let listeners = pgsluice::run::bind(&app).await.unwrap();
+        let addr = listeners.local_addrs()[0];
+        let task = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let _ = pgsluice::run::serve(app, listeners, false).await;
+            })
+        };
+        Sluice { app, addr, dir, task }
+    }
+
+    pub fn conn_str(&self, user: &str, password: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.addr.port())
+    }
+
+    /// Connects with tokio-postgres as the SCRAM user to `db`, driving the connection in a task.
+    pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        self.connect_as(SCRAM_USER, SCRAM_PASSWORD, db).await.expect("connect through pgsluice")
+    }
+
+    pub async fn connect_as(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.conn_str(user, password, db), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.app.shutdown.request(pgsluice::shutdown::Phase::Immediate);
+        self.task.abort();
+    }
+}
+
+/// A table name unique to one test, so tests can share the database and run in parallel.
+pub fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{name}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The first column of the first row of a simple query's result.
+pub fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}

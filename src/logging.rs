@@ -17,7 +17,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let now = chrono::Utc::now();
         let level = match *event.metadata().level() {
             Level::ERROR => "ERROR",
@@ -25,7 +30,13 @@ where
             Level::INFO => "LOG",
             Level::DEBUG | Level::TRACE => "DEBUG",
         };
-        write!(writer, "{} UTC [{}] {} ", now.format("%Y-%m-%d %H:%M:%S%.3f"), std::process::id(), level)?;
+        write!(
+            writer,
+            "{} UTC [{}] {} ",
+            now.format("%Y-%m-%d %H:%M:%S%.3f"),
+            std::process::id(),
+            level
+        )?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -35,7 +46,9 @@ where
 /// the default level, which is `info`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.event_format(PgBouncerFormat).try_init(),
         LogFormat::Json => builder.json().with_current_span(false).try_init(),

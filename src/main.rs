@@ -29,14 +29,20 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let path = cli.config.or(cli.file).context("no configuration file given (use --config FILE or FILE.ini)")?;
-    let config = pgsluice::config::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    let path = cli
+        .config
+        .or(cli.file)
+        .context("no configuration file given (use --config FILE or FILE.ini)")?;
+    let config =
+        pgsluice::config::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
     pgsluice::logging::init(config.general.log_format);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     let workers = match config.general.workers {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         n => n,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,7 +54,9 @@ fn real_main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let app = pgsluice::app::App::new(config);
         let listeners = pgsluice::run::bind(&app).await.context("cannot listen")?;
-        pgsluice::run::serve(app, listeners, true).await.context("serving failed")
+        pgsluice::run::serve(app, listeners, true)
+            .await
+            .context("serving failed")
     })?;
     // Client tasks still draining after an immediate shutdown are dropped with the runtime.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

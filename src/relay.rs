@@ -27,10 +27,15 @@ pub enum Outcome {
     /// The server is idle and clean (ReadyForQuery `I`, nothing outstanding): release it.
     Released,
     /// The client sent Terminate or closed; `clean` says whether the server is idle and clean.
-    ClientGone { clean: bool },
+    ClientGone {
+        clean: bool,
+    },
     /// The server closed or sent a FATAL error. `in_flight` requests are still owed a reply;
     /// `message` is the server's error text, if it sent one.
-    ServerLost { in_flight: u32, message: Option<String> },
+    ServerLost {
+        in_flight: u32,
+        message: Option<String>,
+    },
     /// A multi-statement transaction in statement mode.
     TransactionInStatementMode,
     QueryTimeout,
@@ -86,7 +91,11 @@ struct Track {
 
 impl Track {
     fn clean(&self, client: &Scanner, server: &Scanner) -> bool {
-        self.pending == 0 && !self.unsynced && self.status == b'I' && client.at_boundary() && server.at_boundary()
+        self.pending == 0
+            && !self.unsynced
+            && self.status == b'I'
+            && client.at_boundary()
+            && server.at_boundary()
     }
 }
 
@@ -106,7 +115,13 @@ pub async fn run(
     timeouts: Timeouts,
     shutdown: &mut watch::Receiver<Phase>,
 ) -> Result<Outcome, RelayError> {
-    let ClientSide { stream: cstream, buf: cbuf, scanner: cscan, params, tracked } = client;
+    let ClientSide {
+        stream: cstream,
+        buf: cbuf,
+        scanner: cscan,
+        params,
+        tracked,
+    } = client;
     let mut sscan = Scanner::default();
     let mut t = Track {
         pending: 0,
@@ -125,10 +140,15 @@ pub async fn run(
     loop {
         if to_server.is_empty() && to_client.is_empty() {
             if t.terminated {
-                return Ok(Outcome::ClientGone { clean: t.clean(cscan, &sscan) });
+                return Ok(Outcome::ClientGone {
+                    clean: t.clean(cscan, &sscan),
+                });
             }
             if server_error.is_some() {
-                return Ok(Outcome::ServerLost { in_flight: t.pending, message: server_error });
+                return Ok(Outcome::ServerLost {
+                    in_flight: t.pending,
+                    message: server_error,
+                });
             }
             if t.statement_violation {
                 return Ok(Outcome::TransactionInStatementMode);
@@ -138,9 +158,14 @@ pub async fn run(
             }
         }
         let timer = if t.pending > 0 {
-            timeouts.query.zip(t.busy_since).map(|(d, s)| (s + d, Outcome::QueryTimeout))
+            timeouts
+                .query
+                .zip(t.busy_since)
+                .map(|(d, s)| (s + d, Outcome::QueryTimeout))
         } else if t.status != b'I' {
-            timeouts.idle_transaction.map(|d| (t.idle_since + d, Outcome::IdleTransactionTimeout))
+            timeouts
+                .idle_transaction
+                .map(|d| (t.idle_since + d, Outcome::IdleTransactionTimeout))
         } else {
             None
         };
@@ -190,11 +215,18 @@ fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Ou
     if !sscan.at_boundary() {
         return Err(RelayError::ServerLostMidMessage);
     }
-    Ok(Outcome::ServerLost { in_flight: t.pending, message })
+    Ok(Outcome::ServerLost {
+        in_flight: t.pending,
+        message,
+    })
 }
 
 /// Scans what the client sent and splits off the bytes to forward.
-fn scan_client(cbuf: &mut BytesMut, cscan: &mut Scanner, t: &mut Track) -> Result<BytesMut, RelayError> {
+fn scan_client(
+    cbuf: &mut BytesMut,
+    cscan: &mut Scanner,
+    t: &mut Track,
+) -> Result<BytesMut, RelayError> {
     let mut terminate_len = 0;
     let scanned = cscan
         .scan(cbuf, client_inspects, |e| match e {

@@ -76,7 +76,9 @@ fn spawn_signal_handlers(app: Arc<App>) -> std::io::Result<()> {
 
 /// PgBouncer's periodic stats line, summed over pools.
 async fn stats_loop(app: Arc<App>) {
-    let Some(period) = app.config().general.stats_period else { return };
+    let Some(period) = app.config().general.stats_period else {
+        return;
+    };
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let mut last = (0u64, 0u64, 0u64);
@@ -91,8 +93,13 @@ async fn stats_loop(app: Arc<App>) {
         let secs = period.as_secs_f64().max(0.001);
         let d_x = xacts - last.0;
         let d_c = checkouts - last.2;
-        let avg_wait = if d_c > 0 { (wait_us - last.1) / d_c } else { 0 };
-        tracing::info!("stats: {:.0} xacts/s, {} clients, avg wait {} us", d_x as f64 / secs, app.shutdown.clients(), avg_wait);
+        let avg_wait = (wait_us - last.1).checked_div(d_c).unwrap_or(0);
+        tracing::info!(
+            "stats: {:.0} xacts/s, {} clients, avg wait {} us",
+            d_x as f64 / secs,
+            app.shutdown.clients(),
+            avg_wait
+        );
         last = (xacts, wait_us, checkouts);
     }
 }

@@ -30,7 +30,11 @@ pub struct Shutdown {
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Self { phase: watch::Sender::new(Phase::Running), clients: AtomicUsize::new(0), all_gone: Notify::new() }
+        Self {
+            phase: watch::Sender::new(Phase::Running),
+            clients: AtomicUsize::new(0),
+            all_gone: Notify::new(),
+        }
     }
 }
 
@@ -58,7 +62,11 @@ impl Shutdown {
     /// Moves to a later phase (never back); a repeated request escalates to `Immediate`.
     pub fn request(&self, wanted: Phase) {
         self.phase.send_modify(|p| {
-            *p = if *p != Phase::Running && wanted != Phase::Running { Phase::Immediate } else { (*p).max(wanted) };
+            *p = if *p != Phase::Running && wanted != Phase::Running {
+                Phase::Immediate
+            } else {
+                (*p).max(wanted)
+            };
         });
     }
 
@@ -69,7 +77,9 @@ impl Shutdown {
     /// Counts a new client if fewer than `max` are connected.
     pub fn admit(self: &Arc<Self>, max: usize) -> Option<ClientGuard> {
         self.clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| ClientGuard(self.clone()))
     }
@@ -84,6 +94,12 @@ impl Shutdown {
             notified.await;
         }
     }
+}
+
+/// Resolves once the phase is at least `phase` (or the sender is gone). Unlike `wait_for`, holds no
+/// borrow of the channel afterwards, so it can sit in a `select!` inside a `Send` future.
+pub async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
+    let _ = rx.wait_for(|p| *p >= phase).await;
 }
 
 #[cfg(test)]
@@ -107,10 +123,4 @@ mod tests {
         drop(a);
         assert!(s.admit(1).is_some());
     }
-}
-
-/// Resolves once the phase is at least `phase` (or the sender is gone). Unlike `wait_for`, holds no
-/// borrow of the channel afterwards, so it can sit in a `select!` inside a `Send` future.
-pub async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
-    let _ = rx.wait_for(|p| *p >= phase).await;
 }

@@ -1,4 +1,5 @@
 //! Pooling behaviour through pgsluice against a real PostgreSQL, with tokio-postgres clients.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 use common::*;
@@ -9,24 +10,41 @@ async fn transaction_mode_many_clients_small_pool_exact_total() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
     let table = unique("counter");
     let setup = s.connect("appdb").await;
-    setup.batch_execute(&format!("CREATE TABLE {table} (n int); INSERT INTO {table} VALUES (0)")).await.unwrap();
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (n int); INSERT INTO {table} VALUES (0)"
+        ))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let c = s.connect("appdb").await;
         let table = table.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..100 {
-                c.batch_execute(&format!("BEGIN; UPDATE {table} SET n = n + 1; COMMIT")).await.unwrap();
+                c.batch_execute(&format!("BEGIN; UPDATE {table} SET n = n + 1; COMMIT"))
+                    .await
+                    .unwrap();
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let n: i32 = setup.query_one(&format!("SELECT n FROM {table}"), &[]).await.unwrap().get(0);
+    let n: i32 = setup
+        .query_one(&format!("SELECT n FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5000);
     // 51 clients, never more than 2 server connections for this pool.
-    let (_, total) = s.app.pools.all().iter().map(|p| p.counts()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (_, total) = s
+        .app
+        .pools
+        .all()
+        .iter()
+        .map(|p| p.counts())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert!(total <= 2, "pool opened {total} servers");
 }
 
@@ -34,7 +52,11 @@ async fn transaction_mode_many_clients_small_pool_exact_total() {
 async fn session_mode_keeps_session_state() {
     let s = Sluice::start("pool_mode = session\ndefault_pool_size = 1", "").await;
     let c = s.connect("appdb").await;
-    c.batch_execute("SET search_path = pg_catalog; CREATE TEMP TABLE mine (x int); INSERT INTO mine VALUES (7)").await.unwrap();
+    c.batch_execute(
+        "SET search_path = pg_catalog; CREATE TEMP TABLE mine (x int); INSERT INTO mine VALUES (7)",
+    )
+    .await
+    .unwrap();
     c.batch_execute("BEGIN; COMMIT").await.unwrap();
     let sp: String = c.query_one("SHOW search_path", &[]).await.unwrap().get(0);
     assert_eq!(sp, "pg_catalog");
@@ -62,7 +84,10 @@ async fn statement_mode_refuses_transactions() {
         None => c.batch_execute("SELECT 1").await.unwrap_err(),
     };
     let text = format!("{err:?}");
-    assert!(text.contains("transaction blocks not allowed in statement pooling mode") || c.is_closed(), "{text}");
+    assert!(
+        text.contains("transaction blocks not allowed in statement pooling mode") || c.is_closed(),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,13 +95,20 @@ async fn cancel_reaches_the_right_server() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
     let c = s.connect("appdb").await;
     let token = c.cancel_token();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let q = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(10)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let err = q.await.unwrap().unwrap_err();
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
-    assert!(started.elapsed() < Duration::from_secs(2), "cancel took {:?}", started.elapsed());
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,25 +117,42 @@ async fn copy_round_trip_is_byte_identical() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
     let c = s.connect("appdb").await;
     let table = unique("copy");
-    c.batch_execute(&format!("CREATE TABLE {table} (id int, txt text)")).await.unwrap();
+    c.batch_execute(&format!("CREATE TABLE {table} (id int, txt text)"))
+        .await
+        .unwrap();
     let mut data = Vec::new();
     for i in 0..100_000 {
         data.extend_from_slice(format!("{i}\trow number {i} with some text\n").as_bytes());
     }
-    let sink = c.copy_in(&format!("COPY {table} FROM STDIN")).await.unwrap();
+    let sink = c
+        .copy_in(&format!("COPY {table} FROM STDIN"))
+        .await
+        .unwrap();
     futures_util::pin_mut!(sink);
     for chunk in data.chunks(64 * 1024) {
-        sink.send(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
     }
     let rows = sink.finish().await.unwrap();
     assert_eq!(rows, 100_000);
-    let stream = c.copy_out(&format!("COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT")).await.unwrap();
+    let stream = c
+        .copy_out(&format!(
+            "COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT"
+        ))
+        .await
+        .unwrap();
     futures_util::pin_mut!(stream);
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         out.extend_from_slice(&chunk.unwrap());
     }
-    assert!(out == data, "COPY OUT differs from what went in ({} vs {} bytes)", out.len(), data.len());
+    assert!(
+        out == data,
+        "COPY OUT differs from what went in ({} vs {} bytes)",
+        out.len(),
+        data.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,11 +161,19 @@ async fn server_killed_mid_transaction_gives_08006_and_next_transaction_works() 
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
     let c = s.connect("appdb").await;
     c.batch_execute("BEGIN").await.unwrap();
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     pg.psql_super(&format!("SELECT pg_terminate_backend({pid})"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let err = c.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE), "{err:?}");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE),
+        "{err:?}"
+    );
     // The same client carries on, on a fresh server.
     let rows = c.simple_query("SELECT pg_backend_pid()").await.unwrap();
     assert_ne!(first_value(&rows).unwrap(), pid.to_string());
@@ -130,15 +187,30 @@ async fn client_killed_mid_transaction_leaves_pool_clean() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
     let table = unique("dirty");
     let a = s.connect("appdb").await;
-    a.batch_execute(&format!("CREATE TABLE {table} (x int)")).await.unwrap();
-    a.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)")).await.unwrap();
+    a.batch_execute(&format!("CREATE TABLE {table} (x int)"))
+        .await
+        .unwrap();
+    a.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
     drop(a);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The single pooled server must not carry the dead client's open transaction.
     let b = s.connect("appdb").await;
-    let rows = b.simple_query("SELECT now() = statement_timestamp()").await.unwrap();
-    assert_eq!(first_value(&rows).as_deref(), Some("t"), "server was handed over inside a transaction");
-    let n: i64 = b.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    let rows = b
+        .simple_query("SELECT now() = statement_timestamp()")
+        .await
+        .unwrap();
+    assert_eq!(
+        first_value(&rows).as_deref(),
+        Some("t"),
+        "server was handed over inside a transaction"
+    );
+    let n: i64 = b
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 }
 
@@ -147,8 +219,12 @@ async fn parameters_follow_the_client_across_servers() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
     let a = s.connect("appdb").await;
     let b = s.connect("appdb").await;
-    a.batch_execute("SET application_name = 'client-a'; SET TimeZone = 'Asia/Tokyo'").await.unwrap();
-    b.batch_execute("SET application_name = 'client-b'").await.unwrap();
+    a.batch_execute("SET application_name = 'client-a'; SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    b.batch_execute("SET application_name = 'client-b'")
+        .await
+        .unwrap();
     for _ in 0..10 {
         let ra = a.simple_query("SHOW application_name").await.unwrap();
         assert_eq!(first_value(&ra).as_deref(), Some("client-a"));
@@ -164,10 +240,17 @@ async fn extended_protocol_and_pipelining_in_transaction_mode() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
     let c = s.connect("appdb").await;
     // tokio-postgres' `query` uses unnamed statements with parameters; several in flight pipeline.
-    let futs: Vec<_> = (0..20).map(|i| {
-        let c = &c;
-        async move { c.query_one("SELECT $1::int + 1", &[&i]).await.unwrap().get::<_, i32>(0) }
-    }).collect();
+    let futs: Vec<_> = (0..20)
+        .map(|i| {
+            let c = &c;
+            async move {
+                c.query_one("SELECT $1::int + 1", &[&i])
+                    .await
+                    .unwrap()
+                    .get::<_, i32>(0)
+            }
+        })
+        .collect();
     let got = futures_util::future::join_all(futs).await;
     assert_eq!(got, (1..21).collect::<Vec<i32>>());
 }

@@ -61,7 +61,9 @@ pub struct VerifierCache {
 
 impl std::fmt::Debug for VerifierCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifierCache").field("users", &self.entries.len()).finish()
+        f.debug_struct("VerifierCache")
+            .field("users", &self.entries.len())
+            .finish()
     }
 }
 
@@ -82,11 +84,16 @@ impl VerifierCache {
         // PBKDF2 is deliberately slow: keep it off the async worker threads.
         let salt: [u8; 16] = rand::random();
         let derived = tokio::task::spawn_blocking(move || {
-            ScramVerifier::from_password(password.as_bytes(), &salt, crate::auth::secret::DEFAULT_ITERATIONS)
+            ScramVerifier::from_password(
+                password.as_bytes(),
+                &salt,
+                crate::auth::secret::DEFAULT_ITERATIONS,
+            )
         })
         .await
         .ok()?;
-        self.entries.insert(user.to_owned(), Arc::new((secret.clone(), derived.clone())));
+        self.entries
+            .insert(user.to_owned(), Arc::new((secret.clone(), derived.clone())));
         Some(derived)
     }
 }
@@ -127,7 +134,9 @@ pub async fn authenticate(
             Some(Secret::Scram(v)) => {
                 let (given, v) = (given.to_owned(), v.clone());
                 let derived = tokio::task::spawn_blocking(move || {
-                    ScramVerifier::from_password(given.as_bytes(), &v.salt, v.iterations).stored_key.ct_eq(&v.stored_key)
+                    ScramVerifier::from_password(given.as_bytes(), &v.salt, v.iterations)
+                        .stored_key
+                        .ct_eq(&v.stored_key)
                 })
                 .await
                 .map(bool::from)
@@ -171,7 +180,9 @@ async fn scram(
     let mut body = read_password_message(stream, buf).await?;
     let (mechanism, rest) = cstr(&body)?;
     if mechanism != "SCRAM-SHA-256" {
-        return Err(AuthError::Protocol(format!("client selected an invalid SASL authentication mechanism {mechanism:?}")));
+        return Err(AuthError::Protocol(format!(
+            "client selected an invalid SASL authentication mechanism {mechanism:?}"
+        )));
     }
     let consumed = body.len() - rest.len();
     body.advance(consumed);
@@ -206,7 +217,10 @@ async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), AuthError> 
 }
 
 /// Reads one PasswordMessage-family frame (`p`), bounded by [`MAX_PRE_AUTH_MESSAGE`].
-async fn read_password_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<bytes::Bytes, AuthError> {
+async fn read_password_message(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, AuthError> {
     loop {
         if let Some((tag, body)) = proto::take_frame(buf, MAX_PRE_AUTH_MESSAGE)? {
             return match tag {

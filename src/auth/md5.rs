@@ -107,7 +107,12 @@ mod tests {
     fn uppercase_stored_hash() {
         let secret = Secret::parse(&STORED.to_uppercase().replacen("MD5", "md5", 1));
         let response = client_response("password", "postgres", [9, 9, 9, 9]);
-        assert!(verify_md5_response(&secret, "postgres", [9, 9, 9, 9], &response));
+        assert!(verify_md5_response(
+            &secret,
+            "postgres",
+            [9, 9, 9, 9],
+            &response
+        ));
     }
 
     #[test]

@@ -215,7 +215,11 @@ impl ScramServerWaitingFinal {
 
         let signature = Zeroizing::new(hmac_sha256(&self.verifier.stored_key, &[&auth_message]));
         let mut client_key = Zeroizing::new([0u8; 32]);
-        for ((k, p), s) in client_key.iter_mut().zip(proof.iter()).zip(signature.iter()) {
+        for ((k, p), s) in client_key
+            .iter_mut()
+            .zip(proof.iter())
+            .zip(signature.iter())
+        {
             *k = p ^ s;
         }
         let matches = sha256(&*client_key).ct_eq(&self.verifier.stored_key);
@@ -274,7 +278,11 @@ pub fn mock_verifier(user_salt_seed: &[u8]) -> ScramVerifier {
     };
     ScramVerifier {
         iterations: DEFAULT_ITERATIONS,
-        salt: derive(b"pgsluice mock salt").iter().take(16).copied().collect(),
+        salt: derive(b"pgsluice mock salt")
+            .iter()
+            .take(16)
+            .copied()
+            .collect(),
         stored_key: derive(b"pgsluice mock stored key"),
         server_key: derive(b"pgsluice mock server key"),
     }
@@ -303,9 +311,9 @@ fn split_gs2_header(msg: &[u8]) -> Result<(&[u8], &[u8]), ScramError> {
         [b'n' | b'y', b',', b'a', b'=', ..] => {
             ScramError::Malformed("authorization identity is not supported")
         }
-        [b'p', b'=', ..] => ScramError::Malformed(
-            "client requires channel binding, which the server did not offer",
-        ),
+        [b'p', b'=', ..] => {
+            ScramError::Malformed("client requires channel binding, which the server did not offer")
+        }
         [b'n' | b'y', ..] => ScramError::Malformed("malformed gs2 header"),
         _ => ScramError::Malformed("invalid channel-binding flag"),
     })
@@ -488,7 +496,10 @@ mod tests {
         client.finish(&ok.server_final).unwrap();
 
         let state = ScramState::from(ScramServer::new(verifier(b"pw"), NONCE));
-        assert!(matches!(state.step(b"bogus"), Step::Failure(ScramError::Malformed(_))));
+        assert!(matches!(
+            state.step(b"bogus"),
+            Step::Failure(ScramError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -579,7 +590,9 @@ mod tests {
         // Exactly at the limit is fine.
         let mut max = b"n,,n=,r=".to_vec();
         max.resize(MAX_MESSAGE_LEN, b'a');
-        assert!(ScramServer::new(verifier(b"pw"), NONCE).client_first(&max).is_ok());
+        assert!(ScramServer::new(verifier(b"pw"), NONCE)
+            .client_first(&max)
+            .is_ok());
     }
 
     /// A server after `n,,n=,r=cnonce` plus the exact valid client-final.
@@ -622,8 +635,14 @@ mod tests {
             (format!("c=biws,r={nonce}"), "last"),
             (format!("c=biws,r={nonce},p={proof},x=1"), "last"),
             (format!("r={nonce},p={proof}"), "channel-binding attribute"),
-            (format!("c=eSws,r={nonce},p={proof}"), "channel-binding data"),
-            (format!("c=biws=,r={nonce},p={proof}"), "channel-binding data"),
+            (
+                format!("c=eSws,r={nonce},p={proof}"),
+                "channel-binding data",
+            ),
+            (
+                format!("c=biws=,r={nonce},p={proof}"),
+                "channel-binding data",
+            ),
             (format!("c=,r={nonce},p={proof}"), "channel-binding data"),
             (format!("c=biws,p={proof}"), "nonce attribute"),
             (format!("c=biws,r=cnonce,p={proof}"), "nonce mismatch"),
@@ -633,8 +652,14 @@ mod tests {
             (format!("c=biws,r={nonce},p={short_proof}"), "proof length"),
             (format!("c=biws,r={nonce},p={long_proof}"), "proof length"),
             (format!("c=biws,r={nonce},p="), "proof length"),
-            (format!("c=biws,r={nonce},p={}", "!".repeat(44)), "proof encoding"),
-            (format!("c=biws,r={nonce},p={}", "A".repeat(44)), "proof length"),
+            (
+                format!("c=biws,r={nonce},p={}", "!".repeat(44)),
+                "proof encoding",
+            ),
+            (
+                format!("c=biws,r={nonce},p={}", "A".repeat(44)),
+                "proof length",
+            ),
             (format!("c=biws,r={nonce},p={proof}\0"), "NUL"),
             (format!("{good}{}", "a".repeat(MAX_MESSAGE_LEN)), "too long"),
         ];

@@ -35,19 +35,26 @@ pub struct LoginParams<'a> {
 
 /// Connects and logs in within `timeout`.
 pub async fn connect(p: &LoginParams<'_>, timeout: Duration) -> Result<Server, BackendError> {
-    tokio::time::timeout(timeout, connect_inner(p)).await.map_err(|_| BackendError::Timeout)?
+    tokio::time::timeout(timeout, connect_inner(p))
+        .await
+        .map_err(|_| BackendError::Timeout)?
 }
 
 async fn open(addr: &ServerAddr) -> Result<Stream, BackendError> {
     let described = || format!("{}:{}", addr.host, addr.port);
     if addr.host.starts_with('/') {
         let path = format!("{}/.s.PGSQL.{}", addr.host, addr.port);
-        let s = UnixStream::connect(&path).await.map_err(|source| BackendError::Connect { addr: path, source })?;
+        let s = UnixStream::connect(&path)
+            .await
+            .map_err(|source| BackendError::Connect { addr: path, source })?;
         Ok(s.into())
     } else {
         let s = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
-            .map_err(|source| BackendError::Connect { addr: described(), source })?;
+            .map_err(|source| BackendError::Connect {
+                addr: described(),
+                source,
+            })?;
         Ok(s.into())
     }
 }
@@ -57,7 +64,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
     let mut out = BytesMut::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
     params.extend(p.startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    frontend::startup_message(params.into_iter(), &mut out)?;
+    frontend::startup_message(params, &mut out)?;
     stream.write_all(&out).await?;
     out.clear();
 
@@ -86,19 +93,27 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                             .and_then(|s| s.try_into().ok())
                             .ok_or(proto::ProtoError::Malformed("AuthenticationMD5Password"))?;
                         let hashed = match p.secret {
-                            Some(Secret::Plain(pw)) => crate::auth::md5::md5_hex_password(p.user, pw.as_bytes()),
-                            Some(Secret::Md5(h)) => format!("md5{}", String::from_utf8_lossy(&h[..])),
+                            Some(Secret::Plain(pw)) => {
+                                crate::auth::md5::md5_hex_password(p.user, pw.as_bytes())
+                            }
+                            Some(Secret::Md5(h)) => {
+                                format!("md5{}", String::from_utf8_lossy(&h[..]))
+                            }
                             _ => return Err(BackendError::UnsupportedAuth("an md5 password")),
                         };
                         frontend::password_message(salted_md5(&hashed, salt).as_bytes(), &mut out)?;
                     }
                     10 => {
                         let Some(Secret::Plain(pw)) = p.secret else {
-                            return Err(BackendError::UnsupportedAuth("a SCRAM-SHA-256 login (needs the password)"));
+                            return Err(BackendError::UnsupportedAuth(
+                                "a SCRAM-SHA-256 login (needs the password)",
+                            ));
                         };
                         let offered = body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
                         if !offered {
-                            return Err(BackendError::UnsupportedAuth("a SASL mechanism other than SCRAM-SHA-256"));
+                            return Err(BackendError::UnsupportedAuth(
+                                "a SASL mechanism other than SCRAM-SHA-256",
+                            ));
                         }
                         let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
                         frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
@@ -114,7 +129,11 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                         s.finish(&body)?;
                         continue;
                     }
-                    _ => return Err(BackendError::UnsupportedAuth("an authentication method pgsluice does not know")),
+                    _ => {
+                        return Err(BackendError::UnsupportedAuth(
+                            "an authentication method pgsluice does not know",
+                        ))
+                    }
                 }
                 stream.write_all(&out).await?;
                 out.clear();
@@ -139,7 +158,10 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                 if b.len() < 8 {
                     return Err(proto::ProtoError::Malformed("BackendKeyData").into());
                 }
-                key = BackendKey { pid: b.get_u32(), secret: b.get_u32() };
+                key = BackendKey {
+                    pid: b.get_u32(),
+                    secret: b.get_u32(),
+                };
             }
             b'Z' => break,
             b'E' => return Err(login_error(&body)),
@@ -177,12 +199,18 @@ fn salted_md5(hashed: &str, salt: [u8; 4]) -> String {
 
 fn login_error(body: &[u8]) -> BackendError {
     match msg::error_fields(body) {
-        Ok(f) => BackendError::Login { code: f.code.to_owned(), message: f.message.to_owned() },
+        Ok(f) => BackendError::Login {
+            code: f.code.to_owned(),
+            message: f.message.to_owned(),
+        },
         Err(e) => e.into(),
     }
 }
 
-pub(crate) async fn read_message(stream: &mut Stream, rbuf: &mut BytesMut) -> Result<(u8, bytes::Bytes), BackendError> {
+pub(crate) async fn read_message(
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+) -> Result<(u8, bytes::Bytes), BackendError> {
     loop {
         if let Some(frame) = proto::take_frame(rbuf, MAX_LOGIN_MESSAGE)? {
             return Ok(frame);

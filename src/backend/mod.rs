@@ -56,7 +56,10 @@ impl Server {
 #[derive(Debug, Error)]
 pub enum BackendError {
     #[error("could not connect to server {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server connection timed out")]
     Timeout,
     #[error("server login failed: {message}")]

@@ -8,12 +8,19 @@ pub struct ParamSet {
 
 impl ParamSet {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.items.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.items
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets a value; returns whether it changed. Allocates only when it does.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
-        match self.items.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .items
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) if v == value => false,
             Some((_, v)) => {
                 value.clone_into(v);
@@ -35,7 +42,9 @@ impl ParamSet {
     pub fn sync_query(client: &ParamSet, server: &ParamSet, tracked: &[String]) -> Option<String> {
         let mut sql: Option<String> = None;
         for name in tracked {
-            let Some(want) = client.get(name) else { continue };
+            let Some(want) = client.get(name) else {
+                continue;
+            };
             if server.get(name) == Some(want) {
                 continue;
             }

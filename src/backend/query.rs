@@ -23,15 +23,18 @@ pub async fn run_simple(server: &mut Server, sql: &str) -> Result<(), BackendErr
             }
             b'E' => {
                 let f = msg::error_fields(&body)?;
-                failure = Some(BackendError::Login { code: f.code.to_owned(), message: f.message.to_owned() });
+                failure = Some(BackendError::Login {
+                    code: f.code.to_owned(),
+                    message: f.message.to_owned(),
+                });
             }
             b'Z' => {
                 let status = msg::ready_for_query(&body)?;
                 return match failure {
                     Some(e) => Err(e),
-                    None if status != b'I' => Err(BackendError::Protocol(crate::proto::ProtoError::Malformed(
-                        "pooler query left a transaction open",
-                    ))),
+                    None if status != b'I' => Err(BackendError::Protocol(
+                        crate::proto::ProtoError::Malformed("pooler query left a transaction open"),
+                    )),
                     None => Ok(()),
                 };
             }

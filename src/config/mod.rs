@@ -21,15 +21,27 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{file}: {source}")]
-    Io { file: PathBuf, source: std::io::Error },
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Ini(#[from] ini::IniError),
     #[error("{file}:{line}: invalid value for \"{key}\": {message}")]
-    Value { file: PathBuf, line: usize, key: String, message: String },
+    Value {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
     #[error("{file}: {message}")]
     Toml { file: PathBuf, message: String },
     #[error("{file}:{line}: {message}")]
-    AuthFile { file: PathBuf, line: usize, message: String },
+    AuthFile {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -49,7 +61,9 @@ pub fn detect_format(path: &Path, text: &str) -> Format {
         Some("ini") => return Format::PgBouncerIni,
         _ => {}
     }
-    let has_pgbouncer_section = text.lines().any(|l| l.trim().eq_ignore_ascii_case("[pgbouncer]"));
+    let has_pgbouncer_section = text
+        .lines()
+        .any(|l| l.trim().eq_ignore_ascii_case("[pgbouncer]"));
     if has_pgbouncer_section || text.lines().any(|l| l.trim_start().starts_with('%')) {
         Format::PgBouncerIni
     } else {
@@ -59,7 +73,10 @@ pub fn detect_format(path: &Path, text: &str) -> Format {
 
 /// Loads and validates a configuration file of either format.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.to_owned(),
+        source,
+    })?;
     let loaded = match detect_format(path, &text) {
         Format::Toml => toml::load(path)?,
         Format::PgBouncerIni => pgbouncer::load(path)?,

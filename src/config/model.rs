@@ -26,7 +26,9 @@ impl std::str::FromStr for PoolMode {
             "session" => Ok(Self::Session),
             "transaction" => Ok(Self::Transaction),
             "statement" => Ok(Self::Statement),
-            _ => Err(format!("expected session, transaction or statement, got {s:?}")),
+            _ => Err(format!(
+                "expected session, transaction or statement, got {s:?}"
+            )),
         }
     }
 }
@@ -67,7 +69,9 @@ impl std::str::FromStr for AuthType {
             "plain" | "password" => Ok(Self::Plain),
             "md5" => Ok(Self::Md5),
             "scram-sha-256" => Ok(Self::ScramSha256),
-            other => Err(format!("unsupported auth_type {other:?} (trust, any, plain, md5, scram-sha-256)")),
+            other => Err(format!(
+                "unsupported auth_type {other:?} (trust, any, plain, md5, scram-sha-256)"
+            )),
         }
     }
 }
@@ -315,10 +319,20 @@ pub struct Config {
 }
 
 /// Always tracked, as PgBouncer does; `track_extra_parameters` adds to these.
-const BASE_TRACKED: [&str; 5] = ["client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name"];
+const BASE_TRACKED: [&str; 5] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+];
 
 impl Config {
-    pub fn from_raw(raw: RawConfig, source: &Path, warnings: Vec<String>) -> Result<Self, ConfigError> {
+    pub fn from_raw(
+        raw: RawConfig,
+        source: &Path,
+        warnings: Vec<String>,
+    ) -> Result<Self, ConfigError> {
         let g = raw.general;
         for (name, v) in [
             ("reserve_pool_timeout", g.reserve_pool_timeout),
@@ -335,11 +349,15 @@ impl Config {
             ("stats_period", g.stats_period),
         ] {
             if !(v.is_finite() && (0.0..=1.0e9).contains(&v)) {
-                return Err(ConfigError::Invalid(format!("{name} must be a number of seconds ≥ 0, got {v}")));
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be a number of seconds ≥ 0, got {v}"
+                )));
             }
         }
         if g.listen_addr.is_empty() && g.unix_socket_dir.is_empty() {
-            return Err(ConfigError::Invalid("nothing to listen on: listen_addr and unix_socket_dir are both empty".into()));
+            return Err(ConfigError::Invalid(
+                "nothing to listen on: listen_addr and unix_socket_dir are both empty".into(),
+            ));
         }
         let auth_secrets = match &g.auth_file {
             Some(path) => load_auth_file(&resolve(source, path))?,
@@ -354,7 +372,8 @@ impl Config {
         let general = General {
             listen_addr: g.listen_addr,
             listen_port: g.listen_port,
-            unix_socket_dir: (!g.unix_socket_dir.is_empty()).then(|| PathBuf::from(&g.unix_socket_dir)),
+            unix_socket_dir: (!g.unix_socket_dir.is_empty())
+                .then(|| PathBuf::from(&g.unix_socket_dir)),
             max_client_conn: g.max_client_conn,
             auth_type: g.auth_type,
             pool_mode: g.pool_mode,
@@ -364,11 +383,14 @@ impl Config {
             reserve_pool_timeout: Duration::from_secs_f64(g.reserve_pool_timeout),
             max_db_connections: g.max_db_connections,
             max_user_connections: g.max_user_connections,
-            server_reset_query: (!g.server_reset_query.trim().is_empty()).then_some(g.server_reset_query),
+            server_reset_query: (!g.server_reset_query.trim().is_empty())
+                .then_some(g.server_reset_query),
             server_reset_query_always: g.server_reset_query_always,
-            server_check_query: (!g.server_check_query.trim().is_empty()).then_some(g.server_check_query),
+            server_check_query: (!g.server_check_query.trim().is_empty())
+                .then_some(g.server_check_query),
             server_check_delay: Duration::from_secs_f64(g.server_check_delay),
-            server_connect_timeout: secs(g.server_connect_timeout).unwrap_or(Duration::from_secs(15)),
+            server_connect_timeout: secs(g.server_connect_timeout)
+                .unwrap_or(Duration::from_secs(15)),
             server_login_retry: Duration::from_secs_f64(g.server_login_retry),
             server_idle_timeout: secs(g.server_idle_timeout),
             server_lifetime: secs(g.server_lifetime),
@@ -389,7 +411,11 @@ impl Config {
         let mut databases = BTreeMap::new();
         for (name, d) in raw.databases {
             let mut startup_params = Vec::new();
-            for (k, v) in [("client_encoding", &d.client_encoding), ("datestyle", &d.datestyle), ("timezone", &d.timezone)] {
+            for (k, v) in [
+                ("client_encoding", &d.client_encoding),
+                ("datestyle", &d.datestyle),
+                ("timezone", &d.timezone),
+            ] {
                 if let Some(v) = v {
                     startup_params.push((k.to_owned(), v.clone()));
                 }
@@ -413,9 +439,25 @@ impl Config {
         let users = raw
             .users
             .into_iter()
-            .map(|(n, u)| (n, User { pool_mode: u.pool_mode, pool_size: u.pool_size, max_user_connections: u.max_user_connections }))
+            .map(|(n, u)| {
+                (
+                    n,
+                    User {
+                        pool_mode: u.pool_mode,
+                        pool_size: u.pool_size,
+                        max_user_connections: u.max_user_connections,
+                    },
+                )
+            })
             .collect();
-        Ok(Config { source: source.to_owned(), general, databases, users, auth_secrets, warnings })
+        Ok(Config {
+            source: source.to_owned(),
+            general,
+            databases,
+            users,
+            auth_secrets,
+            warnings,
+        })
     }
 
     /// The `[databases]` entry for a client's database name, falling back to `*`.
@@ -433,13 +475,25 @@ pub fn resolve(source: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_owned()
     } else {
-        source.parent().map(|d| d.join(path)).unwrap_or_else(|| path.to_owned())
+        source
+            .parent()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|| path.to_owned())
     }
 }
 
 fn load_auth_file(path: &Path) -> Result<BTreeMap<String, Secret>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: path.to_owned(), source })?;
-    let entries = super::userlist::parse(&text)
-        .map_err(|e| ConfigError::AuthFile { file: path.to_owned(), line: e.line(), message: e.to_string() })?;
-    Ok(entries.into_iter().map(|e| (e.user, Secret::parse(&e.secret))).collect())
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.to_owned(),
+        source,
+    })?;
+    let entries = super::userlist::parse(&text).map_err(|e| ConfigError::AuthFile {
+        file: path.to_owned(),
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    Ok(entries
+        .into_iter()
+        .map(|e| (e.user, Secret::parse(&e.secret)))
+        .collect())
 }

@@ -35,17 +35,26 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             }
             "users" => {
                 for e in &section.entries {
-                    raw.users.insert(e.key.clone(), parse_user(e, &mut warnings)?);
+                    raw.users
+                        .insert(e.key.clone(), parse_user(e, &mut warnings)?);
                 }
             }
-            other => warnings.push(format!("{}: section [{other}] is not known and is ignored", path.display())),
+            other => warnings.push(format!(
+                "{}: section [{other}] is not known and is ignored",
+                path.display()
+            )),
         }
     }
     Ok(Loaded { raw, warnings })
 }
 
 fn bad(e: &IniEntry, key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Value { file: e.file.clone(), line: e.line, key: key.to_owned(), message: message.into() }
+    ConfigError::Value {
+        file: e.file.clone(),
+        line: e.line,
+        key: key.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -57,7 +66,9 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_num<T: FromStr>(v: &str) -> Result<T, String> {
-    v.trim().parse().map_err(|_| format!("expected a non-negative integer, got {v:?}"))
+    v.trim()
+        .parse()
+        .map_err(|_| format!("expected a non-negative integer, got {v:?}"))
 }
 
 /// Seconds, fractions allowed, with optional PgBouncer-style units (`ms`, `s`, `min`, `h`).
@@ -65,7 +76,10 @@ pub fn parse_seconds(v: &str) -> Result<f64, String> {
     let v = v.trim();
     let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: f64 = num.trim().parse().map_err(|_| format!("expected a number of seconds, got {v:?}"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of seconds, got {v:?}"))?;
     let scale = match unit.trim() {
         "" | "s" => 1.0,
         "ms" => 0.001,
@@ -83,7 +97,11 @@ pub fn parse_seconds(v: &str) -> Result<f64, String> {
 }
 
 fn parse_list(v: &str) -> Vec<String> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Applies one `[pgbouncer]` key; `Ok(false)` when the key is not one pgsluice implements.
@@ -156,7 +174,9 @@ fn parse_database(e: &IniEntry, warnings: &mut Vec<String>) -> Result<RawDatabas
             "auth_user" => d.auth_user = Some(v),
             "pool_size" => d.pool_size = Some(parse_num(&v).map_err(err)?),
             "min_pool_size" => d.min_pool_size = Some(parse_num(&v).map_err(err)?),
-            "reserve_pool" | "reserve_pool_size" => d.reserve_pool = Some(parse_num(&v).map_err(err)?),
+            "reserve_pool" | "reserve_pool_size" => {
+                d.reserve_pool = Some(parse_num(&v).map_err(err)?)
+            }
             "max_db_connections" => d.max_db_connections = Some(parse_num(&v).map_err(err)?),
             "pool_mode" => d.pool_mode = Some(v.parse().map_err(err)?),
             "client_encoding" => d.client_encoding = Some(v),

@@ -10,16 +10,24 @@ use std::path::Path;
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let figment = Figment::from(Serialized::defaults(RawConfig::default()))
         .merge(Toml::file_exact(path))
-        .merge(Env::prefixed("PGSLUICE_").map(|k| {
-            let k = k.as_str().to_ascii_lowercase();
-            if k.contains("__") {
-                k.replace("__", ".").into()
-            } else {
-                format!("general.{k}").into()
-            }
-        }).split("."));
-    let raw: RawConfig = figment
-        .extract()
-        .map_err(|e| ConfigError::Toml { file: path.to_owned(), message: e.to_string() })?;
-    Ok(Loaded { raw, warnings: Vec::new() })
+        .merge(
+            Env::prefixed("PGSLUICE_")
+                .map(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    if k.contains("__") {
+                        k.replace("__", ".").into()
+                    } else {
+                        format!("general.{k}").into()
+                    }
+                })
+                .split("."),
+        );
+    let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Toml {
+        file: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(Loaded {
+        raw,
+        warnings: Vec::new(),
+    })
 }

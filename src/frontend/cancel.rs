@@ -58,10 +58,17 @@ impl CancelMap {
     pub fn register(self: &Arc<Self>) -> CancelRegistration {
         loop {
             let pid: u32 = rand::random();
-            let target = Arc::new(CancelTarget { secret: rand::random(), server: Mutex::new(None) });
+            let target = Arc::new(CancelTarget {
+                secret: rand::random(),
+                server: Mutex::new(None),
+            });
             if let dashmap::Entry::Vacant(v) = self.clients.entry(pid) {
                 v.insert(target.clone());
-                return CancelRegistration { map: self.clone(), pid, target };
+                return CancelRegistration {
+                    map: self.clone(),
+                    pid,
+                    target,
+                };
             }
         }
     }
@@ -70,7 +77,9 @@ impl CancelMap {
     /// otherwise, as PostgreSQL does (a cancel never gets an answer).
     pub async fn forward(&self, pid: u32, secret: u32) {
         let target = {
-            let Some(entry) = self.clients.get(&pid) else { return };
+            let Some(entry) = self.clients.get(&pid) else {
+                return;
+            };
             if !bool::from(subtle::ConstantTimeEq::ct_eq(&entry.secret, &secret)) {
                 return;
             }

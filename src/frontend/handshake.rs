@@ -43,13 +43,22 @@ async fn reject(stream: &mut Stream, code: &str, message: String) -> LoginEnd {
 }
 
 /// Reads the startup packet, answering SSLRequest and GSSENCRequest with `N` (no TLS yet).
-async fn read_startup(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result<StartupMessage, LoginEnd> {
+async fn read_startup(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<StartupMessage, LoginEnd> {
     loop {
         match startup::parse(buf) {
             Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
                 if !buf.is_empty() {
                     // Bytes after an SSLRequest, before our answer, would be a buffer-stuffing attack.
-                    return Err(reject(stream, sqlstate::PROTOCOL_VIOLATION, "unexpected data after SSLRequest".into()).await);
+                    return Err(reject(
+                        stream,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "unexpected data after SSLRequest".into(),
+                    )
+                    .await);
                 }
                 stream.write_all(b"N").await.map_err(|_| LoginEnd::Gone)?;
                 continue;
@@ -63,7 +72,14 @@ async fn read_startup(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Res
             Err(e @ ProtoError::UnsupportedProtocol { .. }) => {
                 return Err(reject(stream, sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()).await)
             }
-            Err(e) => return Err(reject(stream, sqlstate::PROTOCOL_VIOLATION, format!("invalid startup packet: {e}")).await),
+            Err(e) => {
+                return Err(reject(
+                    stream,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup packet: {e}"),
+                )
+                .await)
+            }
         }
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(LoginEnd::Gone),
@@ -74,13 +90,22 @@ async fn read_startup(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Res
 
 /// Runs the whole login. On success the client has received AuthenticationOk, the parameters,
 /// its BackendKeyData and ReadyForQuery.
-pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result<LoggedIn, LoginEnd> {
+pub async fn login(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<LoggedIn, LoginEnd> {
     let mut m = read_startup(app, stream, buf).await?;
     let config = app.config();
     let g = &config.general;
 
     // Protocol options (`_pq_.*`) and minor versions above 0 are declined, as PostgreSQL does.
-    let unknown_options: Vec<String> = m.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    let unknown_options: Vec<String> = m
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
     if m.minor > 0 || !unknown_options.is_empty() {
         let mut out = BytesMut::new();
         let names: Vec<&str> = unknown_options.iter().map(String::as_str).collect();
@@ -90,27 +115,53 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
     }
 
     let Some(user) = m.get("user").map(str::to_owned) else {
-        return Err(reject(stream, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet".into()).await);
+        return Err(reject(
+            stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+        .await);
     };
-    let database = m.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let database = m
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
 
     let mut params = ParamSet::default();
     for (k, v) in &m.params {
         if ALWAYS_ACCEPTED.contains(&k.as_str()) {
             continue;
         }
-        if g.tracked_parameters.iter().any(|t| t.eq_ignore_ascii_case(k)) {
+        if g.tracked_parameters
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(k))
+        {
             params.set(k, v);
-        } else if g.ignore_startup_parameters.iter().any(|t| t.eq_ignore_ascii_case(k)) {
+        } else if g
+            .ignore_startup_parameters
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(k))
+        {
             continue;
         } else {
-            return Err(reject(stream, sqlstate::PROTOCOL_VIOLATION, format!("unsupported startup parameter: {k}")).await);
+            return Err(reject(
+                stream,
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("unsupported startup parameter: {k}"),
+            )
+            .await);
         }
     }
 
     let Some(settings) = PoolSettings::resolve(&config, &database, &user) else {
         // Authenticate first where a password is due, so that database names cannot be probed freely.
-        return Err(reject(stream, sqlstate::PROTOCOL_VIOLATION, format!("no such database: {database}")).await);
+        return Err(reject(
+            stream,
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("no such database: {database}"),
+        )
+        .await);
     };
 
     let secret = config.auth_secrets.get(&user);
@@ -118,13 +169,21 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
         return Err(match e {
             AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
             AuthError::Failed(_) => {
-                reject(stream, e.sqlstate(), format!("password authentication failed for user \"{user}\"")).await
+                reject(
+                    stream,
+                    e.sqlstate(),
+                    format!("password authentication failed for user \"{user}\""),
+                )
+                .await
             }
             other => reject(stream, other.sqlstate(), other.to_string()).await,
         });
     }
 
-    let key = PoolKey { database: database.clone(), user: user.clone() };
+    let key = PoolKey {
+        database: database.clone(),
+        user: user.clone(),
+    };
     let pool = app.pools.get_or_create(key, settings);
     let welcome = match pool.welcome_params() {
         Some(w) => w,
@@ -157,5 +216,11 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
     encode::backend_key_data(&mut out, cancel.pid, cancel.target_secret());
     encode::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await.map_err(|_| LoginEnd::Gone)?;
-    Ok(LoggedIn { pool, user, database, params: shown, cancel })
+    Ok(LoggedIn {
+        pool,
+        user,
+        database,
+        params: shown,
+        cancel,
+    })
 }

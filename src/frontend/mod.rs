@@ -4,13 +4,19 @@ pub mod cancel;
 pub mod handshake;
 pub mod session;
 
-use crate::proto::encode::{self, Severity};
 use crate::net::stream::Stream;
+use crate::proto::encode::{self, Severity};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 /// Sends an ErrorResponse, best effort: the client may already be gone.
-pub async fn send_error(stream: &mut Stream, severity: Severity, code: &str, message: &str, detail: Option<&str>) {
+pub async fn send_error(
+    stream: &mut Stream,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) {
     let mut out = BytesMut::with_capacity(64 + message.len());
     encode::error_response(&mut out, severity, code, message, detail);
     let _ = stream.write_all(&out).await;
@@ -26,7 +32,14 @@ pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: Strin
         Some(t) => match tokio::time::timeout(t, login).await {
             Ok(r) => r,
             Err(_) => {
-                send_error(&mut stream, Severity::Fatal, crate::proto::sqlstate::PROTOCOL_VIOLATION, "client_login_timeout", None).await;
+                send_error(
+                    &mut stream,
+                    Severity::Fatal,
+                    crate::proto::sqlstate::PROTOCOL_VIOLATION,
+                    "client_login_timeout",
+                    None,
+                )
+                .await;
                 if g.log_pooler_errors {
                     tracing::warn!(peer = %peer, "client_login_timeout");
                 }

@@ -22,7 +22,12 @@ use tokio::time::{timeout_at, Instant};
 pub type EndReason = String;
 
 /// Serves a logged-in client until it leaves or is closed.
-pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: LoggedIn) -> EndReason {
+pub async fn run(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    mut me: LoggedIn,
+) -> EndReason {
     let mut shutdown = app.shutdown.watch();
     let mut scanner = Scanner::default();
     // An error owed to the client: its server died between requests, so the next request gets it.
@@ -57,7 +62,14 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
                 Ok(Noise::Terminate) => return "client close request".into(),
                 Ok(Noise::None) => {}
                 Err(e) => {
-                    send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &e.to_string(), None).await;
+                    send_error(
+                        stream,
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &e.to_string(),
+                        None,
+                    )
+                    .await;
                     return format!("client protocol violation: {e}");
                 }
             }
@@ -90,7 +102,9 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
             },
             _ = crate::shutdown::reached(&mut shutdown, Phase::Immediate) => return "pooler shutdown".into(),
         };
-        if let Some(sql) = ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters) {
+        if let Some(sql) =
+            ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
+        {
             if let Err(e) = run_simple(&mut conn.server, &sql).await {
                 tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
                 send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
@@ -99,10 +113,19 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
         }
         me.cancel.target.attach(&conn.server.addr, conn.server.key);
         let outcome = relay::run(
-            ClientSide { stream, buf, scanner: &mut scanner, params: &mut me.params, tracked: &g.tracked_parameters },
+            ClientSide {
+                stream,
+                buf,
+                scanner: &mut scanner,
+                params: &mut me.params,
+                tracked: &g.tracked_parameters,
+            },
             &mut conn.server,
             mode,
-            Timeouts { query: g.query_timeout, idle_transaction: g.idle_transaction_timeout },
+            Timeouts {
+                query: g.query_timeout,
+                idle_transaction: g.idle_transaction_timeout,
+            },
             &mut shutdown,
         )
         .await;
@@ -111,8 +134,15 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
             Ok(Outcome::Released) => {
                 pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
                 give_back(app, &pool, conn, mode, false).await;
-                if shutdown.borrow().clone() >= Phase::WaitForServers {
-                    send_error(stream, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down", None).await;
+                if *shutdown.borrow() >= Phase::WaitForServers {
+                    send_error(
+                        stream,
+                        Severity::Fatal,
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "pooler is shutting down",
+                        None,
+                    )
+                    .await;
                     return "pooler shutdown".into();
                 }
             }
@@ -126,7 +156,14 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
                 drop(conn);
                 let text = "server connection lost";
                 if mode == PoolMode::Session {
-                    send_error(stream, Severity::Fatal, sqlstate::CONNECTION_FAILURE, text, message.as_deref()).await;
+                    send_error(
+                        stream,
+                        Severity::Fatal,
+                        sqlstate::CONNECTION_FAILURE,
+                        text,
+                        message.as_deref(),
+                    )
+                    .await;
                     return "server connection lost".into();
                 }
                 if in_flight == 0 {
@@ -134,7 +171,13 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
                     continue;
                 }
                 let mut out = BytesMut::new();
-                encode::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, text, message.as_deref());
+                encode::error_response(
+                    &mut out,
+                    Severity::Error,
+                    sqlstate::CONNECTION_FAILURE,
+                    text,
+                    message.as_deref(),
+                );
                 for _ in 0..in_flight {
                     encode::ready_for_query(&mut out, b'I');
                 }
@@ -145,22 +188,50 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
             Ok(Outcome::TransactionInStatementMode) => {
                 drop(conn);
                 let m = "transaction blocks not allowed in statement pooling mode";
-                send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m, None).await;
+                send_error(
+                    stream,
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    m,
+                    None,
+                )
+                .await;
                 return m.into();
             }
             Ok(Outcome::QueryTimeout) => {
                 drop(conn);
-                send_error(stream, Severity::Fatal, sqlstate::QUERY_CANCELED, "query_timeout", None).await;
+                send_error(
+                    stream,
+                    Severity::Fatal,
+                    sqlstate::QUERY_CANCELED,
+                    "query_timeout",
+                    None,
+                )
+                .await;
                 return "query_timeout".into();
             }
             Ok(Outcome::IdleTransactionTimeout) => {
                 drop(conn);
-                send_error(stream, Severity::Fatal, sqlstate::IDLE_IN_TRANSACTION_TIMEOUT, "idle_transaction_timeout", None).await;
+                send_error(
+                    stream,
+                    Severity::Fatal,
+                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                    "idle_transaction_timeout",
+                    None,
+                )
+                .await;
                 return "idle_transaction_timeout".into();
             }
             Ok(Outcome::Shutdown) => {
                 drop(conn);
-                send_error(stream, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down", None).await;
+                send_error(
+                    stream,
+                    Severity::Fatal,
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "pooler is shutting down",
+                    None,
+                )
+                .await;
                 return "pooler shutdown".into();
             }
             Err(e) => {
@@ -168,10 +239,24 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
                 match &e {
                     RelayError::ClientIo(_) => {}
                     RelayError::ClientProto(p) => {
-                        send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &p.to_string(), None).await
+                        send_error(
+                            stream,
+                            Severity::Fatal,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            &p.to_string(),
+                            None,
+                        )
+                        .await
                     }
                     RelayError::ServerProto(_) | RelayError::ServerLostMidMessage => {
-                        send_error(stream, Severity::Fatal, sqlstate::CONNECTION_FAILURE, "server connection lost", None).await
+                        send_error(
+                            stream,
+                            Severity::Fatal,
+                            sqlstate::CONNECTION_FAILURE,
+                            "server connection lost",
+                            None,
+                        )
+                        .await
                     }
                 }
                 return e.to_string();
@@ -182,7 +267,13 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut me: Log
 
 /// Returns a server after use. In session mode (or with `server_reset_query_always`) the reset query
 /// runs first; a server it fails on is closed.
-async fn give_back(app: &App, pool: &std::sync::Arc<crate::pool::Pool>, mut conn: Conn, mode: PoolMode, client_left: bool) {
+async fn give_back(
+    app: &App,
+    pool: &std::sync::Arc<crate::pool::Pool>,
+    mut conn: Conn,
+    mode: PoolMode,
+    client_left: bool,
+) {
     let config = app.config();
     let g = &config.general;
     let reset = (mode == PoolMode::Session && client_left) || g.server_reset_query_always;
@@ -224,14 +315,28 @@ fn drop_leading_noise(buf: &mut BytesMut) -> Result<Noise, crate::proto::ProtoEr
 
 /// Answers the client's next request with `message` (08006) instead of running it: the messages up
 /// to and including the request's Query or Sync are read and dropped.
-async fn answer_with_error(stream: &mut Stream, buf: &mut BytesMut, message: &str) -> Result<(), EndReason> {
+async fn answer_with_error(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    message: &str,
+) -> Result<(), EndReason> {
     loop {
         let mut found = false;
         let scanned = Scanner::default()
-            .scan(buf, |_| true, |e| {
-                found = matches!(e, scan::Event::Whole { tag: b'Q' | b'S', .. });
-                !found
-            })
+            .scan(
+                buf,
+                |_| true,
+                |e| {
+                    found = matches!(
+                        e,
+                        scan::Event::Whole {
+                            tag: b'Q' | b'S',
+                            ..
+                        }
+                    );
+                    !found
+                },
+            )
             .map_err(|e| e.to_string())?;
         let _ = buf.split_to(scanned.forward);
         if found {
@@ -242,7 +347,13 @@ async fn answer_with_error(stream: &mut Stream, buf: &mut BytesMut, message: &st
         }
     }
     let mut out = BytesMut::new();
-    encode::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, "server connection lost", Some(message));
+    encode::error_response(
+        &mut out,
+        Severity::Error,
+        sqlstate::CONNECTION_FAILURE,
+        "server connection lost",
+        Some(message),
+    );
     encode::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await.map_err(|e| e.to_string())
 }

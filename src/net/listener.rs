@@ -20,12 +20,19 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         // `*` binds 0.0.0.0 and :: separately; the IPv6 socket must not claim IPv4 too.
@@ -38,11 +45,18 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Binds every configured address. `*` means all IPv4 and IPv6 addresses.
-pub async fn bind(listen_addr: &[String], port: u16, unix_socket_dir: Option<&Path>) -> std::io::Result<Listeners> {
+pub async fn bind(
+    listen_addr: &[String],
+    port: u16,
+    unix_socket_dir: Option<&Path>,
+) -> std::io::Result<Listeners> {
     let mut tcp = Vec::new();
     for a in listen_addr {
         let addrs: Vec<SocketAddr> = if a == "*" {
-            vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)]
+            vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            ]
         } else {
             tokio::net::lookup_host((a.as_str(), port)).await?.collect()
         };
@@ -50,8 +64,15 @@ pub async fn bind(listen_addr: &[String], port: u16, unix_socket_dir: Option<&Pa
             match bind_tcp(addr) {
                 Ok(l) => tcp.push(l),
                 // A machine without IPv6 still serves IPv4 for `*`.
-                Err(e) if a == "*" && addr.is_ipv6() => tracing::warn!(error = %e, "could not listen on [::]"),
-                Err(e) => return Err(std::io::Error::new(e.kind(), format!("could not listen on {addr}: {e}"))),
+                Err(e) if a == "*" && addr.is_ipv6() => {
+                    tracing::warn!(error = %e, "could not listen on [::]")
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("could not listen on {addr}: {e}"),
+                    ))
+                }
             }
         }
     }
@@ -73,13 +94,23 @@ pub async fn serve(app: Arc<App>, listeners: Listeners) {
     for l in listeners.tcp {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            accept_loop(app, || async { l.accept().await.map(|(s, a)| (Stream::from(s), a.to_string())) }).await
+            accept_loop(app, || async {
+                l.accept()
+                    .await
+                    .map(|(s, a)| (Stream::from(s), a.to_string()))
+            })
+            .await
         }));
     }
     if let Some((l, path)) = listeners.unix {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            accept_loop(app, || async { l.accept().await.map(|(s, _)| (Stream::from(s), "unix".to_owned())) }).await;
+            accept_loop(app, || async {
+                l.accept()
+                    .await
+                    .map(|(s, _)| (Stream::from(s), "unix".to_owned()))
+            })
+            .await;
             let _ = std::fs::remove_file(path);
         }));
     }

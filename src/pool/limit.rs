@@ -15,7 +15,11 @@ pub struct Limit {
 
 impl Limit {
     pub fn new(max: usize) -> Self {
-        Self { max: AtomicUsize::new(max), used: AtomicUsize::new(0), freed: Notify::new() }
+        Self {
+            max: AtomicUsize::new(max),
+            used: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
     }
 
     pub fn set_max(&self, max: usize) {
@@ -30,12 +34,16 @@ impl Limit {
     pub fn try_acquire(&self) -> bool {
         let max = self.max.load(Ordering::Relaxed);
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (max == 0 || u < max).then_some(u + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (max == 0 || u < max).then_some(u + 1)
+            })
             .is_ok()
     }
 
     pub fn release(&self) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
         self.freed.notify_waiters();
     }
 }

@@ -24,9 +24,12 @@ fn tidy(pool: &Arc<Pool>) {
     let s = pool.settings();
     let now = Instant::now();
     pool.evict_idle(|server, total| {
-        let too_old = s.server_lifetime.is_some_and(|l| now.duration_since(server.created) >= l);
-        let idle_too_long =
-            total > s.min_pool_size && s.server_idle_timeout.is_some_and(|t| now.duration_since(server.last_used) >= t);
+        let too_old = s
+            .server_lifetime
+            .is_some_and(|l| now.duration_since(server.created) >= l);
+        let idle_too_long = total > s.min_pool_size
+            && s.server_idle_timeout
+                .is_some_and(|t| now.duration_since(server.last_used) >= t);
         too_old || idle_too_long || s.closing || !server.is_healthy_idle()
     });
     if s.closing || s.min_pool_size == 0 {

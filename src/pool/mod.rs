@@ -75,7 +75,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,12 +110,19 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("server", &self.server.id).finish()
+        f.debug_struct("Conn")
+            .field("server", &self.server.id)
+            .finish()
     }
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, settings: PoolSettings, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Self {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        db_limit: Arc<Limit>,
+        user_limit: Arc<Limit>,
+    ) -> Self {
         Self {
             key,
             settings: Mutex::new(Arc::new(settings)),
@@ -141,7 +150,9 @@ impl Pool {
     /// False within `server_login_retry` of the last failed background login.
     pub fn may_retry_login(&self, now: Instant) -> bool {
         let retry = self.settings().server_login_retry;
-        self.last_login_failure.lock().is_none_or(|t| now.duration_since(t) >= retry)
+        self.last_login_failure
+            .lock()
+            .is_none_or(|t| now.duration_since(t) >= retry)
     }
 
     pub fn welcome_params(&self) -> Option<ParamSet> {
@@ -155,12 +166,27 @@ impl Pool {
     }
 
     pub fn waiting(&self) -> usize {
-        self.inner.lock().waiters.iter().filter(|w| !w.is_closed()).count()
+        self.inner
+            .lock()
+            .waiters
+            .iter()
+            .filter(|w| !w.is_closed())
+            .count()
     }
 
     /// Takes a slot if the pool, database and user limits allow; `reserve` allows the reserve pool.
-    fn try_take_slot(self: &Arc<Self>, inner: &mut Inner, settings: &PoolSettings, reserve: bool) -> Option<Slot> {
-        let cap = settings.pool_size + if reserve { settings.reserve_pool_size } else { 0 };
+    fn try_take_slot(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        settings: &PoolSettings,
+        reserve: bool,
+    ) -> Option<Slot> {
+        let cap = settings.pool_size
+            + if reserve {
+                settings.reserve_pool_size
+            } else {
+                0
+            };
         if inner.total >= cap {
             return None;
         }
@@ -172,7 +198,9 @@ impl Pool {
             return None;
         }
         inner.total += 1;
-        Some(Slot { pool: Some(self.clone()) })
+        Some(Slot {
+            pool: Some(self.clone()),
+        })
     }
 
     fn release_slot(self: &Arc<Self>) {
@@ -182,8 +210,12 @@ impl Pool {
         self.db_limit.release();
         self.user_limit.release();
         while inner.waiters.front().is_some() {
-            let Some(slot) = self.try_take_slot(&mut inner, &settings, false) else { break };
-            let Some(tx) = inner.waiters.pop_front() else { break };
+            let Some(slot) = self.try_take_slot(&mut inner, &settings, false) else {
+                break;
+            };
+            let Some(tx) = inner.waiters.pop_front() else {
+                break;
+            };
             if let Err(Grant::Slot(slot)) = tx.send(Grant::Slot(slot)) {
                 // That waiter is gone; undo the count without recursing into this function.
                 slot.disarm();
@@ -200,7 +232,8 @@ impl Pool {
         let started = Instant::now();
         let settings = self.settings();
         let wait_deadline = settings.query_wait_timeout.map(|t| started + t);
-        let reserve_at = (settings.reserve_pool_size > 0).then(|| started + settings.reserve_pool_timeout);
+        let reserve_at =
+            (settings.reserve_pool_size > 0).then(|| started + settings.reserve_pool_timeout);
         let mut waiter: Option<oneshot::Receiver<Grant>> = None;
         let mut handed: Option<Grant> = None;
         loop {
@@ -211,7 +244,9 @@ impl Pool {
                     let mut inner = self.inner.lock();
                     if let Some(s) = inner.idle.pop() {
                         Some(Grant::Server(s))
-                    } else if let Some(slot) = self.try_take_slot(&mut inner, &settings, use_reserve) {
+                    } else if let Some(slot) =
+                        self.try_take_slot(&mut inner, &settings, use_reserve)
+                    {
                         Some(Grant::Slot(slot))
                     } else {
                         if waiter.is_none() {
@@ -225,7 +260,12 @@ impl Pool {
             };
             match grant {
                 Some(Grant::Server(server)) => {
-                    let conn = Conn { server, slot: Slot { pool: Some(self.clone()) } };
+                    let conn = Conn {
+                        server,
+                        slot: Slot {
+                            pool: Some(self.clone()),
+                        },
+                    };
                     if self.reusable(&conn.server, &settings) {
                         self.note_wait(started);
                         return Ok(conn);
@@ -245,7 +285,10 @@ impl Pool {
             // A limit freed between our try and this wait would be missed by `notified()`; a short
             // re-check bounds that race.
             let recheck = Instant::now() + std::time::Duration::from_millis(200);
-            let next_timer = [wait_deadline, reserve_timer].into_iter().flatten().fold(recheck, Instant::min);
+            let next_timer = [wait_deadline, reserve_timer]
+                .into_iter()
+                .flatten()
+                .fold(recheck, Instant::min);
             tokio::select! {
                 g = rx => {
                     waiter = None;
@@ -277,7 +320,10 @@ impl Pool {
     }
 
     fn reusable(&self, s: &Server, settings: &PoolSettings) -> bool {
-        if settings.server_lifetime.is_some_and(|l| s.created.elapsed() >= l) {
+        if settings
+            .server_lifetime
+            .is_some_and(|l| s.created.elapsed() >= l)
+        {
             return false;
         }
         s.is_healthy_idle()
@@ -300,7 +346,11 @@ impl Pool {
     /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
     pub fn checkin(self: &Arc<Self>, conn: Conn) {
         let settings = self.settings();
-        if settings.server_lifetime.is_some_and(|l| conn.server.created.elapsed() >= l) || settings.closing {
+        if settings
+            .server_lifetime
+            .is_some_and(|l| conn.server.created.elapsed() >= l)
+            || settings.closing
+        {
             return;
         }
         let Conn { mut server, slot } = conn;
@@ -352,10 +402,11 @@ impl Pool {
         };
         let n = evicted.len();
         for s in evicted {
-            drop(Slot { pool: Some(self.clone()) });
+            drop(Slot {
+                pool: Some(self.clone()),
+            });
             drop(s);
         }
         n
     }
 }
-

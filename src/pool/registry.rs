@@ -28,7 +28,9 @@ impl Registry {
     }
 
     fn limit(&self, map: &DashMap<String, Arc<Limit>>, name: &str, max: usize) -> Arc<Limit> {
-        map.entry(name.to_owned()).or_insert_with(|| Arc::new(Limit::new(max))).clone()
+        map.entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Limit::new(max)))
+            .clone()
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

@@ -59,20 +59,31 @@ impl PoolSettings {
             _ => config.auth_secrets.get(&server_user).cloned(),
         };
         Some(PoolSettings {
-            mode: u.and_then(|u| u.pool_mode).or(db.pool_mode).unwrap_or(g.pool_mode),
-            pool_size: u.and_then(|u| u.pool_size).or(db.pool_size).unwrap_or(g.default_pool_size),
+            mode: u
+                .and_then(|u| u.pool_mode)
+                .or(db.pool_mode)
+                .unwrap_or(g.pool_mode),
+            pool_size: u
+                .and_then(|u| u.pool_size)
+                .or(db.pool_size)
+                .unwrap_or(g.default_pool_size),
             min_pool_size: db.min_pool_size.unwrap_or(g.min_pool_size),
             reserve_pool_size: db.reserve_pool.unwrap_or(g.reserve_pool_size),
             reserve_pool_timeout: g.reserve_pool_timeout,
             max_db_connections: db.max_db_connections.unwrap_or(g.max_db_connections),
-            max_user_connections: u.and_then(|u| u.max_user_connections).unwrap_or(g.max_user_connections),
+            max_user_connections: u
+                .and_then(|u| u.max_user_connections)
+                .unwrap_or(g.max_user_connections),
             query_wait_timeout: g.query_wait_timeout,
             server_lifetime: g.server_lifetime,
             server_idle_timeout: g.server_idle_timeout,
             server_connect_timeout: g.server_connect_timeout,
             server_login_retry: g.server_login_retry,
             login: LoginInfo {
-                addr: Arc::new(ServerAddr { host: db.host.clone(), port: db.port }),
+                addr: Arc::new(ServerAddr {
+                    host: db.host.clone(),
+                    port: db.port,
+                }),
                 user: server_user,
                 dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
                 secret,

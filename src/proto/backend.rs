@@ -4,7 +4,10 @@ use super::ProtoError;
 
 /// Splits a NUL-terminated string off the front of `buf`.
 pub fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), ProtoError> {
-    let end = buf.iter().position(|&b| b == 0).ok_or(ProtoError::Malformed("string"))?;
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(ProtoError::Malformed("string"))?;
     let s = std::str::from_utf8(&buf[..end]).map_err(|_| ProtoError::Malformed("string"))?;
     Ok((s, &buf[end + 1..]))
 }
@@ -72,7 +75,8 @@ mod tests {
 
     #[test]
     fn parses_error_fields() {
-        let body = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
+        let body =
+            b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
         let f = error_fields(body).unwrap();
         assert_eq!(f.code, "57P01");
         assert!(f.is_fatal());

@@ -37,7 +37,13 @@ impl Severity {
 }
 
 /// ErrorResponse with severity, SQLSTATE and message (and an optional detail).
-pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str, detail: Option<&str>) {
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) {
     framed(buf, b'E', |b| {
         b.put_u8(b'S');
         cstr(b, severity.as_bytes());

@@ -38,12 +38,18 @@ pub enum ProtoError {
 
 /// Reads a whole tagged frame (`tag`, 4-byte length including itself, body) from `buf` if it is
 /// complete, returning the tag and the body and consuming the frame. `max` bounds the total size.
-pub fn take_frame(buf: &mut bytes::BytesMut, max: usize) -> Result<Option<(u8, bytes::Bytes)>, ProtoError> {
+pub fn take_frame(
+    buf: &mut bytes::BytesMut,
+    max: usize,
+) -> Result<Option<(u8, bytes::Bytes)>, ProtoError> {
     let Some(header) = scan::header(buf)? else {
         return Ok(None);
     };
     if header.total > max {
-        return Err(ProtoError::TooLarge { len: header.total, max });
+        return Err(ProtoError::TooLarge {
+            len: header.total,
+            max,
+        });
     }
     if buf.len() < header.total {
         buf.reserve(header.total - buf.len());

@@ -26,7 +26,9 @@ pub fn header(buf: &[u8]) -> Result<Option<Header>, ProtoError> {
     if len < 4 {
         return Err(ProtoError::BadLength(len));
     }
-    let total = (len as usize).checked_add(1).ok_or(ProtoError::BadLength(len))?;
+    let total = (len as usize)
+        .checked_add(1)
+        .ok_or(ProtoError::BadLength(len))?;
     Ok(Some(Header { tag, total }))
 }
 
@@ -75,9 +77,14 @@ impl Scanner {
             let Some(h) = header(rest)? else { break };
             if inspect(h.tag) {
                 if h.total > super::MAX_INSPECTED_MESSAGE {
-                    return Err(ProtoError::TooLarge { len: h.total, max: super::MAX_INSPECTED_MESSAGE });
+                    return Err(ProtoError::TooLarge {
+                        len: h.total,
+                        max: super::MAX_INSPECTED_MESSAGE,
+                    });
                 }
-                let Some(body) = rest.get(5..h.total) else { break };
+                let Some(body) = rest.get(5..h.total) else {
+                    break;
+                };
                 pos += h.total;
                 if !on_event(Event::Whole { tag: h.tag, body }) {
                     break;

@@ -27,7 +27,10 @@ pub struct StartupMessage {
 
 impl StartupMessage {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -43,7 +46,10 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtoError> {
         return Err(ProtoError::BadLength(len));
     }
     if total > MAX_STARTUP_PACKET {
-        return Err(ProtoError::TooLarge { len: total, max: MAX_STARTUP_PACKET });
+        return Err(ProtoError::TooLarge {
+            len: total,
+            max: MAX_STARTUP_PACKET,
+        });
     }
     if buf.len() < total {
         buf.reserve(total - buf.len());
@@ -60,14 +66,19 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtoError> {
             let secret = packet.get_u32();
             Ok(Some(StartupPacket::Cancel { pid, secret }))
         }
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(ProtoError::Malformed("startup packet")),
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
+            Err(ProtoError::Malformed("startup packet"))
+        }
         _ => {
             let major = (code >> 16) as u16;
             let minor = (code & 0xffff) as u16;
             if major != 3 {
                 return Err(ProtoError::UnsupportedProtocol { major, minor });
             }
-            Ok(Some(StartupPacket::Startup(StartupMessage { minor, params: parse_params(&packet)? })))
+            Ok(Some(StartupPacket::Startup(StartupMessage {
+                minor,
+                params: parse_params(&packet)?,
+            })))
         }
     }
 }
@@ -76,13 +87,21 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtoError> {
 fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtoError> {
     let mut params = Vec::new();
     loop {
-        let (name, rest) = super::backend::cstr(body).map_err(|_| ProtoError::Malformed("startup packet"))?;
+        let (name, rest) =
+            super::backend::cstr(body).map_err(|_| ProtoError::Malformed("startup packet"))?;
         if name.is_empty() {
-            return if rest.is_empty() { Ok(params) } else { Err(ProtoError::Malformed("startup packet")) };
+            return if rest.is_empty() {
+                Ok(params)
+            } else {
+                Err(ProtoError::Malformed("startup packet"))
+            };
         }
-        let (value, rest) = super::backend::cstr(rest).map_err(|_| ProtoError::Malformed("startup packet"))?;
+        let (value, rest) =
+            super::backend::cstr(rest).map_err(|_| ProtoError::Malformed("startup packet"))?;
         if params.iter().any(|(k, _)| k == name) {
-            return Err(ProtoError::Malformed("startup packet (duplicate parameter)"));
+            return Err(ProtoError::Malformed(
+                "startup packet (duplicate parameter)",
+            ));
         }
         params.push((name.to_owned(), value.to_owned()));
         body = rest;
@@ -105,7 +124,9 @@ mod tests {
     #[test]
     fn parses_startup_message() {
         let mut b = startup(196_608, b"user\0alice\0database\0db\0\0");
-        let Some(StartupPacket::Startup(m)) = parse(&mut b).unwrap() else { panic!() };
+        let Some(StartupPacket::Startup(m)) = parse(&mut b).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.minor, 0);
         assert_eq!(m.get("user"), Some("alice"));
         assert_eq!(m.get("database"), Some("db"));
@@ -114,9 +135,15 @@ mod tests {
 
     #[test]
     fn parses_ssl_and_cancel() {
-        assert_eq!(parse(&mut startup(SSL_REQUEST, b"")).unwrap(), Some(StartupPacket::SslRequest));
+        assert_eq!(
+            parse(&mut startup(SSL_REQUEST, b"")).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
         let mut b = startup(CANCEL_REQUEST, &[0, 0, 0, 7, 0, 0, 0, 9]);
-        assert_eq!(parse(&mut b).unwrap(), Some(StartupPacket::Cancel { pid: 7, secret: 9 }));
+        assert_eq!(
+            parse(&mut b).unwrap(),
+            Some(StartupPacket::Cancel { pid: 7, secret: 9 })
+        );
     }
 
     #[test]
@@ -130,7 +157,10 @@ mod tests {
     fn rejects_bad_packets() {
         let mut b = BytesMut::from(&[0u8, 0, 0x27, 0x11][..]);
         assert!(matches!(parse(&mut b), Err(ProtoError::TooLarge { .. })));
-        assert_eq!(parse(&mut startup(0x0002_0000, b"\0")), Err(ProtoError::UnsupportedProtocol { major: 2, minor: 0 }));
+        assert_eq!(
+            parse(&mut startup(0x0002_0000, b"\0")),
+            Err(ProtoError::UnsupportedProtocol { major: 2, minor: 0 })
+        );
         assert!(parse(&mut startup(196_608, b"user\0alice")).is_err());
         assert!(parse(&mut startup(196_608, b"user\0a\0user\0b\0\0")).is_err());
         assert!(parse(&mut BytesMut::from(&[0u8, 0, 0, 3][..])).is_err());

@@ -1,6 +1,6 @@
 //! Test harness: a throwaway PostgreSQL (initdb on a free loopback port, its own pg_hba with SCRAM
 //! and md5 users), started once per test binary, and pgsluice instances started in-process per test.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::zombie_processes)]
 
 use pgsluice::app::App;
 use std::net::SocketAddr;
@@ -36,11 +36,17 @@ fn bindir() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+    versions
+        .pop()
+        .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Runs a PostgreSQL program as the `postgres` user when we are root (PostgreSQL refuses root).
@@ -56,7 +62,11 @@ fn pg_command(bindir: &Path, program: &str) -> Command {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Postgres {
@@ -68,9 +78,17 @@ impl Postgres {
 
     fn start() -> Postgres {
         let bindir = bindir();
-        let dir = tempfile::Builder::new().prefix("pgsluice-pg-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("pgsluice-pg-")
+            .tempdir()
+            .unwrap()
+            .keep();
         if is_root() {
-            Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
         }
         let data = dir.join("data");
         let st = pg_command(&bindir, "initdb")
@@ -79,7 +97,11 @@ impl Postgres {
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
             .output()
             .unwrap();
-        assert!(st.status.success(), "initdb failed: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         std::fs::write(
             data.join("pg_hba.conf"),
             format!(
@@ -113,7 +135,9 @@ impl Postgres {
             c.args(["-c", &script]);
             c
         };
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         cmd.spawn().unwrap();
         let pg = Postgres { port, dir, bindir };
         pg.wait_ready();
@@ -132,7 +156,14 @@ impl Postgres {
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 let ok = Command::new(self.bindir.join("pg_isready"))
-                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-U",
+                        "postgres",
+                    ])
                     .output()
                     .map(|o| o.status.success())
                     .unwrap_or(false);
@@ -149,11 +180,26 @@ impl Postgres {
     /// Runs SQL as the superuser with psql, returning stdout (unaligned, tuples only).
     pub fn psql_super(&self, sql: &str) -> String {
         let out = Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
             .args(["-U", "postgres", "-d", "postgres", "-c", sql])
             .output()
             .unwrap();
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -204,20 +250,37 @@ impl Sluice {
                 let _ = pgsluice::run::serve(app, listeners, false).await;
             })
         };
-        Sluice { app, addr, dir, task }
+        Sluice {
+            app,
+            addr,
+            dir,
+            task,
+        }
     }
 
     pub fn conn_str(&self, user: &str, password: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.addr.port())
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.addr.port()
+        )
     }
 
     /// Connects with tokio-postgres as the SCRAM user to `db`, driving the connection in a task.
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
-        self.connect_as(SCRAM_USER, SCRAM_PASSWORD, db).await.expect("connect through pgsluice")
+        self.connect_as(SCRAM_USER, SCRAM_PASSWORD, db)
+            .await
+            .expect("connect through pgsluice")
     }
 
-    pub async fn connect_as(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_str(user, password, db), tokio_postgres::NoTls).await?;
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_str(user, password, db), tokio_postgres::NoTls)
+                .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -227,7 +290,9 @@ impl Sluice {
 
 impl Drop for Sluice {
     fn drop(&mut self) {
-        self.app.shutdown.request(pgsluice::shutdown::Phase::Immediate);
+        self.app
+            .shutdown
+            .request(pgsluice::shutdown::Phase::Immediate);
         self.task.abort();
     }
 }
@@ -236,7 +301,11 @@ impl Drop for Sluice {
 pub fn unique(name: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{name}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{name}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The first column of the first row of a simple query's result.

@@ -4,7 +4,10 @@ use std::io::Write;
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     p
 }
 
@@ -38,10 +41,19 @@ fn reads_a_pgbouncer_ini() {
     assert_eq!(c.general.listen_port, 7432);
     assert_eq!(c.general.auth_type, AuthType::ScramSha256);
     assert_eq!(c.general.pool_mode, PoolMode::Transaction);
-    assert_eq!(c.general.query_wait_timeout, Some(std::time::Duration::from_millis(2500)));
-    assert_eq!(c.general.server_idle_timeout, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(
+        c.general.query_wait_timeout,
+        Some(std::time::Duration::from_millis(2500))
+    );
+    assert_eq!(
+        c.general.server_idle_timeout,
+        Some(std::time::Duration::from_secs(60))
+    );
     let app = c.database("app").unwrap();
-    assert_eq!((app.host.as_str(), app.port, app.dbname.as_deref()), ("10.0.0.5", 5433, Some("appdb")));
+    assert_eq!(
+        (app.host.as_str(), app.port, app.dbname.as_deref()),
+        ("10.0.0.5", 5433, Some("appdb"))
+    );
     assert_eq!(app.pool_mode, Some(PoolMode::Statement));
     assert_eq!(c.database("other").unwrap().name, "*");
     assert_eq!(c.users["bob"].max_user_connections, Some(3));
@@ -53,10 +65,21 @@ fn reads_a_pgbouncer_ini() {
 #[test]
 fn malformed_value_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let ini = write(dir.path(), "p.ini", "[pgbouncer]\n\nmax_client_conn = lots\n");
+    let ini = write(
+        dir.path(),
+        "p.ini",
+        "[pgbouncer]\n\nmax_client_conn = lots\n",
+    );
     let e = load(&ini).unwrap_err().to_string();
-    assert!(e.contains("p.ini:3") && e.contains("max_client_conn") && e.contains("lots"), "{e}");
-    let ini = write(dir.path(), "q.ini", "[databases]\nx = host=a port=notaport\n");
+    assert!(
+        e.contains("p.ini:3") && e.contains("max_client_conn") && e.contains("lots"),
+        "{e}"
+    );
+    let ini = write(
+        dir.path(),
+        "q.ini",
+        "[databases]\nx = host=a port=notaport\n",
+    );
     let e = load(&ini).unwrap_err().to_string();
     assert!(e.contains("q.ini:2") && e.contains("port"), "{e}");
 }

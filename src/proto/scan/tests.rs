@@ -13,15 +13,22 @@ fn whole_frames_are_reported_and_forwarded() {
     buf.extend(frame(b'S', b"a\0b\0"));
     let mut seen = Vec::new();
     let out = Scanner::default()
-        .scan(&buf, |_| true, |e| {
-            if let Event::Whole { tag, body } = e {
-                seen.push((tag, body.to_vec()));
-            }
-            true
-        })
+        .scan(
+            &buf,
+            |_| true,
+            |e| {
+                if let Event::Whole { tag, body } = e {
+                    seen.push((tag, body.to_vec()));
+                }
+                true
+            },
+        )
         .unwrap();
     assert_eq!(out.forward, buf.len());
-    assert_eq!(seen, vec![(b'Z', b"I".to_vec()), (b'S', b"a\0b\0".to_vec())]);
+    assert_eq!(
+        seen,
+        vec![(b'Z', b"I".to_vec()), (b'S', b"a\0b\0".to_vec())]
+    );
 }
 
 #[test]
@@ -45,12 +52,16 @@ fn passing_frame_streams_across_reads() {
     rest.extend(frame(b'Z', b"T"));
     let mut z = None;
     let out = s
-        .scan(&rest, |t| t == b'Z', |e| {
-            if let Event::Whole { tag: b'Z', body } = e {
-                z = Some(body[0]);
-            }
-            true
-        })
+        .scan(
+            &rest,
+            |t| t == b'Z',
+            |e| {
+                if let Event::Whole { tag: b'Z', body } = e {
+                    z = Some(body[0]);
+                }
+                true
+            },
+        )
         .unwrap();
     assert_eq!(out.forward, rest.len());
     assert_eq!(z, Some(b'T'));
@@ -68,7 +79,10 @@ fn stop_early_leaves_the_rest() {
 #[test]
 fn short_length_word_is_rejected() {
     let buf = [b'Q', 0, 0, 0, 3];
-    assert_eq!(Scanner::default().scan(&buf, |_| false, |_| true), Err(ProtoError::BadLength(3)));
+    assert_eq!(
+        Scanner::default().scan(&buf, |_| false, |_| true),
+        Err(ProtoError::BadLength(3))
+    );
 }
 
 #[test]
@@ -89,12 +103,16 @@ fn length_near_u32_max_does_not_wrap() {
     let mut tags = Vec::new();
     let mut s = Scanner::default();
     let out = s
-        .scan(&buf, |_| false, |e| {
-            if let Event::Passing { tag } = e {
-                tags.push(tag);
-            }
-            true
-        })
+        .scan(
+            &buf,
+            |_| false,
+            |e| {
+                if let Event::Passing { tag } = e {
+                    tags.push(tag);
+                }
+                true
+            },
+        )
         .unwrap();
     assert_eq!(tags, vec![b'Q']);
     assert_eq!(out.forward, buf.len());

@@ -1,0 +1,184 @@
+//! The `pgsluice` binary: command line, configuration errors, signals; and pgbench through it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn pgsluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+}
+
+#[test]
+fn version_and_help() {
+    let out = pgsluice().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = pgsluice().arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+}
+
+#[test]
+fn malformed_value_exits_before_listening_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = dir.path().join("bad.ini");
+    std::fs::write(&ini, format!("[pgbouncer]\nlisten_port = {port}\ndefault_pool_size = twenty\n")).unwrap();
+    let out = pgsluice().arg(&ini).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.ini:3") && err.contains("default_pool_size"), "{err}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_binary(mode: &str) -> Running {
+    let pg = Postgres::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("users.txt"), format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n")).unwrap();
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\nappdb = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir = {}\nauth_type = md5\nauth_file = users.txt\npool_mode = {mode}\n",
+            pg.port,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = pgsluice().arg(&ini).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Running { child, port, _dir: dir };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("pgsluice did not start listening");
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+async fn client(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=appdb"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_clients_to_leave() {
+    let mut r = start_binary("transaction");
+    let c = client(r.port).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    signal(&r.child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new clients, but the connected one carries on.
+    assert!(client(r.port).await.is_err());
+    c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+    assert!(r.child.try_wait().unwrap().is_none(), "exited while a client was connected");
+    drop(c);
+    assert!(wait_exit(&mut r.child, Duration::from_secs(5)).is_some(), "did not exit after the last client left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_lets_the_transaction_finish_then_exits() {
+    let mut r = start_binary("transaction");
+    let c = client(r.port).await.unwrap();
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    signal(&r.child, "-INT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(r.child.try_wait().unwrap().is_none(), "exited with a transaction open");
+    // The open transaction can still commit; then the client is closed and the process exits.
+    c.batch_execute("COMMIT").await.unwrap();
+    assert!(wait_exit(&mut r.child, Duration::from_secs(5)).is_some(), "did not exit once servers were released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let mut r = start_binary("session");
+    let c = client(r.port).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    signal(&r.child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(r.child.try_wait().unwrap().is_none());
+    signal(&r.child, "-TERM");
+    assert!(wait_exit(&mut r.child, Duration::from_secs(3)).is_some(), "second signal did not stop it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_pool_settings() {
+    let r = start_binary("session");
+    let c = client(r.port).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    let ini = r._dir.path().join("pgbouncer.ini");
+    let text = std::fs::read_to_string(&ini).unwrap().replace("pool_mode = session", "pool_mode = statement");
+    std::fs::write(&ini, text).unwrap();
+    signal(&r.child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The connected client was not dropped by the reload.
+    c.batch_execute("SELECT 1").await.unwrap();
+    // A new client now gets statement mode: a transaction block is refused.
+    let c2 = client(r.port).await.unwrap();
+    let refused = c2.batch_execute("BEGIN; SELECT 1").await.is_err() || c2.batch_execute("SELECT 1").await.is_err();
+    assert!(refused, "statement mode from the reloaded config was not applied");
+}
+
+fn pgbench(pg: &Postgres, port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(pg.bindir.join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SCRAM_USER])
+        .args(args)
+        .arg("appdb")
+        .env("PGPASSWORD", SCRAM_PASSWORD)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_simple_and_extended_have_no_failures() {
+    let pg = Postgres::shared();
+    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 5\nmax_client_conn = 200", "").await;
+    let port = s.addr.port();
+    let init = tokio::task::spawn_blocking(move || pgbench(Postgres::shared(), port, &["-i", "-q", "-s", "1"])).await.unwrap();
+    assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    for mode in ["simple", "extended"] {
+        let out = tokio::task::spawn_blocking(move || pgbench(Postgres::shared(), port, &["-c", "20", "-j", "2", "-t", "50", "-M", mode]))
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "pgbench -M {mode}: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("number of transactions actually processed: 1000/1000"), "{stdout}");
+        assert!(!stdout.contains("number of failed transactions: ") || stdout.contains("number of failed transactions: 0 "), "{stdout}");
+    }
+    let _ = pg;
+}

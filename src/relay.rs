@@ -16,10 +16,11 @@ use crate::proto::scan::{Event, Scanner};
 use crate::proto::ProtoError;
 use crate::shutdown::Phase;
 use bytes::BytesMut;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 /// Why the relay handed control back.
 #[derive(Debug)]
@@ -137,6 +138,9 @@ pub async fn run(
     let (mut sread, mut swrite) = server.stream.split();
     let mut to_client = BytesMut::new();
     let mut server_error: Option<String> = None;
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let stop = crate::shutdown::reached(shutdown, Phase::Immediate);
+    tokio::pin!(stop);
     loop {
         if to_server.is_empty() && to_client.is_empty() {
             if t.terminated {
@@ -157,20 +161,29 @@ pub async fn run(
                 return Ok(Outcome::Released);
             }
         }
-        let timer = if t.pending > 0 {
+        let deadline = if t.pending > 0 {
             timeouts
                 .query
                 .zip(t.busy_since)
-                .map(|(d, s)| (s + d, Outcome::QueryTimeout))
+                .map(|(d, s)| (s + d, Expiry::Query))
         } else if t.status != b'I' {
             timeouts
                 .idle_transaction
-                .map(|d| (t.idle_since + d, Outcome::IdleTransactionTimeout))
+                .map(|d| (t.idle_since + d, Expiry::IdleTransaction))
         } else {
             None
         };
-        let deadline = timer.as_ref().map(|(d, _)| *d);
+        // The timer is armed only when a timeout is configured and due, and re-armed only when
+        // its deadline moves: no timer work per message otherwise.
+        if let Some((at, _)) = deadline {
+            match timer.as_mut() {
+                Some(sleep) if sleep.deadline() == at => {}
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => timer = Some(Box::pin(sleep_until(at))),
+            }
+        }
         tokio::select! {
+            biased;
             r = swrite.write_buf(&mut to_server), if !to_server.is_empty() => {
                 if let Err(e) = r {
                     return server_gone(&t, Some(e.to_string()), &sscan);
@@ -197,18 +210,21 @@ pub async fn run(
                     Ok(_) => to_server = scan_client(cbuf, cscan, &mut t)?,
                 }
             }
-            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                if let Some((_, outcome)) = timer {
-                    return Ok(outcome);
-                }
+            () = async { if let Some(t) = timer.as_mut() { t.as_mut().await } }, if deadline.is_some() => {
+                return Ok(match deadline {
+                    Some((_, Expiry::Query)) => Outcome::QueryTimeout,
+                    _ => Outcome::IdleTransactionTimeout,
+                });
             }
-            _ = crate::shutdown::reached(shutdown, Phase::Immediate) => return Ok(Outcome::Shutdown),
+            () = &mut stop => return Ok(Outcome::Shutdown),
         }
     }
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    Query,
+    IdleTransaction,
 }
 
 fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Outcome, RelayError> {

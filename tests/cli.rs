@@ -24,11 +24,18 @@ fn malformed_value_exits_before_listening_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let ini = dir.path().join("bad.ini");
-    std::fs::write(&ini, format!("[pgbouncer]\nlisten_port = {port}\ndefault_pool_size = twenty\n")).unwrap();
+    std::fs::write(
+        &ini,
+        format!("[pgbouncer]\nlisten_port = {port}\ndefault_pool_size = twenty\n"),
+    )
+    .unwrap();
     let out = pgsluice().arg(&ini).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.ini:3") && err.contains("default_pool_size"), "{err}");
+    assert!(
+        err.contains("bad.ini:3") && err.contains("default_pool_size"),
+        "{err}"
+    );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
@@ -49,7 +56,11 @@ fn start_binary(mode: &str) -> Running {
     let pg = Postgres::shared();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    std::fs::write(dir.path().join("users.txt"), format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n")).unwrap();
+    std::fs::write(
+        dir.path().join("users.txt"),
+        format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n"),
+    )
+    .unwrap();
     let ini = dir.path().join("pgbouncer.ini");
     std::fs::write(
         &ini,
@@ -61,10 +72,19 @@ fn start_binary(mode: &str) -> Running {
         ),
     )
     .unwrap();
-    let child = pgsluice().arg(&ini).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = pgsluice()
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Running { child, port, _dir: dir };
+            return Running {
+                child,
+                port,
+                _dir: dir,
+            };
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -72,7 +92,11 @@ fn start_binary(mode: &str) -> Running {
 }
 
 fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
@@ -88,7 +112,9 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitSt
 
 async fn client(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=appdb"),
+        &format!(
+            "host=127.0.0.1 port={port} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=appdb"
+        ),
         tokio_postgres::NoTls,
     )
     .await?;
@@ -106,9 +132,15 @@ async fn sigterm_waits_for_clients_to_leave() {
     // No new clients, but the connected one carries on.
     assert!(client(r.port).await.is_err());
     c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
-    assert!(r.child.try_wait().unwrap().is_none(), "exited while a client was connected");
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "exited while a client was connected"
+    );
     drop(c);
-    assert!(wait_exit(&mut r.child, Duration::from_secs(5)).is_some(), "did not exit after the last client left");
+    assert!(
+        wait_exit(&mut r.child, Duration::from_secs(5)).is_some(),
+        "did not exit after the last client left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,10 +150,16 @@ async fn sigint_lets_the_transaction_finish_then_exits() {
     c.batch_execute("BEGIN; SELECT 1").await.unwrap();
     signal(&r.child, "-INT");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(r.child.try_wait().unwrap().is_none(), "exited with a transaction open");
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "exited with a transaction open"
+    );
     // The open transaction can still commit; then the client is closed and the process exits.
     c.batch_execute("COMMIT").await.unwrap();
-    assert!(wait_exit(&mut r.child, Duration::from_secs(5)).is_some(), "did not exit once servers were released");
+    assert!(
+        wait_exit(&mut r.child, Duration::from_secs(5)).is_some(),
+        "did not exit once servers were released"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +171,10 @@ async fn second_signal_exits_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(r.child.try_wait().unwrap().is_none());
     signal(&r.child, "-TERM");
-    assert!(wait_exit(&mut r.child, Duration::from_secs(3)).is_some(), "second signal did not stop it");
+    assert!(
+        wait_exit(&mut r.child, Duration::from_secs(3)).is_some(),
+        "second signal did not stop it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +183,9 @@ async fn sighup_reloads_pool_settings() {
     let c = client(r.port).await.unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
     let ini = r._dir.path().join("pgbouncer.ini");
-    let text = std::fs::read_to_string(&ini).unwrap().replace("pool_mode = session", "pool_mode = statement");
+    let text = std::fs::read_to_string(&ini)
+        .unwrap()
+        .replace("pool_mode = session", "pool_mode = statement");
     std::fs::write(&ini, text).unwrap();
     signal(&r.child, "-HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -150,8 +193,12 @@ async fn sighup_reloads_pool_settings() {
     c.batch_execute("SELECT 1").await.unwrap();
     // A new client now gets statement mode: a transaction block is refused.
     let c2 = client(r.port).await.unwrap();
-    let refused = c2.batch_execute("BEGIN; SELECT 1").await.is_err() || c2.batch_execute("SELECT 1").await.is_err();
-    assert!(refused, "statement mode from the reloaded config was not applied");
+    let refused = c2.batch_execute("BEGIN; SELECT 1").await.is_err()
+        || c2.batch_execute("SELECT 1").await.is_err();
+    assert!(
+        refused,
+        "statement mode from the reloaded config was not applied"
+    );
 }
 
 fn pgbench(pg: &Postgres, port: u16, args: &[&str]) -> std::process::Output {
@@ -167,18 +214,48 @@ fn pgbench(pg: &Postgres, port: u16, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_simple_and_extended_have_no_failures() {
     let pg = Postgres::shared();
-    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 5\nmax_client_conn = 200", "").await;
+    let s = Sluice::start(
+        "pool_mode = transaction\ndefault_pool_size = 5\nmax_client_conn = 200",
+        "",
+    )
+    .await;
     let port = s.addr.port();
-    let init = tokio::task::spawn_blocking(move || pgbench(Postgres::shared(), port, &["-i", "-q", "-s", "1"])).await.unwrap();
-    assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    let init = tokio::task::spawn_blocking(move || {
+        pgbench(Postgres::shared(), port, &["-i", "-q", "-s", "1"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     for mode in ["simple", "extended"] {
-        let out = tokio::task::spawn_blocking(move || pgbench(Postgres::shared(), port, &["-c", "20", "-j", "2", "-t", "50", "-M", mode]))
-            .await
-            .unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            pgbench(
+                Postgres::shared(),
+                port,
+                &["-c", "20", "-j", "2", "-t", "50", "-M", mode],
+            )
+        })
+        .await
+        .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "pgbench -M {mode}: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("number of transactions actually processed: 1000/1000"), "{stdout}");
-        assert!(!stdout.contains("number of failed transactions: ") || stdout.contains("number of failed transactions: 0 "), "{stdout}");
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of transactions actually processed: 1000/1000"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains("number of failed transactions: ")
+                || stdout.contains("number of failed transactions: 0 "),
+            "{stdout}"
+        );
     }
     let _ = pg;
 }

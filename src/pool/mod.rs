@@ -260,13 +260,15 @@ impl Pool {
             };
             match grant {
                 Some(Grant::Server(server)) => {
-                    let conn = Conn {
+                    let mut conn = Conn {
                         server,
                         slot: Slot {
                             pool: Some(self.clone()),
                         },
                     };
-                    if self.reusable(&conn.server, &settings) {
+                    if self.reusable(&conn.server, &settings)
+                        && Self::checked(&mut conn.server, &settings).await
+                    {
                         self.note_wait(started);
                         return Ok(conn);
                     }
@@ -327,6 +329,23 @@ impl Pool {
             return false;
         }
         s.is_healthy_idle()
+    }
+
+    /// Runs `server_check_query` on a server idle for longer than `server_check_delay`.
+    async fn checked(server: &mut Server, settings: &PoolSettings) -> bool {
+        let Some(sql) = &settings.server_check_query else {
+            return true;
+        };
+        if server.last_used.elapsed() < settings.server_check_delay {
+            return true;
+        }
+        match crate::backend::query::run_simple(server, sql).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "server_check_query failed; closing server");
+                false
+            }
+        }
     }
 
     async fn open(&self, settings: &PoolSettings) -> Result<Server, BackendError> {

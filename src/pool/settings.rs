@@ -40,6 +40,8 @@ pub struct PoolSettings {
     pub server_idle_timeout: Option<Duration>,
     pub server_connect_timeout: Duration,
     pub server_login_retry: Duration,
+    pub server_check_query: Option<String>,
+    pub server_check_delay: Duration,
     pub login: LoginInfo,
     /// The database entry is gone after a reload: servers are closed as they come back.
     pub closing: bool,
@@ -79,6 +81,8 @@ impl PoolSettings {
             server_idle_timeout: g.server_idle_timeout,
             server_connect_timeout: g.server_connect_timeout,
             server_login_retry: g.server_login_retry,
+            server_check_query: g.server_check_query.clone(),
+            server_check_delay: g.server_check_delay,
             login: LoginInfo {
                 addr: Arc::new(ServerAddr {
                     host: db.host.clone(),

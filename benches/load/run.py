@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""pgbench through pgsluice, PgBouncer and directly, alternating targets, in one run.
+
+Starts a throwaway PostgreSQL, PgBouncer (Debian's package) and pgsluice with the same settings
+(transaction mode, pool 20, SCRAM client auth from the same userlist), then for each scenario and
+target measures TPS, average latency, pooler CPU time per transaction (utime+stime from /proc) and
+pooler RSS, and prints the ratios pgsluice/PgBouncer and pgsluice/direct. Every loop is bounded.
+"""
+import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def pg_bindir():
+    dirs = sorted(d for d in os.listdir("/usr/lib/postgresql") if os.path.exists(f"/usr/lib/postgresql/{d}/bin/initdb"))
+    return f"/usr/lib/postgresql/{dirs[-1]}/bin"
+
+
+def as_pg(cmd):
+    return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE // 1024
+
+
+def machine_busy():
+    """CPU time (s) spent by all processes over the machine, for the noise line."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:8]]
+    return sum(parts) / CLK, parts[3] / CLK
+
+
+def wait_port(port, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Env:
+    def __init__(self, pool_size):
+        self.bindir = pg_bindir()
+        self.dir = tempfile.mkdtemp(prefix="pgsluice-load-")
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.pg_port, self.bouncer_port, self.sluice_port = free_port(), free_port(), free_port()
+        self.procs = []
+        data = f"{self.dir}/data"
+        subprocess.run(as_pg([f"{self.bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"]), check=True, stdout=subprocess.DEVNULL)
+        with open(f"{data}/pg_hba.conf", "w") as f:
+            f.write("local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        self.pg = subprocess.Popen(as_pg([f"{self.bindir}/postgres", "-D", data, "-p", str(self.pg_port), "-c", "listen_addresses=127.0.0.1",
+                                          "-c", f"unix_socket_directories={self.dir}", "-c", "max_connections=400", "-c", "fsync=off",
+                                          "-c", "synchronous_commit=off", "-c", "shared_buffers=256MB"]),
+                                   stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/postgres.log", "w"))
+        self.procs.append(self.pg)
+        wait_port(self.pg_port); time.sleep(0.5)
+        self.psql("CREATE ROLE bench LOGIN PASSWORD 'bench'")
+        self.psql("CREATE DATABASE bench OWNER bench")
+        with open(f"{self.dir}/userlist.txt", "w") as f:
+            f.write('"bench" "bench"\n')
+        common = (f"auth_type = scram-sha-256\nauth_file = {self.dir}/userlist.txt\npool_mode = transaction\n"
+                  f"default_pool_size = {pool_size}\nmax_client_conn = 20000\nlisten_addr = 127.0.0.1\n"
+                  f"unix_socket_dir =\nlog_connections = 0\nlog_disconnections = 0\n")
+        with open(f"{self.dir}/pgbouncer.ini", "w") as f:
+            f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.bouncer_port}\n{common}")
+        with open(f"{self.dir}/pgsluice.ini", "w") as f:
+            f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.sluice_port}\n{common}")
+        if os.geteuid() == 0:
+            for name in ("pgbouncer.ini", "userlist.txt"):
+                shutil.chown(f"{self.dir}/{name}", "postgres", "postgres")
+        bouncer = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        self.bouncer = subprocess.Popen(as_pg([bouncer, f"{self.dir}/pgbouncer.ini"]), stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/pgbouncer.log", "w"))
+        self.procs.append(self.bouncer)
+        self.sluice = subprocess.Popen([f"{ROOT}/target/release/pgsluice", f"{self.dir}/pgsluice.ini"], stdout=subprocess.DEVNULL,
+                                       stderr=open(f"{self.dir}/pgsluice.log", "w"))
+        self.procs.append(self.sluice)
+        wait_port(self.bouncer_port); wait_port(self.sluice_port)
+        self.bouncer_pid = self.real_pid(self.bouncer)
+
+    def real_pid(self, popen):
+        """runuser forks: the measured process is its child."""
+        if os.geteuid() != 0:
+            return popen.pid
+        for _ in range(50):
+            try:
+                kids = open(f"/proc/{popen.pid}/task/{popen.pid}/children").read().split()
+                if kids:
+                    return int(kids[0])
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return popen.pid
+
+    def psql(self, sql):
+        subprocess.run([f"{self.bindir}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-c", sql], check=True)
+
+    def close(self):
+        for p in reversed(self.procs):
+            try:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=10)
+            except Exception:
+                p.kill()
+        subprocess.run(["rm", "-rf", self.dir])
+
+
+def pgbench(env, port, args, timeout):
+    cmd = [f"{env.bindir}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-n"] + args + ["bench"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD="bench"), timeout=timeout)
+    out = r.stdout + r.stderr
+    tps = re.search(r"tps = ([\d.]+) \((?:without|excluding)", out)
+    lat = re.search(r"latency average = ([\d.]+) ms", out)
+    done = re.search(r"number of transactions actually processed: (\d+)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    return {
+        "ok": r.returncode == 0 and tps is not None,
+        "tps": float(tps.group(1)) if tps else 0.0,
+        "latency_ms": float(lat.group(1)) if lat else None,
+        "xacts": int(done.group(1)) if done else 0,
+        "failed": int(failed.group(1)) if failed else (0 if r.returncode == 0 else None),
+        "error": None if r.returncode == 0 else out.strip().splitlines()[-1][:200],
+    }
+
+
+SCENARIOS = {
+    "S1": ("select-only, simple, 50 clients", ["-S", "-M", "simple", "-c", "50", "-j", "1"]),
+    "S2": ("TPC-B-like, 50 clients", ["-M", "simple", "-c", "50", "-j", "1"]),
+    "S3": ("select-only, prepared, 50 clients", ["-S", "-M", "prepared", "-c", "50", "-j", "1"]),
+    "S4": ("connection storm -C, SCRAM, 10 clients", ["-S", "-C", "-M", "simple", "-c", "10", "-j", "1"]),
+    "S6": ("select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1", "-j", "1"]),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S6")
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--out", default=f"{ROOT}/target/load")
+    a = ap.parse_args()
+    env = Env(pool_size=20)
+    results = []
+    try:
+        subprocess.run([f"{env.bindir}/pgbench", "-i", "-q", "-s", str(a.scale), "-h", "127.0.0.1", "-p", str(env.pg_port), "-U", "bench", "bench"],
+                       check=True, env=dict(os.environ, PGPASSWORD="bench"), capture_output=True)
+        targets = [("pgsluice", env.sluice_port, env.sluice.pid), ("pgbouncer", env.bouncer_port, env.bouncer_pid), ("direct", env.pg_port, None)]
+        for sid in a.scenarios.split(","):
+            title, args = SCENARIOS[sid]
+            for name, port, pid in targets:
+                # Warm the pool, then measure.
+                pgbench(env, port, args[:0] + ["-S", "-c", "4", "-T", "1"], 60)
+                cpu0 = cpu_seconds(pid) if pid else None
+                busy0, idle0 = machine_busy()
+                r = pgbench(env, port, args + ["-T", str(a.duration)], a.duration + 120)
+                busy1, idle1 = machine_busy()
+                if pid:
+                    cpu = cpu_seconds(pid) - cpu0
+                    r["pooler_cpu_us_per_xact"] = round(cpu * 1e6 / r["xacts"], 2) if r["xacts"] else None
+                    r["pooler_rss_kib"] = rss_kib(pid)
+                r["machine_cpu_busy_pct"] = round(100 * (1 - (idle1 - idle0) / max(busy1 - busy0, 1e-9)), 1)
+                r.update(scenario=sid, title=title, target=name)
+                results.append(r)
+                print(f"{sid} {name:9} tps={r['tps']:9.1f} lat={r['latency_ms']} cpu/xact={r.get('pooler_cpu_us_per_xact')} "
+                      f"failed={r['failed']} {r['error'] or ''}", flush=True)
+    finally:
+        env.close()
+    os.makedirs(a.out, exist_ok=True)
+    lines = ["| scenario | target | TPS | avg latency ms | pooler CPU µs/xact | pooler RSS KiB | failed | TPS ÷ PgBouncer | CPU ÷ PgBouncer | TPS ÷ direct |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["scenario"], r["target"]): r for r in results}
+    for r in results:
+        b = by.get((r["scenario"], "pgbouncer")); d = by.get((r["scenario"], "direct"))
+        ratio = lambda x, y: f"{x / y:.2f}" if x and y else "–"
+        lines.append(f"| {r['scenario']} {r['title']} | {r['target']} | {r['tps']:.0f} | {r['latency_ms']} | {r.get('pooler_cpu_us_per_xact', '–')} | "
+                     f"{r.get('pooler_rss_kib', '–')} | {r['failed'] if r['error'] is None else 'ERROR'} | "
+                     f"{ratio(r['tps'], b and b['ok'] and b['tps'])} | {ratio(r.get('pooler_cpu_us_per_xact'), b and b.get('pooler_cpu_us_per_xact'))} | "
+                     f"{ratio(r['tps'], d and d['tps'])} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    with open(f"{a.out}/results.md", "w") as f:
+        f.write(table + "\n")
+    with open(f"{a.out}/results.json", "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwritten: {a.out}/results.md, {a.out}/results.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -259,3 +259,114 @@ async fn pgbench_simple_and_extended_have_no_failures() {
     }
     let _ = pg;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_listener_serves_clients() {
+    let r = start_binary("transaction");
+    let dir = r._dir.path().display().to_string();
+    let (c, conn) = tokio_postgres::connect(
+        &format!(
+            "host={dir} port={} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=appdb",
+            r.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect over the unix socket");
+    tokio::spawn(conn);
+    let v = first_value(&c.simple_query("SELECT 40 + 2").await.unwrap());
+    assert_eq!(v.as_deref(), Some("42"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_reaches_the_log() {
+    let mut r = start_binary("transaction");
+    client(r.port)
+        .await
+        .unwrap()
+        .batch_execute("SELECT 1")
+        .await
+        .unwrap();
+    let wrong = "Wrong-Horse-Battery-Staple";
+    let bad = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={SCRAM_USER} password={wrong} dbname=appdb",
+            r.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert_eq!(
+        bad.err().and_then(|e| e.code().cloned()),
+        Some(tokio_postgres::error::SqlState::INVALID_PASSWORD)
+    );
+    signal(&r.child, "-QUIT");
+    wait_exit(&mut r.child, Duration::from_secs(5)).expect("exits on SIGQUIT");
+    let mut log = String::new();
+    std::io::Read::read_to_string(r.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("login attempt"),
+        "log_connections line missing: {log}"
+    );
+    assert!(
+        log.contains("password authentication failed") || log.contains("login rejected"),
+        "{log}"
+    );
+    for secret in [SCRAM_PASSWORD, wrong] {
+        assert!(!log.contains(secret), "a password reached the log: {log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_on_ipv4_and_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; skipping");
+        return;
+    }
+    let pg = Postgres::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("u.txt"),
+        format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n"),
+    )
+    .unwrap();
+    let ini = dir.path().join("p.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\nappdb = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1, ::1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_file = u.txt\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    let mut child = pgsluice().arg(&ini).stderr(Stdio::null()).spawn().unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("::1", port)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = async {
+        for host in ["127.0.0.1", "::1"] {
+            let (c, conn) = tokio_postgres::connect(
+                &format!("host={host} port={port} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=appdb"),
+                tokio_postgres::NoTls,
+            )
+            .await?;
+            tokio::spawn(conn);
+            c.simple_query("SELECT 1").await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "pgsluice did not listen on both addresses");
+    result.unwrap();
+}

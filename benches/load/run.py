@@ -55,7 +55,7 @@ def wait_port(port, timeout=15):
 
 
 class Env:
-    def __init__(self, pool_size):
+    def __init__(self, pool_size, workers):
         self.bindir = pg_bindir()
         self.dir = tempfile.mkdtemp(prefix="pgsluice-load-")
         os.chmod(self.dir, 0o755)
@@ -83,7 +83,8 @@ class Env:
         with open(f"{self.dir}/pgbouncer.ini", "w") as f:
             f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.bouncer_port}\n{common}")
         with open(f"{self.dir}/pgsluice.ini", "w") as f:
-            f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.sluice_port}\n{common}")
+            f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.sluice_port}\n{common}"
+                    + (f"workers = {workers}\n" if workers else ""))
         if os.geteuid() == 0:
             for name in ("pgbouncer.ini", "userlist.txt"):
                 shutil.chown(f"{self.dir}/{name}", "postgres", "postgres")
@@ -114,6 +115,11 @@ class Env:
         subprocess.run([f"{self.bindir}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-c", sql], check=True)
 
     def close(self):
+        # runuser does not pass signals on: stop the real PgBouncer process directly.
+        try:
+            os.kill(self.bouncer_pid, signal.SIGINT)
+        except OSError:
+            pass
         for p in reversed(self.procs):
             try:
                 p.send_signal(signal.SIGINT)
@@ -156,8 +162,9 @@ def main():
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S6")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--out", default=f"{ROOT}/target/load")
+    ap.add_argument("--workers", type=int, default=0, help="pgsluice runtime threads (0: one per core)")
     a = ap.parse_args()
-    env = Env(pool_size=20)
+    env = Env(pool_size=20, workers=a.workers)
     results = []
     try:
         subprocess.run([f"{env.bindir}/pgbench", "-i", "-q", "-s", str(a.scale), "-h", "127.0.0.1", "-p", str(env.pg_port), "-U", "bench", "bench"],

@@ -68,7 +68,7 @@ mod tests {
     use super::*;
     use crate::auth::secret::ScramVerifier;
 
-    const STORED: &str = "md532e12f215ba27cb750c9e093ce4a5127";
+    const STORED: &str = "md532e12f215ba27cb750c9e093ce4b5127";
 
     /// Client side computed independently of the code under test.
     fn client_response(password: &str, user: &str, salt: [u8; 4]) -> Vec<u8> {
@@ -91,8 +91,8 @@ mod tests {
     fn salted_response_known_value() {
         let salt = [1, 2, 3, 4];
         let response = client_response("password", "postgres", salt);
-        // md5("32e12f215ba27cb750c9e093ce4a5127" || 01 02 03 04), by hand.
-        let mut input = b"32e12f215ba27cb750c9e093ce4a5127".to_vec();
+        // md5("32e12f215ba27cb750c9e093ce4b5127" || 01 02 03 04), by hand.
+        let mut input = b"32e12f215ba27cb750c9e093ce4b5127".to_vec();
         input.extend_from_slice(&[1, 2, 3, 4]);
         assert_eq!(
             response,

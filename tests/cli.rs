@@ -1,5 +1,5 @@
 //! The `pgsluice` binary: command line, configuration errors, signals; and pgbench through it.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::zombie_processes)]
 
 mod common;
 use common::*;
@@ -100,8 +100,8 @@ fn signal(child: &Child, sig: &str) {
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
         if let Some(st) = child.try_wait().unwrap() {
             return Some(st);
         }

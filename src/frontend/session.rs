@@ -54,8 +54,7 @@ pub async fn run(
                     Some(Ok(_)) => {}
                 },
                 _ = crate::shutdown::reached(&mut shutdown, Phase::WaitForServers) => {
-                    send_error(stream, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down", None).await;
-                    return "pooler shutdown".into();
+                    return close_for_shutdown(stream).await;
                 }
             }
             match drop_leading_noise(buf) {
@@ -135,15 +134,7 @@ pub async fn run(
                 pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
                 give_back(app, &pool, conn, mode, false).await;
                 if *shutdown.borrow() >= Phase::WaitForServers {
-                    send_error(
-                        stream,
-                        Severity::Fatal,
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "pooler is shutting down",
-                        None,
-                    )
-                    .await;
-                    return "pooler shutdown".into();
+                    return close_for_shutdown(stream).await;
                 }
             }
             Ok(Outcome::ClientGone { clean }) => {
@@ -224,15 +215,7 @@ pub async fn run(
             }
             Ok(Outcome::Shutdown) => {
                 drop(conn);
-                send_error(
-                    stream,
-                    Severity::Fatal,
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "pooler is shutting down",
-                    None,
-                )
-                .await;
-                return "pooler shutdown".into();
+                return close_for_shutdown(stream).await;
             }
             Err(e) => {
                 drop(conn);
@@ -263,6 +246,19 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Tells the client the pooler is going away (57P01) and gives the reason for the log.
+async fn close_for_shutdown(stream: &mut Stream) -> EndReason {
+    send_error(
+        stream,
+        Severity::Fatal,
+        sqlstate::ADMIN_SHUTDOWN,
+        "pooler is shutting down",
+        None,
+    )
+    .await;
+    "pooler shutdown".into()
 }
 
 /// Returns a server after use. In session mode (or with `server_reset_query_always`) the reset query

@@ -1,4 +1,3 @@
-
 use super::*;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 

@@ -1,5 +1,6 @@
 //! Server connections: connecting and logging in, and the state a pooled connection carries.
 
+pub mod cancel;
 pub mod connect;
 pub mod params;
 pub mod query;

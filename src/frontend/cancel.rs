@@ -2,13 +2,9 @@
 //! it is forwarded, over a new connection, to the server that client holds at that moment.
 
 use crate::backend::{BackendKey, ServerAddr};
-use crate::proto::encode;
-use bytes::BytesMut;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UnixStream};
 
 /// The server a client holds right now, if any.
 #[derive(Debug, Default)]
@@ -87,21 +83,6 @@ impl CancelMap {
             server
         };
         let Some((addr, key)) = target else { return };
-        let mut packet = BytesMut::with_capacity(16);
-        encode::cancel_request(&mut packet, key.pid, key.secret);
-        let result = if addr.host.starts_with('/') {
-            match UnixStream::connect(format!("{}/.s.PGSQL.{}", addr.host, addr.port)).await {
-                Ok(mut s) => s.write_all(&packet).await,
-                Err(e) => Err(e),
-            }
-        } else {
-            match TcpStream::connect((addr.host.as_str(), addr.port)).await {
-                Ok(mut s) => s.write_all(&packet).await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not forward cancel request to server");
-        }
+        crate::backend::cancel::send(&addr, key).await;
     }
 }

@@ -155,7 +155,7 @@ pub async fn login(
     }
 
     let Some(settings) = PoolSettings::resolve(&config, &database, &user) else {
-        // Authenticate first where a password is due, so that database names cannot be probed freely.
+        // Refused before authentication, with PgBouncer's message and SQLSTATE.
         return Err(reject(
             stream,
             sqlstate::PROTOCOL_VIOLATION,

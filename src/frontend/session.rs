@@ -29,7 +29,7 @@ pub async fn run(
     mut me: LoggedIn,
 ) -> EndReason {
     let mut shutdown = app.shutdown.watch();
-    let mut scanner = Scanner::default();
+    let mut scanner = Scanner::for_client();
     // An error owed to the client: its server died between requests, so the next request gets it.
     let mut owed_error: Option<String> = None;
     loop {
@@ -190,6 +190,9 @@ pub async fn run(
                 return m.into();
             }
             Ok(Outcome::QueryTimeout) => {
+                // Closing the connection alone would leave the query running until it next writes.
+                let (addr, key) = (conn.server.addr.clone(), conn.server.key);
+                tokio::spawn(async move { crate::backend::cancel::send(&addr, key).await });
                 drop(conn);
                 send_error(
                     stream,

@@ -37,6 +37,14 @@ pub enum PoolError {
     Connect(#[from] BackendError),
 }
 
+/// Why no slot could be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    Pool,
+    Database,
+    User,
+}
+
 /// What a waiter is handed: a ready server, or the right to open one.
 enum Grant {
     Server(Server),
@@ -180,7 +188,7 @@ impl Pool {
         inner: &mut Inner,
         settings: &PoolSettings,
         reserve: bool,
-    ) -> Option<Slot> {
+    ) -> Result<Slot, Blocked> {
         let cap = settings.pool_size
             + if reserve {
                 settings.reserve_pool_size
@@ -188,19 +196,35 @@ impl Pool {
                 0
             };
         if inner.total >= cap {
-            return None;
+            return Err(Blocked::Pool);
         }
         if !self.db_limit.try_acquire() {
-            return None;
+            return Err(Blocked::Database);
         }
         if !self.user_limit.try_acquire() {
             self.db_limit.release();
-            return None;
+            return Err(Blocked::User);
         }
         inner.total += 1;
-        Some(Slot {
+        Ok(Slot {
             pool: Some(self.clone()),
         })
+    }
+
+    /// When the longest-idle server was last used, if any server is idle.
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.inner.lock().idle.iter().map(|s| s.last_used).min()
+    }
+
+    /// Closes the longest-idle server; false if none is idle (any more).
+    fn evict_oldest_idle(self: &Arc<Self>) -> bool {
+        let mut first = true;
+        let oldest = self.oldest_idle();
+        self.evict_idle(|s, _| {
+            let hit = first && Some(s.last_used) == oldest;
+            first &= !hit;
+            hit
+        }) > 0
     }
 
     fn release_slot(self: &Arc<Self>) {
@@ -210,7 +234,7 @@ impl Pool {
         self.db_limit.release();
         self.user_limit.release();
         while inner.waiters.front().is_some() {
-            let Some(slot) = self.try_take_slot(&mut inner, &settings, false) else {
+            let Ok(slot) = self.try_take_slot(&mut inner, &settings, false) else {
                 break;
             };
             let Some(tx) = inner.waiters.pop_front() else {
@@ -237,6 +261,7 @@ impl Pool {
         let mut waiter: Option<oneshot::Receiver<Grant>> = None;
         let mut handed: Option<Grant> = None;
         loop {
+            let mut blocked = Blocked::Pool;
             let grant = match handed.take() {
                 Some(g) => Some(g),
                 None => {
@@ -244,20 +269,34 @@ impl Pool {
                     let mut inner = self.inner.lock();
                     if let Some(s) = inner.idle.pop() {
                         Some(Grant::Server(s))
-                    } else if let Some(slot) =
-                        self.try_take_slot(&mut inner, &settings, use_reserve)
-                    {
-                        Some(Grant::Slot(slot))
                     } else {
-                        if waiter.is_none() {
-                            let (tx, rx) = oneshot::channel();
-                            inner.waiters.push_back(tx);
-                            waiter = Some(rx);
+                        match self.try_take_slot(&mut inner, &settings, use_reserve) {
+                            Ok(slot) => Some(Grant::Slot(slot)),
+                            Err(why) => {
+                                blocked = why;
+                                if waiter.is_none() {
+                                    let (tx, rx) = oneshot::channel();
+                                    inner.waiters.push_back(tx);
+                                    waiter = Some(rx);
+                                }
+                                None
+                            }
                         }
-                        None
                     }
                 }
             };
+            // Blocked by a shared limit while another pool sits on idle servers: close one of those
+            // (outside our lock) and try again.
+            let evicted = match blocked {
+                Blocked::Database if grant.is_none() => {
+                    self.db_limit.evict_idle_elsewhere(&self.key)
+                }
+                Blocked::User if grant.is_none() => self.user_limit.evict_idle_elsewhere(&self.key),
+                _ => false,
+            };
+            if evicted {
+                continue;
+            }
             match grant {
                 Some(Grant::Server(server)) => {
                     let mut conn = Conn {
@@ -394,8 +433,8 @@ impl Pool {
         let slot = {
             let mut inner = self.inner.lock();
             match self.try_take_slot(&mut inner, &settings, false) {
-                Some(s) => s,
-                None => return Ok(false),
+                Ok(s) => s,
+                Err(_) => return Ok(false),
             }
         };
         let server = self.open(&settings).await?;

@@ -23,7 +23,17 @@ impl Registry {
         let user_limit = self.limit(&self.user_limits, &key.user, settings.max_user_connections);
         self.pools
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Pool::new(key, settings, db_limit, user_limit)))
+            .or_insert_with(|| {
+                let pool = Arc::new(Pool::new(
+                    key,
+                    settings,
+                    db_limit.clone(),
+                    user_limit.clone(),
+                ));
+                db_limit.join(&pool);
+                user_limit.join(&pool);
+                pool
+            })
             .clone()
     }
 

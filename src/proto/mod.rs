@@ -21,6 +21,10 @@ pub const MAX_PRE_AUTH_MESSAGE: usize = 10_000;
 /// Frames the pooler only forwards stream through and have no such limit beyond the protocol's own.
 pub const MAX_INSPECTED_MESSAGE: usize = 1 << 20;
 
+/// Largest frame a client may send after login: PostgreSQL's `PQ_LARGE_MESSAGE_LIMIT` (1 GiB - 1 of
+/// body) plus tag and length word.
+pub const MAX_CLIENT_MESSAGE: usize = 0x3fff_ffff + 5;
+
 /// A protocol violation by the peer; the connection that sent it is closed.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtoError {

@@ -46,6 +46,8 @@ pub enum Event<'a> {
 pub struct Scanner {
     /// Bytes of a streaming frame that are still to come from the peer.
     remaining: usize,
+    /// Largest frame accepted at all, streaming or not (`None`: no limit).
+    max_frame: Option<usize>,
 }
 
 /// Result of one scan: how many leading bytes of the buffer may be forwarded now.
@@ -55,6 +57,15 @@ pub struct Scanned {
 }
 
 impl Scanner {
+    /// A scanner for what a client sends: frames longer than PostgreSQL itself accepts from a client
+    /// are refused here, before any of their bytes reach a server.
+    pub fn for_client() -> Self {
+        Self {
+            remaining: 0,
+            max_frame: Some(super::MAX_CLIENT_MESSAGE),
+        }
+    }
+
     /// True when no frame is half-forwarded, i.e. the stream is at a message boundary.
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0
@@ -75,6 +86,9 @@ impl Scanner {
         while self.remaining == 0 {
             let Some(rest) = buf.get(pos..) else { break };
             let Some(h) = header(rest)? else { break };
+            if let Some(max) = self.max_frame.filter(|&m| h.total > m) {
+                return Err(ProtoError::TooLarge { len: h.total, max });
+            }
             if inspect(h.tag) {
                 if h.total > super::MAX_INSPECTED_MESSAGE {
                     return Err(ProtoError::TooLarge {

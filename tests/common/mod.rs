@@ -2,6 +2,8 @@
 //! and md5 users), started once per test binary, and pgsluice instances started in-process per test.
 #![allow(dead_code, clippy::unwrap_used, clippy::zombie_processes)]
 
+pub mod wire;
+
 use pgsluice::app::App;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -226,6 +228,15 @@ impl Sluice {
     /// `[pgbouncer]` section and `databases` lines to `[databases]` (a default `* =` entry is there).
     pub async fn start(pgbouncer: &str, databases: &str) -> Sluice {
         let pg = Postgres::shared();
+        Self::start_exact(
+            pgbouncer,
+            &format!("{databases}\n* = host=127.0.0.1 port={}", pg.port),
+        )
+        .await
+    }
+
+    /// Like [`Sluice::start`], without the `* =` fallback entry.
+    pub async fn start_exact(pgbouncer: &str, databases: &str) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("userlist.txt"),
@@ -233,10 +244,9 @@ impl Sluice {
         )
         .unwrap();
         let ini = format!(
-            "[databases]\n{databases}\n* = host=127.0.0.1 port={port}\n\n\
+            "[databases]\n{databases}\n\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 0\nunix_socket_dir =\n\
-             auth_type = md5\nauth_file = userlist.txt\nstats_period = 0\n{pgbouncer}\n",
-            port = pg.port
+             auth_type = md5\nauth_file = userlist.txt\nstats_period = 0\n{pgbouncer}\n"
         );
         let path = dir.path().join("pgbouncer.ini");
         std::fs::write(&path, ini).unwrap();
@@ -314,4 +324,91 @@ pub fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<St
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
         _ => None,
     })
+}
+
+impl Postgres {
+    /// A direct superuser connection, for watching pg_stat_activity while a test runs.
+    pub async fn super_client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("direct superuser connection");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Creates a database of its own for one test, owned by the SCRAM user, so that counting its
+    /// server connections is not disturbed by tests running in parallel.
+    pub fn create_database(&self, prefix: &str) -> String {
+        let name = unique(prefix);
+        self.psql_super(&format!("CREATE DATABASE {name} OWNER {SCRAM_USER}"));
+        name
+    }
+}
+
+/// Client backends connected to `db`, optionally only those of `user`.
+pub async fn backends_in(c: &tokio_postgres::Client, db: &str, user: Option<&str>) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+         AND ($2::text IS NULL OR usename = $2) AND backend_type = 'client backend'",
+        &[&db, &user],
+    )
+    .await
+    .expect("count backends")
+    .get(0)
+}
+
+/// Runs `work` while sampling `backends_in(db, user)` every 20 ms; returns its output and the peak.
+pub async fn peak_backends_while<T>(
+    db: &str,
+    user: Option<&str>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, i64) {
+    let watcher = Postgres::shared().super_client().await;
+    let mut peak = 0;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                peak = peak.max(backends_in(&watcher, db, user).await);
+                return (out, peak);
+            }
+            n = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                backends_in(&watcher, db, user).await
+            } => peak = peak.max(n),
+        }
+    }
+}
+
+/// Waits up to `within` for `backends_in(db, user)` to equal `want`; returns the last count seen.
+pub async fn await_backends(db: &str, user: Option<&str>, want: i64, within: Duration) -> i64 {
+    let watcher = Postgres::shared().super_client().await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = backends_in(&watcher, db, user).await;
+        if n == want || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or pooler) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// The message of a tokio-postgres error: the ErrorResponse's text when there is one.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
 }

@@ -118,3 +118,21 @@ fn length_near_u32_max_does_not_wrap() {
     assert_eq!(out.forward, buf.len());
     assert!(!s.at_boundary());
 }
+
+#[test]
+fn client_scanner_refuses_frames_over_postgres_limit() {
+    let mut huge = vec![b'Q'];
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        Scanner::for_client().scan(&huge, |_| false, |_| true),
+        Err(ProtoError::TooLarge { .. })
+    ));
+    // The server side has no such limit: a large DataRow streams through.
+    assert!(Scanner::default().scan(&huge, |_| false, |_| true).is_ok());
+    // At the limit a client frame is fine.
+    let mut big = vec![b'Q'];
+    big.extend_from_slice(&0x3fff_ffffu32.wrapping_add(4).to_be_bytes());
+    assert!(Scanner::for_client()
+        .scan(&big, |_| false, |_| true)
+        .is_ok());
+}

@@ -1,0 +1,114 @@
+//! The PostgreSQL wire protocol by hand, for tests that need to see or send exact bytes.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use super::{MD5_PASSWORD, MD5_USER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A simple-protocol Query message.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&(4 + sql.len() as u32 + 1).to_be_bytes());
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    m
+}
+
+/// A startup packet with the given protocol version code and parameters.
+pub fn startup(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    pkt.extend_from_slice(&body);
+    pkt
+}
+
+/// Reads until the peer closes (or 10 s pass) and returns everything it sent.
+pub async fn read_all(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        raw.read_to_end(&mut buf),
+    )
+    .await;
+    buf
+}
+
+/// The fields (code byte, value) of the first ErrorResponse in a stream of backend messages.
+pub fn first_error(mut bytes: &[u8]) -> Option<Vec<(u8, String)>> {
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes(bytes[1..5].try_into().ok()?) as usize;
+        let body = bytes.get(5..1 + len)?;
+        if bytes[0] == b'E' {
+            let fields = body
+                .split(|&b| b == 0)
+                .filter(|f| !f.is_empty())
+                .map(|f| (f[0], String::from_utf8_lossy(&f[1..]).into_owned()))
+                .collect();
+            return Some(fields);
+        }
+        bytes = &bytes[1 + len..];
+    }
+    None
+}
+
+/// The SQLSTATE of the first ErrorResponse in a stream of backend messages.
+pub fn error_code(bytes: &[u8]) -> Option<String> {
+    first_error(bytes)?
+        .into_iter()
+        .find(|(c, _)| *c == b'C')
+        .map(|(_, v)| v)
+}
+
+/// The message of the first ErrorResponse in a stream of backend messages.
+pub fn error_message(bytes: &[u8]) -> Option<String> {
+    first_error(bytes)?
+        .into_iter()
+        .find(|(c, _)| *c == b'M')
+        .map(|(_, v)| v)
+}
+
+/// Logs in as the md5 user by hand (MD5 over the wire), reading up to ReadyForQuery.
+pub async fn login_md5(raw: &mut tokio::net::TcpStream) {
+    use md5::{Digest, Md5};
+    let pkt = startup(196608, &[("user", MD5_USER), ("database", "appdb")]);
+    raw.write_all(&pkt).await.unwrap();
+    let (tag, msg) = read_message(raw).await;
+    assert_eq!(tag, b'R');
+    assert_eq!(
+        &msg[..4],
+        &5u32.to_be_bytes(),
+        "expected an MD5 password request"
+    );
+    let salt = &msg[4..8];
+    let inner = format!("{:x}", Md5::digest(format!("{MD5_PASSWORD}{MD5_USER}")));
+    let mut h = Md5::new();
+    h.update(inner.as_bytes());
+    h.update(salt);
+    let answer = format!("md5{:x}", h.finalize());
+    let mut p = vec![b'p'];
+    p.extend_from_slice(&((4 + answer.len() + 1) as u32).to_be_bytes());
+    p.extend_from_slice(answer.as_bytes());
+    p.push(0);
+    raw.write_all(&p).await.unwrap();
+    loop {
+        let (tag, _) = read_message(raw).await;
+        assert_ne!(tag, b'E', "login failed");
+        if tag == b'Z' {
+            return;
+        }
+    }
+}
+
+pub async fn read_message(raw: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let tag = raw.read_u8().await.unwrap();
+    let len = raw.read_u32().await.unwrap() as usize;
+    let mut body = vec![0; len - 4];
+    raw.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}

@@ -53,6 +53,11 @@ impl Drop for Running {
 }
 
 fn start_binary(mode: &str) -> Running {
+    start_binary_with(&format!("pool_mode = {mode}"))
+}
+
+/// Starts the real binary with `extra` lines in its `[pgbouncer]` section.
+fn start_binary_with(extra: &str) -> Running {
     let pg = Postgres::shared();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -66,7 +71,7 @@ fn start_binary(mode: &str) -> Running {
         &ini,
         format!(
             "[databases]\nappdb = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             unix_socket_dir = {}\nauth_type = md5\nauth_file = users.txt\npool_mode = {mode}\n",
+             unix_socket_dir = {}\nauth_type = md5\nauth_file = users.txt\n{extra}\n",
             pg.port,
             dir.path().display()
         ),
@@ -369,4 +374,67 @@ async fn listens_on_ipv4_and_ipv6_loopback() {
     let _ = child.wait();
     assert!(ok, "pgsluice did not listen on both addresses");
     result.unwrap();
+}
+
+/// Reads the child's stderr until it exits (after SIGQUIT).
+fn stop_and_read_log(r: &mut Running) -> String {
+    signal(&r.child, "-QUIT");
+    wait_exit(&mut r.child, Duration::from_secs(5)).expect("exits on SIGQUIT");
+    let mut log = String::new();
+    std::io::Read::read_to_string(r.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_has_pgbouncer_shape_and_stats_lines() {
+    let mut r = start_binary_with("pool_mode = transaction\nstats_period = 1");
+    let c = client(r.port).await.unwrap();
+    for _ in 0..20 {
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    drop(c);
+    let log = stop_and_read_log(&mut r);
+    assert!(log.lines().count() >= 3, "too few log lines: {log}");
+    let pid = format!("[{}]", r.child.id());
+    for line in log.lines() {
+        // 2026-01-01 10:00:00.000 UTC [pid] LOG message
+        let parts: Vec<&str> = line.splitn(5, ' ').collect();
+        assert_eq!(parts.len(), 5, "short line: {line}");
+        assert_eq!(parts[0].len(), 10, "date: {line}");
+        assert_eq!(parts[1].len(), 12, "time with milliseconds: {line}");
+        assert_eq!(parts[2], "UTC", "{line}");
+        assert_eq!(parts[3], pid, "{line}");
+        assert!(
+            parts[4].starts_with("LOG ")
+                || parts[4].starts_with("WARNING ")
+                || parts[4].starts_with("ERROR "),
+            "{line}"
+        );
+    }
+    assert!(
+        log.contains("stats: "),
+        "no stats line with stats_period = 1: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_is_one_object_per_line() {
+    let mut r = start_binary_with("pool_mode = transaction\nlog_format = json");
+    let c = client(r.port).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = stop_and_read_log(&mut r);
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("timestamp").is_some() && v.get("level").is_some(),
+            "{line}"
+        );
+    }
+    assert!(log.contains("login attempt"), "{log}");
+    assert!(!log.contains(SCRAM_PASSWORD));
 }

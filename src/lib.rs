@@ -20,6 +20,7 @@ pub mod frontend;
 pub mod logging;
 pub mod net;
 pub mod pool;
+pub mod prepared;
 pub mod proto;
 pub mod relay;
 pub mod run;

@@ -8,7 +8,8 @@ fn framed(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     let at = buf.len();
     buf.put_u32(0);
     body(buf);
-    // Bodies written here are small and bounded by the pooler, so the length fits in u32.
+    // Bodies written here are the pooler's own or a rewritten client frame, which is bounded by
+    // MAX_CLIENT_MESSAGE, so the length fits in u32.
     let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -145,6 +146,43 @@ pub fn cancel_request(buf: &mut BytesMut, pid: u32, secret: u32) {
     buf.put_u32(80_877_102);
     buf.put_u32(pid);
     buf.put_u32(secret);
+}
+
+pub fn parse_complete(buf: &mut BytesMut) {
+    framed(buf, b'1', |_| {});
+}
+
+pub fn close_complete(buf: &mut BytesMut) {
+    framed(buf, b'3', |_| {});
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    framed(buf, b'C', |b| cstr(b, tag.as_bytes()));
+}
+
+/// Parse under `name` of a statement `definition` (query text and parameter types, as a client sent them).
+pub fn parse_message(buf: &mut BytesMut, name: &[u8], definition: &[u8]) {
+    framed(buf, b'P', |b| {
+        cstr(b, name);
+        b.put_slice(definition);
+    });
+}
+
+/// Bind of `portal` to statement `name`, with the client's parameters and formats (`rest`) untouched.
+pub fn bind_message(buf: &mut BytesMut, portal: &[u8], name: &[u8], rest: &[u8]) {
+    framed(buf, b'B', |b| {
+        cstr(b, portal);
+        cstr(b, name);
+        b.put_slice(rest);
+    });
+}
+
+/// Describe (`kind` b'D') or Close (`kind` b'C') of statement `name`.
+pub fn statement_target(buf: &mut BytesMut, tag: u8, name: &[u8]) {
+    framed(buf, tag, |b| {
+        b.put_u8(b'S');
+        cstr(b, name);
+    });
 }
 
 #[cfg(test)]

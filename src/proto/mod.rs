@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod encode;
+pub mod frontend;
 pub mod scan;
 pub mod sqlstate;
 pub mod startup;

@@ -14,3 +14,5 @@ pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const INTERNAL_ERROR: &str = "XX000";
+pub const UNDEFINED_PSTATEMENT: &str = "26000";
+pub const DUPLICATE_PSTATEMENT: &str = "42P05";

@@ -1,0 +1,238 @@
+//! Prepared statements in transaction and statement mode.
+//!
+//! A client's named statement lives on whatever server it was prepared on, and the next transaction
+//! may run elsewhere. So the pooler keeps the statements itself: every distinct definition (query text
+//! and parameter types) becomes one [`Statement`] with a pooler-owned name; each client maps its own
+//! names to statements; each server remembers, in a bounded LRU, which statements it has prepared.
+//! The [`tracker`] rewrites the client's extended-protocol messages to the pooler's names, prepares on
+//! demand, and keeps the replies in order. Unnamed statements pass through untouched.
+
+pub mod tracker;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One distinct statement definition, shared by every client that prepared it.
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    /// The name it has on servers.
+    pub server_name: Box<[u8]>,
+    /// Query text and parameter types, exactly as the first client sent them in Parse.
+    pub definition: Bytes,
+}
+
+/// All statement definitions in use, deduplicated so that clients preparing the same query share
+/// its server-side copies.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_definition: DashMap<Bytes, Arc<Statement>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// The statement for `definition`, created on first use.
+    pub fn intern(&self, definition: &[u8]) -> Arc<Statement> {
+        if let Some(s) = self.by_definition.get(definition) {
+            return s.clone();
+        }
+        let key = Bytes::copy_from_slice(definition);
+        self.by_definition
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                Arc::new(Statement {
+                    id,
+                    server_name: format!("PGSLUICE_{id}").into_bytes().into_boxed_slice(),
+                    definition: key,
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets definitions no client refers to any more (servers that still hold them evict them in
+    /// their own time). Called by the janitor.
+    pub fn prune(&self) {
+        self.by_definition.retain(|_, s| Arc::strong_count(s) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_definition.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_definition.is_empty()
+    }
+}
+
+/// One client's prepared statements, by the names it gave them.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
+        self.by_name.insert(name.into(), s);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.by_name.remove(name).is_some()
+    }
+
+    /// Removes `name` only if it still means statement `id` (a later Parse may have reused the name).
+    pub fn remove_if(&mut self, name: &[u8], id: u64) {
+        if self.by_name.get(name).is_some_and(|s| s.id == id) {
+            self.by_name.remove(name);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// The statements one server has prepared, least recently used first out.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    /// Statement id to the tick it was last used at.
+    prepared: HashMap<u64, u64>,
+    /// Statements that exist on the server but must be closed before they are prepared again: evicted
+    /// ones whose Close did not run, and ones whose cached plan went stale.
+    stale: Vec<u64>,
+    tick: u64,
+}
+
+impl ServerStatements {
+    /// Whether the server has `id`, marking it used.
+    pub fn touch(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.prepared.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `id` as prepared. When that takes the server past `capacity`, returns the least
+    /// recently used statement, which the caller must close on the server.
+    pub fn insert(&mut self, id: u64, capacity: usize) -> Option<u64> {
+        self.tick += 1;
+        self.prepared.insert(id, self.tick);
+        if self.prepared.len() <= capacity {
+            return None;
+        }
+        let (&victim, _) = self
+            .prepared
+            .iter()
+            .filter(|(&k, _)| k != id)
+            .min_by_key(|(_, &t)| t)?;
+        self.prepared.remove(&victim);
+        Some(victim)
+    }
+
+    pub fn forget(&mut self, id: u64) {
+        self.prepared.remove(&id);
+    }
+
+    /// The server still has `id` but it must be closed before being prepared again.
+    pub fn mark_stale(&mut self, id: u64) {
+        self.prepared.remove(&id);
+        if !self.stale.contains(&id) {
+            self.stale.push(id);
+        }
+    }
+
+    /// Takes `id` off the stale list; true if it was there (so a Close must go first).
+    pub fn take_stale(&mut self, id: u64) -> bool {
+        let before = self.stale.len();
+        self.stale.retain(|&s| s != id);
+        self.stale.len() != before
+    }
+
+    /// The server ran DISCARD ALL or DEALLOCATE ALL: it has nothing prepared any more.
+    pub fn clear(&mut self) {
+        self.prepared.clear();
+        self.stale.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+}
+
+/// Counters per pool, for the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct PreparedStats {
+    /// Parse messages of named statements from clients.
+    pub client_parses: AtomicU64,
+    /// Parse messages sent to servers (a client's, or one the pooler added before a Bind).
+    pub server_parses: AtomicU64,
+    /// Binds of named statements.
+    pub binds: AtomicU64,
+    /// Parses and Binds that found the statement already on the server.
+    pub hits: AtomicU64,
+    /// Statements closed on a server to keep it under `max_prepared_statements`.
+    pub evictions: AtomicU64,
+}
+
+impl PreparedStats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_dedupes_and_prunes() {
+        let r = Registry::default();
+        let a = r.intern(b"SELECT 1\0\0\0");
+        let b = r.intern(b"SELECT 1\0\0\0");
+        let c = r.intern(b"SELECT 2\0\0\0");
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert_eq!(&*a.server_name, format!("PGSLUICE_{}", a.id).as_bytes());
+        drop(c);
+        r.prune();
+        assert_eq!(r.len(), 1, "only the unused definition goes");
+    }
+
+    #[test]
+    fn server_lru_evicts_least_recently_used() {
+        let mut s = ServerStatements::default();
+        assert_eq!(s.insert(1, 2), None);
+        assert_eq!(s.insert(2, 2), None);
+        assert!(s.touch(1));
+        assert_eq!(s.insert(3, 2), Some(2));
+        assert!(!s.touch(2));
+        assert!(s.touch(1) && s.touch(3));
+        s.mark_stale(3);
+        assert!(!s.touch(3));
+        assert!(s.take_stale(3));
+        assert!(!s.take_stale(3));
+    }
+}

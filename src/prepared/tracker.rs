@@ -1,0 +1,493 @@
+//! The statement tracker of one client–server attachment (sans-IO).
+//!
+//! It sees every frame in both directions. Client frames that name a statement are rewritten to the
+//! pooler's name, with a Parse added first when the server lacks the statement; Close and DEALLOCATE
+//! of a client's statement are answered by the pooler. A queue holds, in order, every reply the server
+//! owes and every reply the pooler owes, so replies reach the client in the order it sent its messages,
+//! and replies to messages the pooler added are swallowed exactly once. After an error the server
+//! skips to the next Sync, and so does the queue.
+
+use super::{ClientStatements, PreparedStats, Registry, ServerStatements, Statement};
+use crate::proto::frontend::{self, Reset};
+use crate::proto::{backend, encode, sqlstate, ProtoError};
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Everything the tracker reads and updates besides its own queue.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub registry: &'a Registry,
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+    pub stats: &'a PreparedStats,
+    /// `max_prepared_statements`: how many statements one server keeps.
+    pub capacity: usize,
+}
+
+/// The reply a message expects from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    /// Sync, simple Query and FunctionCall: answered up to ReadyForQuery.
+    Ready,
+}
+
+/// What to undo when a message fails or is skipped after an earlier error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undo {
+    Nothing,
+    /// The server never prepared this statement.
+    Server(u64),
+    /// Neither the server nor the client has this statement.
+    Both {
+        id: u64,
+        name: Box<[u8]>,
+    },
+    /// The client's Parse was answered by the pooler, but after an error it never happened.
+    Client {
+        id: u64,
+        name: Box<[u8]>,
+    },
+    /// A Close did not run: the server still has the statement.
+    Stale(u64),
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// A reply the server owes; `swallow` when the message was the pooler's own.
+    Server {
+        reply: Reply,
+        swallow: bool,
+        undo: Undo,
+        /// The pooler statement a Bind used, to re-prepare it after "cached plan must not change".
+        statement: Option<u64>,
+    },
+    /// A reply the pooler gives itself, once every reply before it has gone out.
+    Local(Local),
+}
+
+#[derive(Debug)]
+enum Local {
+    ParseComplete(Undo),
+    CloseComplete,
+    /// CommandComplete then ReadyForQuery: the answer to a whole simple query.
+    Command(&'static str),
+    /// ErrorResponse then ReadyForQuery.
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// What the relay does with a client frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Send it as it is.
+    Forward,
+    /// Drop it; the bytes the tracker wrote to `replacement` (maybe none) go in its place.
+    Replace,
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    queue: VecDeque<Entry>,
+    /// The transaction status of the latest ReadyForQuery, for the pooler's own ReadyForQuery.
+    status: u8,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            status: b'I',
+        }
+    }
+}
+
+fn server(reply: Reply) -> Entry {
+    Entry::Server {
+        reply,
+        swallow: false,
+        undo: Undo::Nothing,
+        statement: None,
+    }
+}
+
+/// The name a statement has on servers.
+pub fn server_name(id: u64) -> Vec<u8> {
+    format!("PGSLUICE_{id}").into_bytes()
+}
+
+impl Tracker {
+    /// True when no reply is owed by anyone: the server may be released.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Handles one client frame. `body` is `None` for a frame that streams through (its body is not
+    /// held); Parse, Bind, Describe and Close always come whole. Replies the pooler can give at once
+    /// are appended to `to_client`.
+    pub fn on_client(
+        &mut self,
+        tag: u8,
+        body: Option<&[u8]>,
+        ctx: &mut Ctx<'_>,
+        replacement: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<ClientAction, ProtoError> {
+        let action = match (tag, body) {
+            (b'P', Some(body)) => self.client_parse(body, ctx, replacement)?,
+            (b'B', Some(body)) => self.client_bind(body, ctx, replacement)?,
+            (b'D', Some(body)) => {
+                let d = frontend::target(body, "Describe")?;
+                let known = (d.kind == b'S' && !d.name.is_empty())
+                    .then(|| ctx.client.get(d.name).cloned())
+                    .flatten();
+                match known {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt, ctx, replacement);
+                        encode::statement_target(replacement, b'D', &stmt.server_name);
+                        self.queue.push_back(server(Reply::Describe));
+                        ClientAction::Replace
+                    }
+                    None => {
+                        self.queue.push_back(server(Reply::Describe));
+                        ClientAction::Forward
+                    }
+                }
+            }
+            (b'C', Some(body)) => {
+                let c = frontend::target(body, "Close")?;
+                if c.kind == b'S' && !c.name.is_empty() {
+                    // The server copy stays for other clients; closing an unknown name is no error.
+                    ctx.client.remove(c.name);
+                    self.queue.push_back(Entry::Local(Local::CloseComplete));
+                    ClientAction::Replace
+                } else {
+                    self.queue.push_back(server(Reply::Close));
+                    ClientAction::Forward
+                }
+            }
+            (b'P' | b'B' | b'D' | b'C', None) => return Err(ProtoError::Malformed("extended")),
+            (b'E', _) => {
+                self.queue.push_back(server(Reply::Execute));
+                ClientAction::Forward
+            }
+            (b'Q', body) => self.client_query(body, ctx),
+            (b'S' | b'F', _) => {
+                self.queue.push_back(server(Reply::Ready));
+                ClientAction::Forward
+            }
+            // Flush, copy data and anything else: no reply of their own.
+            _ => ClientAction::Forward,
+        };
+        self.flush_local(ctx, to_client);
+        Ok(action)
+    }
+
+    fn client_parse(
+        &mut self,
+        body: &[u8],
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> Result<ClientAction, ProtoError> {
+        let p = frontend::parse(body)?;
+        if p.name.is_empty() {
+            self.queue.push_back(server(Reply::Parse));
+            return Ok(ClientAction::Forward);
+        }
+        PreparedStats::bump(&ctx.stats.client_parses);
+        let stmt = ctx.registry.intern(p.definition);
+        ctx.client.insert(p.name, stmt.clone());
+        if ctx.server.touch(stmt.id) {
+            PreparedStats::bump(&ctx.stats.hits);
+            self.queue
+                .push_back(Entry::Local(Local::ParseComplete(Undo::Client {
+                    id: stmt.id,
+                    name: p.name.into(),
+                })));
+            return Ok(ClientAction::Replace);
+        }
+        self.send_parse(
+            &stmt,
+            ctx,
+            out,
+            false,
+            Undo::Both {
+                id: stmt.id,
+                name: p.name.into(),
+            },
+        );
+        Ok(ClientAction::Replace)
+    }
+
+    fn client_bind(
+        &mut self,
+        body: &[u8],
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> Result<ClientAction, ProtoError> {
+        let b = frontend::bind(body)?;
+        let stmt = (!b.statement.is_empty())
+            .then(|| ctx.client.get(b.statement).cloned())
+            .flatten();
+        let Some(stmt) = stmt else {
+            // Unnamed, or a name the client never prepared: the server answers as it would.
+            self.queue.push_back(server(Reply::Bind));
+            return Ok(ClientAction::Forward);
+        };
+        PreparedStats::bump(&ctx.stats.binds);
+        self.ensure_prepared(&stmt, ctx, out);
+        encode::bind_message(out, b.portal, &stmt.server_name, b.rest);
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Bind,
+            swallow: false,
+            undo: Undo::Nothing,
+            statement: Some(stmt.id),
+        });
+        Ok(ClientAction::Replace)
+    }
+
+    fn client_query(&mut self, body: Option<&[u8]>, ctx: &mut Ctx<'_>) -> ClientAction {
+        let reset = body.and_then(frontend::reset_statement);
+        let local = match reset {
+            Some(Reset::DeallocateAll) => {
+                ctx.client.clear();
+                Local::Command("DEALLOCATE ALL")
+            }
+            Some(Reset::Deallocate(name)) => {
+                if ctx.client.remove(&name) {
+                    Local::Command("DEALLOCATE")
+                } else {
+                    Local::Error {
+                        code: sqlstate::UNDEFINED_PSTATEMENT,
+                        message: format!(
+                            "prepared statement \"{}\" does not exist",
+                            String::from_utf8_lossy(&name)
+                        ),
+                    }
+                }
+            }
+            Some(Reset::DiscardAll) => {
+                // The server runs it too; its statements are forgotten when it reports success.
+                ctx.client.clear();
+                self.queue.push_back(server(Reply::Ready));
+                return ClientAction::Forward;
+            }
+            None => {
+                self.queue.push_back(server(Reply::Ready));
+                return ClientAction::Forward;
+            }
+        };
+        self.queue.push_back(Entry::Local(local));
+        ClientAction::Replace
+    }
+
+    /// Adds a Parse (and the Closes it needs) in front of a message that uses `stmt`, unless the
+    /// server has it already.
+    fn ensure_prepared(&mut self, stmt: &Arc<Statement>, ctx: &mut Ctx<'_>, out: &mut BytesMut) {
+        if ctx.server.touch(stmt.id) {
+            PreparedStats::bump(&ctx.stats.hits);
+            return;
+        }
+        self.send_parse(stmt, ctx, out, true, Undo::Server(stmt.id));
+    }
+
+    fn send_parse(
+        &mut self,
+        stmt: &Arc<Statement>,
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+        swallow: bool,
+        undo: Undo,
+    ) {
+        if ctx.server.take_stale(stmt.id) {
+            self.close_on_server(stmt.id, out);
+        }
+        encode::parse_message(out, &stmt.server_name, &stmt.definition);
+        PreparedStats::bump(&ctx.stats.server_parses);
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Parse,
+            swallow,
+            undo,
+            statement: Some(stmt.id),
+        });
+        if let Some(victim) = ctx.server.insert(stmt.id, ctx.capacity) {
+            PreparedStats::bump(&ctx.stats.evictions);
+            self.close_on_server(victim, out);
+        }
+    }
+
+    fn close_on_server(&mut self, id: u64, out: &mut BytesMut) {
+        encode::statement_target(out, b'C', &server_name(id));
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Close,
+            swallow: true,
+            undo: Undo::Stale(id),
+            statement: None,
+        });
+    }
+
+    /// Handles one server frame; returns true when the frame must be swallowed (a reply to the
+    /// pooler's own message). Pooler replies that come due after it are appended to `to_client`.
+    pub fn on_server(
+        &mut self,
+        tag: u8,
+        body: Option<&[u8]>,
+        ctx: &mut Ctx<'_>,
+        to_client: &mut BytesMut,
+    ) -> bool {
+        if tag == b'C'
+            && body
+                .is_some_and(|b| b.starts_with(b"DISCARD ALL") || b.starts_with(b"DEALLOCATE ALL"))
+        {
+            ctx.server.clear();
+        }
+        let Some(Entry::Server { reply, .. }) = self.queue.front() else {
+            // Asynchronous messages, or replies the tracker does not own: pass them on.
+            return false;
+        };
+        let reply = *reply;
+        let swallow = match (tag, reply) {
+            (b'1', Reply::Parse)
+            | (b'2', Reply::Bind)
+            | (b'3', Reply::Close)
+            | (b'T' | b'n', Reply::Describe)
+            | (b'C' | b'I' | b's', Reply::Execute) => self.complete(),
+            (b'Z', _) => {
+                if let Some(&s) = body.and_then(|b| b.first()) {
+                    self.status = s;
+                }
+                // Normally the front is the Sync; anything before it was skipped.
+                while let Some(e) = self.queue.pop_front() {
+                    if matches!(
+                        e,
+                        Entry::Server {
+                            reply: Reply::Ready,
+                            ..
+                        }
+                    ) {
+                        break;
+                    }
+                    self.undo(e, ctx);
+                }
+                false
+            }
+            (b'E', r) if r != Reply::Ready => {
+                self.fail(body, ctx);
+                false
+            }
+            _ => false,
+        };
+        self.flush_local(ctx, to_client);
+        swallow
+    }
+
+    /// Pops the front entry, which the current frame completes; returns whether to swallow it.
+    fn complete(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some(Entry::Server { swallow, .. }) => swallow,
+            _ => false,
+        }
+    }
+
+    /// The server reported an error for the front message and skips everything up to Sync.
+    fn fail(&mut self, body: Option<&[u8]>, ctx: &mut Ctx<'_>) {
+        let code = body
+            .and_then(|b| backend::error_fields(b).ok())
+            .map(|f| f.code)
+            .unwrap_or_default();
+        if let Some(e) = self.queue.pop_front() {
+            match (&e, code) {
+                // The plan behind this statement went stale (a table changed under it): the next
+                // use closes and prepares it again instead of failing forever.
+                (
+                    Entry::Server {
+                        reply: Reply::Bind,
+                        statement: Some(id),
+                        ..
+                    },
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                ) => ctx.server.mark_stale(*id),
+                // It was there after all: believe the server.
+                (
+                    Entry::Server {
+                        reply: Reply::Parse,
+                        statement: Some(id),
+                        ..
+                    },
+                    sqlstate::DUPLICATE_PSTATEMENT,
+                ) => {
+                    let _ = ctx.server.insert(*id, usize::MAX);
+                }
+                _ => self.undo(e, ctx),
+            }
+        }
+        while let Some(front) = self.queue.front() {
+            if matches!(
+                front,
+                Entry::Server {
+                    reply: Reply::Ready,
+                    ..
+                }
+            ) {
+                break;
+            }
+            if let Some(e) = self.queue.pop_front() {
+                self.undo(e, ctx);
+            }
+        }
+    }
+
+    fn undo(&self, e: Entry, ctx: &mut Ctx<'_>) {
+        let undo = match e {
+            Entry::Server { undo, .. } | Entry::Local(Local::ParseComplete(undo)) => undo,
+            Entry::Local(_) => return,
+        };
+        match undo {
+            Undo::Nothing => {}
+            Undo::Server(id) => ctx.server.forget(id),
+            Undo::Both { id, name } => {
+                ctx.server.forget(id);
+                ctx.client.remove_if(&name, id);
+            }
+            Undo::Client { id, name } => ctx.client.remove_if(&name, id),
+            Undo::Stale(id) => ctx.server.mark_stale(id),
+        }
+    }
+
+    /// Sends the pooler's own replies that have come to the front of the queue.
+    fn flush_local(&mut self, _ctx: &mut Ctx<'_>, to_client: &mut BytesMut) {
+        while let Some(Entry::Local(_)) = self.queue.front() {
+            let Some(Entry::Local(local)) = self.queue.pop_front() else {
+                break;
+            };
+            match local {
+                Local::ParseComplete(_) => encode::parse_complete(to_client),
+                Local::CloseComplete => encode::close_complete(to_client),
+                Local::Command(tag) => {
+                    encode::command_complete(to_client, tag);
+                    encode::ready_for_query(to_client, self.status);
+                }
+                Local::Error { code, message } => {
+                    encode::error_response(
+                        to_client,
+                        encode::Severity::Error,
+                        code,
+                        &message,
+                        None,
+                    );
+                    encode::ready_for_query(to_client, self.status);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

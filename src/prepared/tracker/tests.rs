@@ -1,0 +1,266 @@
+use super::*;
+
+/// A client frame body helper: Parse of `name` with `sql` and no parameter types.
+fn parse_body(name: &str, sql: &str) -> Vec<u8> {
+    format!("{name}\0{sql}\0\0\0").into_bytes()
+}
+
+fn bind_body(stmt: &str) -> Vec<u8> {
+    format!("\0{stmt}\0\0\0\0\0\0\0").into_bytes()
+}
+
+/// Tags of the frames in `buf`.
+fn tags(buf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        out.push(rest[0]);
+        rest = &rest[1 + len..];
+    }
+    out
+}
+
+struct World {
+    registry: Registry,
+    client: ClientStatements,
+    server: ServerStatements,
+    stats: PreparedStats,
+    capacity: usize,
+}
+
+impl World {
+    fn new(capacity: usize) -> Self {
+        Self {
+            registry: Registry::default(),
+            client: ClientStatements::default(),
+            server: ServerStatements::default(),
+            stats: PreparedStats::default(),
+            capacity,
+        }
+    }
+    fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            registry: &self.registry,
+            client: &mut self.client,
+            server: &mut self.server,
+            stats: &self.stats,
+            capacity: self.capacity,
+        }
+    }
+    /// Feeds one client frame; returns (action, replacement tags, local reply tags).
+    fn client(
+        &mut self,
+        t: &mut Tracker,
+        tag: u8,
+        body: &[u8],
+    ) -> (ClientAction, Vec<u8>, Vec<u8>) {
+        let (mut rep, mut local) = (BytesMut::new(), BytesMut::new());
+        let a = t
+            .on_client(tag, Some(body), &mut self.ctx(), &mut rep, &mut local)
+            .unwrap();
+        (a, tags(&rep), tags(&local))
+    }
+    /// Feeds one server frame; returns (swallowed, local reply tags).
+    fn server(&mut self, t: &mut Tracker, tag: u8, body: &[u8]) -> (bool, Vec<u8>) {
+        let mut local = BytesMut::new();
+        let s = t.on_server(tag, Some(body), &mut self.ctx(), &mut local);
+        (s, tags(&local))
+    }
+}
+
+#[test]
+fn first_parse_goes_to_the_server_under_the_pooler_name() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    let mut rep = BytesMut::new();
+    let mut local = BytesMut::new();
+    let a = t
+        .on_client(
+            b'P',
+            Some(&parse_body("s1", "SELECT 1")),
+            &mut w.ctx(),
+            &mut rep,
+            &mut local,
+        )
+        .unwrap();
+    assert_eq!(a, ClientAction::Replace);
+    let p = frontend::parse(&rep[5..]).unwrap();
+    assert!(p.name.starts_with(b"PGSLUICE_"));
+    assert_eq!(p.definition, b"SELECT 1\0\0\0");
+    assert!(local.is_empty());
+    assert_eq!(
+        w.client(&mut t, b'S', b""),
+        (ClientAction::Forward, vec![], vec![])
+    );
+    assert_eq!(
+        w.server(&mut t, b'1', b""),
+        (false, vec![]),
+        "the client's own ParseComplete"
+    );
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(t.is_idle());
+}
+
+#[test]
+fn parse_of_a_statement_the_server_has_is_answered_locally_in_order() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    // Another client name, same query: no server round trip for the Parse...
+    let mut t = Tracker::default();
+    w.client.clear();
+    w.client(&mut t, b'B', &bind_body("nope"));
+    let (a, rep, local) = w.client(&mut t, b'P', &parse_body("b", "SELECT 1"));
+    assert_eq!((a, rep), (ClientAction::Replace, vec![]));
+    assert!(
+        local.is_empty(),
+        "the Bind before it has not been answered yet"
+    );
+    // ...and its ParseComplete comes right after the reply to the message before it.
+    let (swallowed, local) = w.server(&mut t, b'E', b"C26000\0\0");
+    assert!(!swallowed);
+    assert!(
+        local.is_empty(),
+        "after an error the server skips the Parse, so must the pooler"
+    );
+    assert!(
+        w.client.get(b"b").is_none(),
+        "the skipped Parse did not happen"
+    );
+}
+
+#[test]
+fn bind_on_a_server_without_the_statement_prepares_it_first() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("s1", "SELECT 1"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    // The next transaction lands on a fresh server.
+    w.server = ServerStatements::default();
+    let mut t = Tracker::default();
+    let (a, rep, _) = w.client(&mut t, b'B', &bind_body("s1"));
+    assert_eq!((a, rep), (ClientAction::Replace, vec![b'P', b'B']));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'S', b"");
+    assert_eq!(
+        w.server(&mut t, b'1', b""),
+        (true, vec![]),
+        "the added Parse's reply is swallowed"
+    );
+    assert_eq!(w.server(&mut t, b'2', b""), (false, vec![]));
+    assert_eq!(w.server(&mut t, b'D', b""), (false, vec![]));
+    assert_eq!(w.server(&mut t, b'C', b"SELECT 1\0"), (false, vec![]));
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(t.is_idle());
+    assert_eq!(
+        w.stats
+            .server_parses
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // Now it is there: a Bind is only renamed.
+    let mut t = Tracker::default();
+    assert_eq!(w.client(&mut t, b'B', &bind_body("s1")).1, vec![b'B']);
+}
+
+#[test]
+fn close_is_answered_by_the_pooler_after_earlier_replies() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("s1", "SELECT 1"));
+    let (a, rep, local) = w.client(&mut t, b'C', b"Ss1\0");
+    assert_eq!((a, rep, local), (ClientAction::Replace, vec![], vec![]));
+    w.client(&mut t, b'S', b"");
+    assert_eq!(
+        w.server(&mut t, b'1', b""),
+        (false, vec![b'3']),
+        "CloseComplete right after ParseComplete"
+    );
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(w.client.get(b"s1").is_none());
+    assert!(
+        w.server.touch(w.registry.intern(b"SELECT 1\0\0\0").id),
+        "the server copy stays for others"
+    );
+}
+
+#[test]
+fn deallocate_is_answered_locally_with_the_transaction_status() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'Q', b"BEGIN\0");
+    w.server(&mut t, b'C', b"BEGIN\0");
+    w.server(&mut t, b'Z', b"T");
+    w.client.insert(b"s1", w.registry.intern(b"SELECT 1\0\0\0"));
+    let mut local = BytesMut::new();
+    let a = t
+        .on_client(
+            b'Q',
+            Some(b"DEALLOCATE s1\0"),
+            &mut w.ctx(),
+            &mut BytesMut::new(),
+            &mut local,
+        )
+        .unwrap();
+    assert_eq!(a, ClientAction::Replace);
+    assert_eq!(tags(&local), vec![b'C', b'Z']);
+    assert_eq!(local.last(), Some(&b'T'), "still in the transaction");
+    let (_, _, local) = w.client(&mut t, b'Q', b"DEALLOCATE s1\0");
+    assert_eq!(local, vec![b'E', b'Z'], "a second time it does not exist");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn eviction_closes_the_least_recently_used_statement() {
+    let mut w = World::new(1);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    let (_, rep, _) = w.client(&mut t, b'P', &parse_body("b", "SELECT 2"));
+    assert_eq!(rep, vec![b'P', b'C'], "Parse of b, then Close of a");
+    w.client(&mut t, b'S', b"");
+    assert_eq!(w.server(&mut t, b'1', b""), (false, vec![]));
+    assert_eq!(w.server(&mut t, b'1', b""), (false, vec![]));
+    assert_eq!(
+        w.server(&mut t, b'3', b""),
+        (true, vec![]),
+        "the eviction's CloseComplete is swallowed"
+    );
+    w.server(&mut t, b'Z', b"I");
+    assert!(t.is_idle());
+    // a is still the client's: using it prepares it again.
+    let (_, rep, _) = w.client(&mut t, b'B', &bind_body("a"));
+    assert_eq!(rep, vec![b'P', b'C', b'B']);
+}
+
+#[test]
+fn stale_plan_is_closed_and_prepared_again() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("s1", "SELECT * FROM t"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    w.client(&mut t, b'B', &bind_body("s1"));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'S', b"");
+    let (swallowed, _) = w.server(
+        &mut t,
+        b'E',
+        b"SERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    );
+    assert!(!swallowed, "the error reaches the client");
+    w.server(&mut t, b'Z', b"I");
+    assert!(t.is_idle());
+    let (_, rep, _) = w.client(&mut t, b'B', &bind_body("s1"));
+    assert_eq!(
+        rep,
+        vec![b'C', b'P', b'B'],
+        "close the stale copy, prepare, bind"
+    );
+}

@@ -39,7 +39,7 @@ fn scanning(c: &mut Criterion) {
             let out = s
                 .scan(
                     black_box(&reply),
-                    |t| matches!(t, b'Z' | b'S' | b'E'),
+                    |t, _| matches!(t, b'Z' | b'S' | b'E'),
                     |e| {
                         if let Event::Whole { tag: b'Z', .. } = e {
                             rfq += 1;
@@ -61,7 +61,7 @@ fn scanning(c: &mut Criterion) {
             let mut total = 0;
             for chunk in big.chunks(64 * 1024) {
                 total += s
-                    .scan(black_box(chunk), |_| false, |_| true)
+                    .scan(black_box(chunk), |_, _| false, |_| true)
                     .unwrap()
                     .forward;
             }

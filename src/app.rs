@@ -16,6 +16,8 @@ pub struct App {
     pub cancels: Arc<CancelMap>,
     pub shutdown: Arc<Shutdown>,
     pub verifiers: VerifierCache,
+    /// Prepared statement definitions shared by all clients (transaction and statement mode).
+    pub statements: crate::prepared::Registry,
 }
 
 impl App {
@@ -26,6 +28,7 @@ impl App {
             cancels: Arc::default(),
             shutdown: Arc::default(),
             verifiers: VerifierCache::default(),
+            statements: Default::default(),
         })
     }
 

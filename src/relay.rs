@@ -11,7 +11,10 @@ use crate::backend::params::ParamSet;
 use crate::backend::Server;
 use crate::config::PoolMode;
 use crate::net::stream::Stream;
+use crate::prepared::tracker::{ClientAction, Ctx, Tracker};
+use crate::prepared::{ClientStatements, PreparedStats, Registry, ServerStatements};
 use crate::proto::backend as msg;
+use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::scan::{Event, Scanner};
 use crate::proto::ProtoError;
 use crate::shutdown::Phase;
@@ -68,6 +71,49 @@ pub struct ClientSide<'a> {
     pub scanner: &'a mut Scanner,
     pub params: &'a mut ParamSet,
     pub tracked: &'a [String],
+    /// Set in transaction and statement mode when prepared statements are tracked.
+    pub prepared: Option<Prepared<'a>>,
+}
+
+/// What the relay needs to track a client's prepared statements.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    pub registry: &'a Registry,
+    pub client: &'a mut ClientStatements,
+    pub stats: &'a PreparedStats,
+    /// `max_prepared_statements`.
+    pub capacity: usize,
+}
+
+/// The prepared-statement state of one attachment.
+struct Tracking<'a> {
+    shared: Prepared<'a>,
+    tracker: Tracker,
+    /// Scratch space for rewritten client frames, reused across reads.
+    replacement: BytesMut,
+    /// The pooler's own replies, waiting for their place in the server's stream.
+    local: BytesMut,
+}
+
+impl<'a> Tracking<'a> {
+    /// The tracker, its context, and the replacement and local buffers, borrowed apart.
+    fn parts<'b>(
+        &'b mut self,
+        server: &'b mut ServerStatements,
+    ) -> (Ctx<'b>, &'b mut Tracker, &'b mut BytesMut, &'b mut BytesMut) {
+        (
+            Ctx {
+                registry: self.shared.registry,
+                client: &mut *self.shared.client,
+                server,
+                stats: self.shared.stats,
+                capacity: self.shared.capacity,
+            },
+            &mut self.tracker,
+            &mut self.replacement,
+            &mut self.local,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +134,8 @@ struct Track {
     statement_violation: bool,
     busy_since: Option<Instant>,
     idle_since: Instant,
+    /// Syncs sent into a copy-in are ignored by the server: no ReadyForQuery for them.
+    copy: CopyInSyncs,
 }
 
 impl Track {
@@ -100,11 +148,11 @@ impl Track {
     }
 }
 
-fn client_inspects(tag: u8) -> bool {
+fn client_inspects(tag: u8, _total: usize) -> bool {
     tag == b'X'
 }
 
-fn server_inspects(tag: u8) -> bool {
+fn server_inspects(tag: u8, _total: usize) -> bool {
     matches!(tag, b'Z' | b'S' | b'E')
 }
 
@@ -122,7 +170,14 @@ pub async fn run(
         scanner: cscan,
         params,
         tracked,
+        prepared,
     } = client;
+    let mut tracking = prepared.map(|shared| Tracking {
+        shared,
+        tracker: Tracker::default(),
+        replacement: BytesMut::new(),
+        local: BytesMut::new(),
+    });
     let mut sscan = Scanner::default();
     let mut t = Track {
         pending: 0,
@@ -132,11 +187,19 @@ pub async fn run(
         statement_violation: false,
         busy_since: None,
         idle_since: Instant::now(),
+        copy: CopyInSyncs::default(),
     };
-    let mut to_server = scan_client(cbuf, cscan, &mut t)?;
+    let mut to_client = BytesMut::new();
+    let mut to_server = scan_client(
+        cbuf,
+        cscan,
+        &mut t,
+        tracking.as_mut(),
+        &mut server.statements,
+        &mut to_client,
+    )?;
     let (mut cread, mut cwrite) = cstream.split();
     let (mut sread, mut swrite) = server.stream.split();
-    let mut to_client = BytesMut::new();
     let mut server_error: Option<String> = None;
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let stop = crate::shutdown::reached(shutdown, Phase::Immediate);
@@ -157,7 +220,13 @@ pub async fn run(
             if t.statement_violation {
                 return Ok(Outcome::TransactionInStatementMode);
             }
-            if mode != PoolMode::Session && t.clean(cscan, &sscan) {
+            // A frame the client has begun keeps the server: released now, the session would see
+            // the request start and take a server again before reading the rest of it.
+            if mode != PoolMode::Session
+                && t.clean(cscan, &sscan)
+                && cbuf.is_empty()
+                && tracking.as_ref().is_none_or(|k| k.tracker.is_idle())
+            {
                 return Ok(Outcome::Released);
             }
         }
@@ -197,7 +266,7 @@ pub async fn run(
                     Ok(0) | Err(_) => return server_gone(&t, None, &sscan),
                     Ok(_) => {
                         let fatal;
-                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode)?;
+                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode, tracking.as_mut(), &mut server.statements)?;
                         if let Some(m) = fatal {
                             server_error = Some(m);
                         }
@@ -207,7 +276,7 @@ pub async fn run(
             r = cread.read_buf(cbuf), if to_server.is_empty() && !t.terminated => {
                 match r {
                     Ok(0) | Err(_) => return Ok(Outcome::ClientGone { clean: t.clean(cscan, &sscan) && to_server.is_empty() }),
-                    Ok(_) => to_server = scan_client(cbuf, cscan, &mut t)?,
+                    Ok(_) => to_server = scan_client(cbuf, cscan, &mut t, tracking.as_mut(), &mut server.statements, &mut to_client)?,
                 }
             }
             () = async { if let Some(t) = timer.as_mut() { t.as_mut().await } }, if deadline.is_some() => {
@@ -237,8 +306,107 @@ fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Ou
     })
 }
 
-/// Scans what the client sent and splits off the bytes to forward.
+/// Notes a request forwarded to the server in the transaction bookkeeping.
+fn note_request(t: &mut Track, tag: u8) {
+    if !t.copy.on_client(tag) {
+        return;
+    }
+    match tag {
+        b'Q' | b'S' | b'F' => {
+            if t.pending == 0 {
+                t.busy_since = Some(Instant::now());
+            }
+            t.pending += 1;
+            t.unsynced = false;
+        }
+        // Copy data belongs to the Query that started the copy.
+        b'd' | b'c' | b'f' | b'H' => {}
+        _ => t.unsynced = true,
+    }
+}
+
+/// Frames a tracked client sends that must be whole: those that name statements, Terminate, and
+/// queries short enough to be a DEALLOCATE or DISCARD ALL.
+fn tracked_client_inspects(tag: u8, total: usize) -> bool {
+    match tag {
+        b'P' | b'B' | b'D' | b'C' | b'X' => true,
+        b'Q' => total <= 256,
+        _ => false,
+    }
+}
+
+/// Scans what the client sent and splits off the bytes to forward. With prepared statements
+/// tracked, frames the tracker rewrites or answers are cut out and its bytes put in their place;
+/// its own replies go to `to_client`.
 fn scan_client(
+    cbuf: &mut BytesMut,
+    cscan: &mut Scanner,
+    t: &mut Track,
+    tracking: Option<&mut Tracking<'_>>,
+    server_statements: &mut ServerStatements,
+    to_client: &mut BytesMut,
+) -> Result<BytesMut, RelayError> {
+    let Some(k) = tracking else {
+        return scan_client_plain(cbuf, cscan, t);
+    };
+    let mut out = BytesMut::new();
+    loop {
+        // Length of a frame at the end of the scanned bytes that must not be forwarded as is.
+        let mut cut: Option<usize> = None;
+        let mut bad: Option<ProtoError> = None;
+        let scanned = cscan
+            .scan(cbuf, tracked_client_inspects, |e| {
+                let (tag, body) = match e {
+                    Event::Whole { tag, body } => (tag, Some(body)),
+                    Event::Passing { tag } => (tag, None),
+                };
+                let len = body.map(|b| 5 + b.len());
+                if tag == b'X' {
+                    t.terminated = true;
+                    cut = len;
+                    return false;
+                }
+                let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
+                let r = tracker.on_client(tag, body, &mut ctx, replacement, to_client);
+                match r {
+                    Ok(ClientAction::Forward) => {
+                        note_request(t, tag);
+                        true
+                    }
+                    Ok(ClientAction::Replace) => {
+                        if !k.replacement.is_empty() {
+                            note_request(t, tag);
+                        }
+                        cut = len;
+                        false
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(RelayError::ClientProto)?;
+        if let Some(e) = bad {
+            return Err(RelayError::ClientProto(e));
+        }
+        let mut prefix = cbuf.split_to(scanned.forward);
+        let Some(len) = cut else {
+            out.unsplit(prefix);
+            return Ok(out);
+        };
+        prefix.truncate(prefix.len() - len);
+        out.unsplit(prefix);
+        out.extend_from_slice(&k.replacement);
+        k.replacement.clear();
+        if t.terminated {
+            return Ok(out);
+        }
+    }
+}
+
+/// [`scan_client`] without statement tracking: frames go through untouched, without a copy.
+fn scan_client_plain(
     cbuf: &mut BytesMut,
     cscan: &mut Scanner,
     t: &mut Track,
@@ -252,18 +420,7 @@ fn scan_client(
                 false
             }
             Event::Whole { tag, .. } | Event::Passing { tag } => {
-                match tag {
-                    b'Q' | b'S' | b'F' => {
-                        if t.pending == 0 {
-                            t.busy_since = Some(Instant::now());
-                        }
-                        t.pending += 1;
-                        t.unsynced = false;
-                    }
-                    // Copy data belongs to the Query that started the copy.
-                    b'd' | b'c' | b'f' | b'H' => {}
-                    _ => t.unsynced = true,
-                }
+                note_request(t, tag);
                 true
             }
         })
@@ -275,8 +432,16 @@ fn scan_client(
     Ok(out)
 }
 
+/// Frames a tracked server sends that must be whole: all but the ones that can be large and say
+/// nothing to the tracker (DataRow, CopyData, FunctionCallResponse).
+fn tracked_server_inspects(tag: u8, _total: usize) -> bool {
+    !matches!(tag, b'D' | b'd' | b'V')
+}
+
 /// Scans what the server sent, updates the bookkeeping and splits off the bytes for the client.
 /// A FATAL ErrorResponse is held back (the caller reports the lost server its own way) and returned.
+/// With prepared statements tracked, replies to the pooler's own messages are cut out and the
+/// pooler's replies to the client are put in their place in the stream.
 #[allow(clippy::too_many_arguments)]
 fn scan_server(
     rbuf: &mut BytesMut,
@@ -286,61 +451,103 @@ fn scan_server(
     client_params: &mut ParamSet,
     tracked: &[String],
     mode: PoolMode,
+    mut tracking: Option<&mut Tracking<'_>>,
+    server_statements: &mut ServerStatements,
 ) -> Result<(BytesMut, Option<String>), RelayError> {
-    let mut fatal: Option<(String, usize)> = None;
-    let mut bad: Option<ProtoError> = None;
-    let scanned = sscan
-        .scan(rbuf, server_inspects, |e| {
-            if let Event::Whole { tag, body } = e {
-                match tag {
-                    b'Z' => match msg::ready_for_query(body) {
-                        Ok(s) => {
-                            t.status = s;
-                            t.pending = t.pending.saturating_sub(1);
-                            if t.pending == 0 {
-                                t.busy_since = None;
-                                t.idle_since = Instant::now();
-                            }
-                            // Statement mode stops here so the caller can refuse the transaction.
-                            if mode == PoolMode::Statement && s != b'I' {
-                                t.statement_violation = true;
-                                return false;
-                            }
-                        }
-                        Err(e) => bad = Some(e),
-                    },
-                    b'S' => match msg::parameter_status(body) {
-                        Ok((k, v)) => {
-                            params.set(k, v);
-                            if tracked.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                                client_params.set(k, v);
-                            }
-                        }
-                        Err(e) => bad = Some(e),
-                    },
-                    b'E' => {
-                        if let Ok(f) = msg::error_fields(body) {
-                            if f.is_fatal() {
-                                fatal = Some((f.message.to_owned(), 5 + body.len()));
-                                return false;
-                            }
-                        }
-                    }
-                    _ => {}
+    let inspect: fn(u8, usize) -> bool = if tracking.is_some() {
+        tracked_server_inspects
+    } else {
+        server_inspects
+    };
+    let mut out = BytesMut::new();
+    loop {
+        let mut fatal: Option<(String, usize)> = None;
+        let mut bad: Option<ProtoError> = None;
+        // Length of a swallowed frame at the end of the scanned bytes.
+        let mut cut: Option<usize> = None;
+        let scanned = sscan
+            .scan(rbuf, inspect, |e| {
+                let (tag, body) = match e {
+                    Event::Whole { tag, body } => (tag, Some(body)),
+                    Event::Passing { tag } => (tag, None),
+                };
+                let mut go_on = true;
+                if tag == b'G' {
+                    // CopyInResponse: Syncs already sent into this copy will not be answered.
+                    t.pending = t.pending.saturating_sub(t.copy.on_copy_in());
                 }
-            }
-            bad.is_none()
-        })
-        .map_err(RelayError::ServerProto)?;
-    if let Some(e) = bad {
-        return Err(RelayError::ServerProto(e));
-    }
-    match fatal {
-        Some((message, len)) => {
-            let out = rbuf.split_to(scanned.forward - len);
-            rbuf.clear();
-            Ok((out, Some(message)))
+                if let Some(body) = body {
+                    match tag {
+                        b'Z' => match msg::ready_for_query(body) {
+                            Ok(s) => {
+                                t.status = s;
+                                t.pending = t.pending.saturating_sub(1);
+                                if t.pending == 0 {
+                                    t.busy_since = None;
+                                    t.idle_since = Instant::now();
+                                }
+                                // Statement mode stops here so the caller can refuse the transaction.
+                                if mode == PoolMode::Statement && s != b'I' {
+                                    t.statement_violation = true;
+                                    go_on = false;
+                                }
+                            }
+                            Err(e) => bad = Some(e),
+                        },
+                        b'S' => match msg::parameter_status(body) {
+                            Ok((k, v)) => {
+                                params.set(k, v);
+                                if tracked.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                                    client_params.set(k, v);
+                                }
+                            }
+                            Err(e) => bad = Some(e),
+                        },
+                        b'E' => {
+                            if let Ok(f) = msg::error_fields(body) {
+                                if f.is_fatal() {
+                                    fatal = Some((f.message.to_owned(), 5 + body.len()));
+                                    return false;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(k) = tracking.as_deref_mut() {
+                    let (mut ctx, tracker, _, local) = k.parts(server_statements);
+                    let sw = tracker.on_server(tag, body, &mut ctx, local);
+                    if sw {
+                        cut = body.map(|b| 5 + b.len());
+                        return false;
+                    }
+                    // The pooler's replies go right after this frame.
+                    go_on &= k.local.is_empty();
+                }
+                go_on && bad.is_none()
+            })
+            .map_err(RelayError::ServerProto)?;
+        if let Some(e) = bad {
+            return Err(RelayError::ServerProto(e));
         }
-        None => Ok((rbuf.split_to(scanned.forward), None)),
+        if let Some((message, len)) = fatal {
+            out.unsplit(rbuf.split_to(scanned.forward - len));
+            rbuf.clear();
+            return Ok((out, Some(message)));
+        }
+        let mut prefix = rbuf.split_to(scanned.forward);
+        if let Some(len) = cut {
+            prefix.truncate(prefix.len() - len);
+        }
+        out.unsplit(prefix);
+        let mut more = cut.is_some();
+        if let Some(k) = tracking.as_deref_mut() {
+            more |= !k.local.is_empty();
+            out.extend_from_slice(&k.local);
+            k.local.clear();
+        }
+        if !more || t.statement_violation || rbuf.is_empty() {
+            return Ok((out, None));
+        }
     }
 }

@@ -28,6 +28,16 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     }
     let janitor = tokio::spawn(crate::pool::maintenance::run(app.pools.clone()));
     let stats = tokio::spawn(stats_loop(app.clone()));
+    let statements = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                app.statements.prune();
+            }
+        })
+    };
     let accept = tokio::spawn(listener::serve(app.clone(), listeners));
     let mut phase = app.shutdown.watch();
     crate::shutdown::reached(&mut phase, Phase::WaitForClients).await;
@@ -39,6 +49,7 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     let _ = accept.await;
     janitor.abort();
     stats.abort();
+    statements.abort();
     tracing::info!("shutdown complete");
     Ok(())
 }

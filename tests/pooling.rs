@@ -114,8 +114,10 @@ async fn cancel_reaches_the_right_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_round_trip_is_byte_identical() {
     use futures_util::{SinkExt, StreamExt};
-    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
+    // One server: it must come back to the pool after each COPY for the other client to run.
+    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
     let c = s.connect("appdb").await;
+    let other = s.connect("appdb").await;
     let table = unique("copy");
     c.batch_execute(&format!("CREATE TABLE {table} (id int, txt text)"))
         .await
@@ -136,6 +138,16 @@ async fn copy_round_trip_is_byte_identical() {
     }
     let rows = sink.finish().await.unwrap();
     assert_eq!(rows, 100_000);
+    // The driver sent a Sync before the copy data, which the server ignores: the pooler must not
+    // wait for its ReadyForQuery, or the server would stay with this client.
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        other.query_one(&format!("SELECT count(*) FROM {table}"), &[]),
+    )
+    .await
+    .expect("the server came back to the pool after COPY FROM STDIN")
+    .unwrap();
+    assert_eq!(n.get::<_, i64>(0), 100_000);
     let stream = c
         .copy_out(&format!(
             "COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT"

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = bytes::BytesMut::new();
     for chunk in rest.chunks(1 + (mask as usize % 64)) {
         buf.extend_from_slice(chunk);
-        let inspect = |tag: u8| tag & mask & 1 == 0;
+        let inspect = |tag: u8, _total: usize| tag & mask & 1 == 0;
         let len = buf.len();
         match scanner.scan(&buf, inspect, |e| {
             if let Event::Whole { body, .. } = e {

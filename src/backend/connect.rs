@@ -179,6 +179,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
         created: now,
         last_used: now,
         id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+        statements: Default::default(),
     })
 }
 

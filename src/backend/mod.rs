@@ -40,6 +40,8 @@ pub struct Server {
     pub created: Instant,
     pub last_used: Instant,
     pub id: u64,
+    /// Statements the pooler has prepared on this server (transaction and statement mode).
+    pub statements: crate::prepared::ServerStatements,
 }
 
 impl Server {

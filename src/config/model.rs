@@ -102,6 +102,7 @@ pub struct RawGeneral {
     pub max_user_connections: usize,
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
+    pub max_prepared_statements: usize,
     pub server_check_query: String,
     pub server_check_delay: f64,
     pub server_connect_timeout: f64,
@@ -143,6 +144,7 @@ impl Default for RawGeneral {
             max_user_connections: 0,
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
+            max_prepared_statements: 200,
             server_check_query: "select 1".into(),
             server_check_delay: 30.0,
             server_connect_timeout: 15.0,
@@ -284,6 +286,7 @@ pub struct General {
     pub max_user_connections: usize,
     pub server_reset_query: Option<String>,
     pub server_reset_query_always: bool,
+    pub max_prepared_statements: usize,
     pub server_check_query: Option<String>,
     pub server_check_delay: Duration,
     pub server_connect_timeout: Duration,
@@ -386,6 +389,7 @@ impl Config {
             server_reset_query: (!g.server_reset_query.trim().is_empty())
                 .then_some(g.server_reset_query),
             server_reset_query_always: g.server_reset_query_always,
+            max_prepared_statements: g.max_prepared_statements,
             server_check_query: (!g.server_check_query.trim().is_empty())
                 .then_some(g.server_check_query),
             server_check_delay: Duration::from_secs_f64(g.server_check_delay),

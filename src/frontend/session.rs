@@ -8,10 +8,11 @@ use crate::backend::query::run_simple;
 use crate::config::PoolMode;
 use crate::net::stream::Stream;
 use crate::pool::{Conn, PoolError};
+use crate::prepared::ClientStatements;
 use crate::proto::encode::{self, Severity};
 use crate::proto::scan::{self, Scanner};
 use crate::proto::sqlstate;
-use crate::relay::{self, ClientSide, Outcome, RelayError, Timeouts};
+use crate::relay::{self, ClientSide, Outcome, Prepared, RelayError, Timeouts};
 use crate::shutdown::Phase;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,8 @@ pub async fn run(
 ) -> EndReason {
     let mut shutdown = app.shutdown.watch();
     let mut scanner = Scanner::for_client();
+    // The client's prepared statements, by its own names (transaction and statement mode).
+    let mut statements = ClientStatements::default();
     // An error owed to the client: its server died between requests, so the next request gets it.
     let mut owed_error: Option<String> = None;
     loop {
@@ -118,6 +121,14 @@ pub async fn run(
                 scanner: &mut scanner,
                 params: &mut me.params,
                 tracked: &g.tracked_parameters,
+                prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {
+                    Prepared {
+                        registry: &app.statements,
+                        client: &mut statements,
+                        stats: &pool.stats.prepared,
+                        capacity: g.max_prepared_statements,
+                    }
+                }),
             },
             &mut conn.server,
             mode,
@@ -282,6 +293,10 @@ async fn give_back(
                 tracing::warn!(error = %e, "server reset query failed; closing server");
                 return;
             }
+            let upper = sql.to_ascii_uppercase();
+            if upper.contains("DISCARD ALL") || upper.contains("DEALLOCATE ALL") {
+                conn.server.statements.clear();
+            }
         }
     }
     pool.checkin(conn);
@@ -324,7 +339,7 @@ async fn answer_with_error(
         let scanned = Scanner::default()
             .scan(
                 buf,
-                |_| true,
+                |_, _| true,
                 |e| {
                     found = matches!(
                         e,

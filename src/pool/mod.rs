@@ -45,7 +45,9 @@ enum Blocked {
     User,
 }
 
-/// What a waiter is handed: a ready server, or the right to open one.
+/// What a waiter is handed: a ready server, or the right to open one. Moved once per hand-off;
+/// boxing the server would cost an allocation per checkout instead.
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     Server(Server),
     Slot(Slot),
@@ -66,6 +68,7 @@ pub struct PoolStats {
     pub queries: AtomicU64,
     pub wait_us: AtomicU64,
     pub checkouts: AtomicU64,
+    pub prepared: crate::prepared::PreparedStats,
 }
 
 pub struct Pool {

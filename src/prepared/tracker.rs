@@ -8,6 +8,7 @@
 //! skips to the next Sync, and so does the queue.
 
 use super::{ClientStatements, PreparedStats, Registry, ServerStatements, Statement};
+use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::frontend::{self, Reset};
 use crate::proto::{backend, encode, sqlstate, ProtoError};
 use bytes::BytesMut;
@@ -48,11 +49,6 @@ enum Undo {
         id: u64,
         name: Box<[u8]>,
     },
-    /// The client's Parse was answered by the pooler, but after an error it never happened.
-    Client {
-        id: u64,
-        name: Box<[u8]>,
-    },
     /// A Close did not run: the server still has the statement.
     Stale(u64),
 }
@@ -73,7 +69,6 @@ enum Entry {
 
 #[derive(Debug)]
 enum Local {
-    ParseComplete(Undo),
     CloseComplete,
     /// CommandComplete then ReadyForQuery: the answer to a whole simple query.
     Command(&'static str),
@@ -98,6 +93,8 @@ pub struct Tracker {
     queue: VecDeque<Entry>,
     /// The transaction status of the latest ReadyForQuery, for the pooler's own ReadyForQuery.
     status: u8,
+    /// Syncs the server ignores in copy-in mode owe no ReadyForQuery.
+    copy: CopyInSyncs,
 }
 
 impl Default for Tracker {
@@ -105,6 +102,7 @@ impl Default for Tracker {
         Self {
             queue: VecDeque::new(),
             status: b'I',
+            copy: CopyInSyncs::default(),
         }
     }
 }
@@ -140,6 +138,10 @@ impl Tracker {
         replacement: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<ClientAction, ProtoError> {
+        // A simple Query counts only if it reaches the server (see client_query).
+        if tag != b'Q' && !self.copy.on_client(tag) {
+            return Ok(ClientAction::Forward);
+        }
         let action = match (tag, body) {
             (b'P', Some(body)) => self.client_parse(body, ctx, replacement)?,
             (b'B', Some(body)) => self.client_bind(body, ctx, replacement)?,
@@ -204,14 +206,11 @@ impl Tracker {
         PreparedStats::bump(&ctx.stats.client_parses);
         let stmt = ctx.registry.intern(p.definition);
         ctx.client.insert(p.name, stmt.clone());
+        // A client's own Parse always reaches the server, even when the server has the statement:
+        // PostgreSQL plans it afresh then, so a client that prepares after a schema change gets the
+        // new result shape, not a cached plan from before it. The old copy is closed first.
         if ctx.server.touch(stmt.id) {
-            PreparedStats::bump(&ctx.stats.hits);
-            self.queue
-                .push_back(Entry::Local(Local::ParseComplete(Undo::Client {
-                    id: stmt.id,
-                    name: p.name.into(),
-                })));
-            return Ok(ClientAction::Replace);
+            ctx.server.mark_stale(stmt.id);
         }
         self.send_parse(
             &stmt,
@@ -276,10 +275,12 @@ impl Tracker {
             Some(Reset::DiscardAll) => {
                 // The server runs it too; its statements are forgotten when it reports success.
                 ctx.client.clear();
+                self.copy.on_client(b'Q');
                 self.queue.push_back(server(Reply::Ready));
                 return ClientAction::Forward;
             }
             None => {
+                self.copy.on_client(b'Q');
                 self.queue.push_back(server(Reply::Ready));
                 return ClientAction::Forward;
             }
@@ -348,6 +349,10 @@ impl Tracker {
         {
             ctx.server.clear();
         }
+        if tag == b'G' {
+            let ignored = self.copy.on_copy_in();
+            self.drop_ignored_syncs(ignored);
+        }
         let Some(Entry::Server { reply, .. }) = self.queue.front() else {
             // Asynchronous messages, or replies the tracker does not own: pass them on.
             return false;
@@ -386,6 +391,26 @@ impl Tracker {
         };
         self.flush_local(ctx, to_client);
         swallow
+    }
+
+    /// The server went into copy-in mode for the front message: the first `n` Syncs queued after it
+    /// will get no ReadyForQuery.
+    fn drop_ignored_syncs(&mut self, mut n: u32) {
+        let mut i = 1;
+        while n > 0 && i < self.queue.len() {
+            if matches!(
+                self.queue[i],
+                Entry::Server {
+                    reply: Reply::Ready,
+                    ..
+                }
+            ) {
+                let _ = self.queue.remove(i);
+                n -= 1;
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Pops the front entry, which the current frame completes; returns whether to swallow it.
@@ -445,9 +470,8 @@ impl Tracker {
     }
 
     fn undo(&self, e: Entry, ctx: &mut Ctx<'_>) {
-        let undo = match e {
-            Entry::Server { undo, .. } | Entry::Local(Local::ParseComplete(undo)) => undo,
-            Entry::Local(_) => return,
+        let Entry::Server { undo, .. } = e else {
+            return;
         };
         match undo {
             Undo::Nothing => {}
@@ -456,7 +480,6 @@ impl Tracker {
                 ctx.server.forget(id);
                 ctx.client.remove_if(&name, id);
             }
-            Undo::Client { id, name } => ctx.client.remove_if(&name, id),
             Undo::Stale(id) => ctx.server.mark_stale(id),
         }
     }
@@ -468,7 +491,6 @@ impl Tracker {
                 break;
             };
             match local {
-                Local::ParseComplete(_) => encode::parse_complete(to_client),
                 Local::CloseComplete => encode::close_complete(to_client),
                 Local::Command(tag) => {
                     encode::command_complete(to_client, tag);

@@ -6,6 +6,7 @@
 //! and CommandComplete the other).
 
 pub mod backend;
+pub mod copy_in;
 pub mod encode;
 pub mod frontend;
 pub mod scan;

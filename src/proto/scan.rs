@@ -48,6 +48,8 @@ pub struct Scanner {
     remaining: usize,
     /// Largest frame accepted at all, streaming or not (`None`: no limit).
     max_frame: Option<usize>,
+    /// Largest frame held whole for inspection (`None`: [`super::MAX_INSPECTED_MESSAGE`]).
+    max_inspected: Option<usize>,
 }
 
 /// Result of one scan: how many leading bytes of the buffer may be forwarded now.
@@ -58,11 +60,13 @@ pub struct Scanned {
 
 impl Scanner {
     /// A scanner for what a client sends: frames longer than PostgreSQL itself accepts from a client
-    /// are refused here, before any of their bytes reach a server.
+    /// are refused here, before any of their bytes reach a server. A Parse or Bind the statement
+    /// tracker rewrites is held whole, up to that same limit (PostgreSQL would buffer it too).
     pub fn for_client() -> Self {
         Self {
             remaining: 0,
             max_frame: Some(super::MAX_CLIENT_MESSAGE),
+            max_inspected: Some(super::MAX_CLIENT_MESSAGE),
         }
     }
 
@@ -71,14 +75,14 @@ impl Scanner {
         self.remaining == 0
     }
 
-    /// Scans `buf` from the start. `inspect(tag)` says which frames must be complete before they are
+    /// Scans `buf` from the start. `inspect(tag, total)` says which frames (by tag and whole size) must be complete before they are
     /// forwarded; `on_event` sees every frame start. Returns how many bytes may be forwarded; bytes after
     /// that belong to an incomplete frame and stay in the buffer. Scanning stops early, right after a
     /// frame, when `on_event` returns `false` (the caller wants to act before more is forwarded).
     pub fn scan(
         &mut self,
         buf: &[u8],
-        inspect: impl Fn(u8) -> bool,
+        inspect: impl Fn(u8, usize) -> bool,
         mut on_event: impl FnMut(Event<'_>) -> bool,
     ) -> Result<Scanned, ProtoError> {
         let mut pos = self.remaining.min(buf.len());
@@ -89,12 +93,10 @@ impl Scanner {
             if let Some(max) = self.max_frame.filter(|&m| h.total > m) {
                 return Err(ProtoError::TooLarge { len: h.total, max });
             }
-            if inspect(h.tag) {
-                if h.total > super::MAX_INSPECTED_MESSAGE {
-                    return Err(ProtoError::TooLarge {
-                        len: h.total,
-                        max: super::MAX_INSPECTED_MESSAGE,
-                    });
+            if inspect(h.tag, h.total) {
+                let max = self.max_inspected.unwrap_or(super::MAX_INSPECTED_MESSAGE);
+                if h.total > max {
+                    return Err(ProtoError::TooLarge { len: h.total, max });
                 }
                 let Some(body) = rest.get(5..h.total) else {
                     break;

@@ -112,3 +112,39 @@ pub async fn read_message(raw: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     raw.read_exact(&mut body).await.unwrap();
     (tag, body)
 }
+
+/// A Parse message of statement `name` with no parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let body_len = name.len() + 1 + sql.len() + 1 + 2;
+    let mut m = vec![b'P'];
+    m.extend_from_slice(&(4 + body_len as u32).to_be_bytes());
+    m.extend_from_slice(name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&0u16.to_be_bytes());
+    m
+}
+
+pub fn sync() -> Vec<u8> {
+    vec![b'S', 0, 0, 0, 4]
+}
+
+/// Reads messages up to and including ReadyForQuery; returns their tags and the error code if any.
+pub async fn read_until_ready(raw: &mut tokio::net::TcpStream) -> (Vec<u8>, Option<String>) {
+    let mut tags = Vec::new();
+    let mut code = None;
+    loop {
+        let (tag, body) = read_message(raw).await;
+        tags.push(tag);
+        if tag == b'E' {
+            let mut framed = vec![b'E'];
+            framed.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            framed.extend_from_slice(&body);
+            code = error_code(&framed);
+        }
+        if tag == b'Z' {
+            return (tags, code);
+        }
+    }
+}

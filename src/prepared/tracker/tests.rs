@@ -103,34 +103,58 @@ fn first_parse_goes_to_the_server_under_the_pooler_name() {
 }
 
 #[test]
-fn parse_of_a_statement_the_server_has_is_answered_locally_in_order() {
+fn a_client_parse_of_a_statement_the_server_has_plans_it_afresh() {
     let mut w = World::new(10);
     let mut t = Tracker::default();
     w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
     w.client(&mut t, b'S', b"");
     w.server(&mut t, b'1', b"");
     w.server(&mut t, b'Z', b"I");
-    // Another client name, same query: no server round trip for the Parse...
+    // Another client, same query, same server: the old copy is closed and parsed again, so a schema
+    // change in between cannot leave this client with a stale plan.
     let mut t = Tracker::default();
     w.client.clear();
-    w.client(&mut t, b'B', &bind_body("nope"));
     let (a, rep, local) = w.client(&mut t, b'P', &parse_body("b", "SELECT 1"));
-    assert_eq!((a, rep), (ClientAction::Replace, vec![]));
-    assert!(
-        local.is_empty(),
-        "the Bind before it has not been answered yet"
+    assert_eq!(
+        (a, rep, local),
+        (ClientAction::Replace, vec![b'C', b'P'], vec![])
     );
-    // ...and its ParseComplete comes right after the reply to the message before it.
+    w.client(&mut t, b'S', b"");
+    assert_eq!(
+        w.server(&mut t, b'3', b""),
+        (true, vec![]),
+        "the pooler's Close is swallowed"
+    );
+    assert_eq!(
+        w.server(&mut t, b'1', b""),
+        (false, vec![]),
+        "the client's ParseComplete passes"
+    );
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(t.is_idle());
+}
+
+#[test]
+fn after_an_error_the_pooler_skips_to_sync_like_the_server() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'B', &bind_body("nope"));
+    w.client(&mut t, b'P', &parse_body("b", "SELECT 1"));
+    w.client(&mut t, b'C', b"Sb\0");
+    w.client(&mut t, b'S', b"");
     let (swallowed, local) = w.server(&mut t, b'E', b"C26000\0\0");
     assert!(!swallowed);
     assert!(
         local.is_empty(),
-        "after an error the server skips the Parse, so must the pooler"
+        "the server skips the Parse and the Close; so must the pooler"
     );
     assert!(
         w.client.get(b"b").is_none(),
         "the skipped Parse did not happen"
     );
+    assert!(!w.server.touch(w.registry.intern(b"SELECT 1\0\0\0").id));
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(t.is_idle());
 }
 
 #[test]
@@ -263,4 +287,28 @@ fn stale_plan_is_closed_and_prepared_again() {
         vec![b'C', b'P', b'B'],
         "close the stale copy, prepare, bind"
     );
+}
+
+#[test]
+fn a_sync_sent_into_a_copy_in_is_owed_no_ready_for_query() {
+    // tokio-postgres's copy_in: a named Bind, Execute, Sync, then the data, CopyDone and Sync.
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("c", "COPY t FROM STDIN"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    for (tag, body) in [(b'B', bind_body("c")), (b'E', b"\0\0\0\0\0".to_vec())] {
+        w.client(&mut t, tag, &body);
+    }
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'2', b"");
+    w.server(&mut t, b'G', b"\0\0\0");
+    for tag in [b'd', b'c', b'S'] {
+        w.client(&mut t, tag, b"");
+    }
+    w.server(&mut t, b'C', b"COPY 1\0");
+    assert!(!t.is_idle(), "the Sync after CopyDone is still owed");
+    w.server(&mut t, b'Z', b"I");
+    assert!(t.is_idle(), "only one ReadyForQuery was owed");
 }

@@ -15,7 +15,7 @@ fn whole_frames_are_reported_and_forwarded() {
     let out = Scanner::default()
         .scan(
             &buf,
-            |_| true,
+            |_, _| true,
             |e| {
                 if let Event::Whole { tag, body } = e {
                     seen.push((tag, body.to_vec()));
@@ -35,7 +35,7 @@ fn whole_frames_are_reported_and_forwarded() {
 fn inspected_frame_waits_until_complete() {
     let buf = frame(b'Z', b"I");
     let mut s = Scanner::default();
-    let out = s.scan(&buf[..5], |_| true, |_| true).unwrap();
+    let out = s.scan(&buf[..5], |_, _| true, |_| true).unwrap();
     assert_eq!(out.forward, 0);
     assert!(s.at_boundary());
 }
@@ -44,7 +44,7 @@ fn inspected_frame_waits_until_complete() {
 fn passing_frame_streams_across_reads() {
     let big = frame(b'D', &[7u8; 100]);
     let mut s = Scanner::default();
-    let out = s.scan(&big[..30], |t| t == b'Z', |_| true).unwrap();
+    let out = s.scan(&big[..30], |t, _| t == b'Z', |_| true).unwrap();
     assert_eq!(out.forward, 30);
     assert!(!s.at_boundary());
     // The rest of the DataRow and a ReadyForQuery arrive together.
@@ -54,7 +54,7 @@ fn passing_frame_streams_across_reads() {
     let out = s
         .scan(
             &rest,
-            |t| t == b'Z',
+            |t, _| t == b'Z',
             |e| {
                 if let Event::Whole { tag: b'Z', body } = e {
                     z = Some(body[0]);
@@ -72,7 +72,9 @@ fn passing_frame_streams_across_reads() {
 fn stop_early_leaves_the_rest() {
     let mut buf = frame(b'Z', b"I");
     buf.extend(frame(b'N', b"x"));
-    let out = Scanner::default().scan(&buf, |_| true, |_| false).unwrap();
+    let out = Scanner::default()
+        .scan(&buf, |_, _| true, |_| false)
+        .unwrap();
     assert_eq!(out.forward, 6);
 }
 
@@ -80,7 +82,7 @@ fn stop_early_leaves_the_rest() {
 fn short_length_word_is_rejected() {
     let buf = [b'Q', 0, 0, 0, 3];
     assert_eq!(
-        Scanner::default().scan(&buf, |_| false, |_| true),
+        Scanner::default().scan(&buf, |_, _| false, |_| true),
         Err(ProtoError::BadLength(3))
     );
 }
@@ -89,7 +91,7 @@ fn short_length_word_is_rejected() {
 fn oversized_inspected_frame_is_rejected_before_buffering() {
     let buf = [b'S', 0x7f, 0xff, 0xff, 0xff];
     assert!(matches!(
-        Scanner::default().scan(&buf, |_| true, |_| true),
+        Scanner::default().scan(&buf, |_, _| true, |_| true),
         Err(ProtoError::TooLarge { .. })
     ));
 }
@@ -105,7 +107,7 @@ fn length_near_u32_max_does_not_wrap() {
     let out = s
         .scan(
             &buf,
-            |_| false,
+            |_, _| false,
             |e| {
                 if let Event::Passing { tag } = e {
                     tags.push(tag);
@@ -124,15 +126,17 @@ fn client_scanner_refuses_frames_over_postgres_limit() {
     let mut huge = vec![b'Q'];
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
     assert!(matches!(
-        Scanner::for_client().scan(&huge, |_| false, |_| true),
+        Scanner::for_client().scan(&huge, |_, _| false, |_| true),
         Err(ProtoError::TooLarge { .. })
     ));
     // The server side has no such limit: a large DataRow streams through.
-    assert!(Scanner::default().scan(&huge, |_| false, |_| true).is_ok());
+    assert!(Scanner::default()
+        .scan(&huge, |_, _| false, |_| true)
+        .is_ok());
     // At the limit a client frame is fine.
     let mut big = vec![b'Q'];
     big.extend_from_slice(&0x3fff_ffffu32.wrapping_add(4).to_be_bytes());
     assert!(Scanner::for_client()
-        .scan(&big, |_| false, |_| true)
+        .scan(&big, |_, _| false, |_| true)
         .is_ok());
 }

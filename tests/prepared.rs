@@ -1,0 +1,254 @@
+//! Named prepared statements in transaction mode: clients move between servers and their statements
+//! follow them. Real clients (tokio-postgres, pgbench -M prepared) over a small pool.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+const CLIENTS: i32 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_statements_survive_server_changes() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_tp");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=2", pg.port),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for client_no in 0..CLIENTS {
+        let conn = s.conn_str(SCRAM_USER, SCRAM_PASSWORD, &db);
+        tasks.push(tokio::spawn(async move {
+            let (mut c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let add = c.prepare("SELECT $1::int + 1").await?;
+            let count = c
+                .prepare("SELECT count(*) FROM generate_series(1, $1::int)")
+                .await?;
+            for i in 0..30i32 {
+                let n = client_no * 1000 + i;
+                let got: i32 = c.query_one(&add, &[&n]).await?.get(0);
+                assert_eq!(got, n + 1);
+                if i % 5 == 0 {
+                    // The same statements inside a transaction, then a fresh one prepared mid-way.
+                    let tx = c.transaction().await?;
+                    let got: i64 = tx.query_one(&count, &[&(i + 1)]).await?.get(0);
+                    assert_eq!(got, i64::from(i + 1));
+                    let mul = tx.prepare("SELECT $1::int * 2").await?;
+                    let got: i32 = tx.query_one(&mul, &[&n]).await?.get(0);
+                    assert_eq!(got, n * 2);
+                    tx.commit().await?;
+                }
+                if i % 7 == 0 {
+                    // Dropping a Statement sends Close; preparing it again must work.
+                    let again = c.prepare("SELECT $1::int + 1").await?;
+                    let got: i32 = c.query_one(&again, &[&n]).await?.get(0);
+                    assert_eq!(got, n + 1);
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let (mut binds, mut hits) = (0, 0);
+    for p in s.app.pools.all() {
+        binds += p
+            .stats
+            .prepared
+            .binds
+            .load(std::sync::atomic::Ordering::Relaxed);
+        hits += p
+            .stats
+            .prepared
+            .hits
+            .load(std::sync::atomic::Ordering::Relaxed);
+    }
+    assert!(binds >= CLIENTS as u64 * 30, "binds counted: {binds}");
+    assert!(hits > 0, "statements were never found already prepared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_has_no_failures() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_bench");
+    let port = pg.port.to_string();
+    let init = std::process::Command::new(pg.bindir.join("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            SCRAM_USER,
+            &db,
+        ])
+        .env("PGPASSWORD", SCRAM_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=3", pg.port),
+    )
+    .await;
+    // Select-only: many clients per pgbench thread over a pool smaller than the client count.
+    pgbench_through(&s, &db, &["-S", "-c", "20", "-j", "2", "-t", "200"], 4000).await;
+    // TPC-B holds a server across a transaction while pgbench prepares the next command with a
+    // blocking PQprepare, so one pgbench thread may drive only as many clients as there are servers
+    // (true of any pooler): one thread per client here.
+    pgbench_through(&s, &db, &["-c", "6", "-j", "6", "-t", "100"], 600).await;
+    let parses: u64 = s
+        .app
+        .pools
+        .all()
+        .iter()
+        .map(|p| {
+            p.stats
+                .prepared
+                .server_parses
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(parses > 0, "pgbench's statements were prepared on servers");
+}
+
+/// Runs pgbench -M prepared through pgsluice and checks that every transaction went through.
+async fn pgbench_through(s: &Sluice, db: &str, args: &[&str], want: usize) {
+    let pg = Postgres::shared();
+    let mut cmd = std::process::Command::new(pg.bindir.join("pgbench"));
+    cmd.args(["-M", "prepared", "-n"])
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &s.addr.port().to_string()])
+        .args(["-U", SCRAM_USER, db])
+        .env("PGPASSWORD", SCRAM_PASSWORD);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench {args:?} failed: {text}");
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "number of transactions actually processed: {want}/{want}"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("does not exist") && !text.contains("already exists"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_after_a_migration_sees_the_new_columns() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_mig");
+    // One server, so every client shares the server-side copy of the statement.
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let a = s.connect(&db).await;
+    a.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let before = a.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(a.query(&before, &[]).await.unwrap()[0].len(), 1);
+    let b = s.connect(&db).await;
+    b.batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let c = s.connect(&db).await;
+    let after = c.prepare("SELECT * FROM t").await.unwrap();
+    let rows = c.query(&after, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2, "the new column is there");
+    assert_eq!(rows[0].get::<_, i32>(1), 7);
+    // The first client's old statement fails once, as it would on a direct connection; the pooler's
+    // copy heals, so preparing again works for it too.
+    let _ = a.query(&before, &[]).await;
+    let again = a.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(a.query(&again, &[]).await.unwrap()[0].len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_and_discard_act_on_the_clients_own_statements() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_dealloc");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let c = s.connect(&db).await;
+    let other = s.connect(&db).await;
+    let stmt = c.prepare("SELECT 1").await.unwrap();
+    let shared = other.prepare("SELECT 1").await.unwrap();
+    c.query(&stmt, &[]).await.unwrap();
+    c.simple_query("DEALLOCATE ALL").await.unwrap();
+    let err = c.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("26000"), "{err:?}");
+    // The other client's statement, the same query on the same server, is untouched.
+    assert_eq!(
+        other
+            .query_one(&shared, &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+
+    let stmt = c.prepare("SELECT 2").await.unwrap();
+    c.simple_query("DISCARD ALL").await.unwrap();
+    let err = c.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("26000"), "{err:?}");
+    // DISCARD ALL really ran on the server: everything there is prepared again on demand.
+    assert_eq!(
+        other
+            .query_one(&shared, &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+
+    // DEALLOCATE of one name, then again (PostgreSQL's error), spoken by hand to pick the name.
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    wire::login_md5(&mut raw).await;
+    let mut msgs = wire::parse("MyStmt", "SELECT 3");
+    msgs.extend(wire::sync());
+    raw.write_all(&msgs).await.unwrap();
+    assert_eq!(
+        wire::read_until_ready(&mut raw).await,
+        (vec![b'1', b'Z'], None)
+    );
+    raw.write_all(&wire::query("DEALLOCATE \"MyStmt\""))
+        .await
+        .unwrap();
+    assert_eq!(
+        wire::read_until_ready(&mut raw).await,
+        (vec![b'C', b'Z'], None)
+    );
+    raw.write_all(&wire::query("deallocate \"MyStmt\";"))
+        .await
+        .unwrap();
+    let (tags, code) = wire::read_until_ready(&mut raw).await;
+    assert_eq!((tags, code.as_deref()), (vec![b'E', b'Z'], Some("26000")));
+    // The connection is still in step.
+    raw.write_all(&wire::query("SELECT 4")).await.unwrap();
+    assert_eq!(wire::read_until_ready(&mut raw).await.1, None);
+}

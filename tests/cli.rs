@@ -406,6 +406,10 @@ async fn text_log_has_pgbouncer_shape_and_stats_lines() {
         assert_eq!(parts[2], "UTC", "{line}");
         assert_eq!(parts[3], pid, "{line}");
         assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in a log that is not a terminal: {line:?}"
+        );
+        assert!(
             parts[4].starts_with("LOG ")
                 || parts[4].starts_with("WARNING ")
                 || parts[4].starts_with("ERROR "),

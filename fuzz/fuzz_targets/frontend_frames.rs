@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use pgsluice::proto::scan::{Event, Scanner};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mask, rest)) = data.split_first() else { return };
+    let Some((&mask, rest)) = data.split_first() else {
+        return;
+    };
     let mut scanner = Scanner::default();
     let mut buf = bytes::BytesMut::new();
     for chunk in rest.chunks(1 + (mask as usize % 64)) {

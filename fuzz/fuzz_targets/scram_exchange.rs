@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 fuzz_target!(|data: &[u8]| {
     static VERIFIER: OnceLock<ScramVerifier> = OnceLock::new();
-    let v = VERIFIER.get_or_init(|| ScramVerifier::from_password(b"pencil", b"saltsaltsaltsalt", 16));
+    let v =
+        VERIFIER.get_or_init(|| ScramVerifier::from_password(b"pencil", b"saltsaltsaltsalt", 16));
     let (first, last) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),

@@ -79,18 +79,32 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
-    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
-        self.by_name.insert(name.into(), s);
+    /// Names `s` `name`, returning what the name meant before.
+    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> Option<Arc<Statement>> {
+        self.by_name.insert(name.into(), s)
+    }
+
+    /// Removes `name`, returning what it meant.
+    pub fn take(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.by_name.remove(name)
     }
 
     pub fn remove(&mut self, name: &[u8]) -> bool {
         self.by_name.remove(name).is_some()
     }
 
-    /// Removes `name` only if it still means statement `id` (a later Parse may have reused the name).
-    pub fn remove_if(&mut self, name: &[u8], id: u64) {
+    /// A Parse of `name` as statement `id` did not happen: if the name still means `id` (a later
+    /// Parse may have reused it), it gets back its `previous` meaning, or goes.
+    pub fn restore_if(&mut self, name: &[u8], id: u64, previous: Option<Arc<Statement>>) {
         if self.by_name.get(name).is_some_and(|s| s.id == id) {
-            self.by_name.remove(name);
+            match previous {
+                Some(p) => {
+                    self.by_name.insert(name.into(), p);
+                }
+                None => {
+                    self.by_name.remove(name);
+                }
+            }
         }
     }
 

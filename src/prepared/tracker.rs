@@ -39,15 +39,16 @@ enum Reply {
 }
 
 /// What to undo when a message fails or is skipped after an earlier error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum Undo {
     Nothing,
     /// The server never prepared this statement.
     Server(u64),
-    /// Neither the server nor the client has this statement.
+    /// The server never prepared this statement, and the client's name means what it meant before.
     Both {
         id: u64,
         name: Box<[u8]>,
+        previous: Option<Arc<Statement>>,
     },
     /// A Close did not run: the server still has the statement.
     Stale(u64),
@@ -69,14 +70,17 @@ enum Entry {
 
 #[derive(Debug)]
 enum Local {
-    CloseComplete,
+    /// The client's Close of its statement. Its name is gone from the client's map at once, so that
+    /// later messages see it gone; if an earlier error makes the server skip the Close, the name
+    /// comes back.
+    CloseComplete {
+        name: Box<[u8]>,
+        statement: Option<Arc<Statement>>,
+    },
     /// CommandComplete then ReadyForQuery: the answer to a whole simple query.
     Command(&'static str),
     /// ErrorResponse then ReadyForQuery.
-    Error {
-        code: &'static str,
-        message: String,
-    },
+    Error { code: &'static str, message: String },
 }
 
 /// What the relay does with a client frame.
@@ -95,6 +99,9 @@ pub struct Tracker {
     status: u8,
     /// Syncs the server ignores in copy-in mode owe no ReadyForQuery.
     copy: CopyInSyncs,
+    /// The server reported an error and is skipping the client's messages until its next Sync, which
+    /// the client had not sent yet: its messages until then are dropped, as the server would.
+    skipping: bool,
 }
 
 impl Default for Tracker {
@@ -103,6 +110,7 @@ impl Default for Tracker {
             queue: VecDeque::new(),
             status: b'I',
             copy: CopyInSyncs::default(),
+            skipping: false,
         }
     }
 }
@@ -138,6 +146,12 @@ impl Tracker {
         replacement: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<ClientAction, ProtoError> {
+        if self.skipping {
+            if tag != b'S' {
+                return Ok(ClientAction::Replace);
+            }
+            self.skipping = false;
+        }
         // A simple Query counts only if it reaches the server (see client_query).
         if tag != b'Q' && !self.copy.on_client(tag) {
             return Ok(ClientAction::Forward);
@@ -167,8 +181,11 @@ impl Tracker {
                 let c = frontend::target(body, "Close")?;
                 if c.kind == b'S' && !c.name.is_empty() {
                     // The server copy stays for other clients; closing an unknown name is no error.
-                    ctx.client.remove(c.name);
-                    self.queue.push_back(Entry::Local(Local::CloseComplete));
+                    let statement = ctx.client.take(c.name);
+                    self.queue.push_back(Entry::Local(Local::CloseComplete {
+                        name: c.name.into(),
+                        statement,
+                    }));
                     ClientAction::Replace
                 } else {
                     self.queue.push_back(server(Reply::Close));
@@ -205,7 +222,7 @@ impl Tracker {
         }
         PreparedStats::bump(&ctx.stats.client_parses);
         let stmt = ctx.registry.intern(p.definition);
-        ctx.client.insert(p.name, stmt.clone());
+        let previous = ctx.client.insert(p.name, stmt.clone());
         // A client's own Parse always reaches the server, even when the server has the statement:
         // PostgreSQL plans it afresh then, so a client that prepares after a schema change gets the
         // new result shape, not a cached plan from before it. The old copy is closed first.
@@ -220,6 +237,7 @@ impl Tracker {
             Undo::Both {
                 id: stmt.id,
                 name: p.name.into(),
+                previous,
             },
         );
         Ok(ClientAction::Replace)
@@ -369,18 +387,8 @@ impl Tracker {
                     self.status = s;
                 }
                 // Normally the front is the Sync; anything before it was skipped.
-                while let Some(e) = self.queue.pop_front() {
-                    if matches!(
-                        e,
-                        Entry::Server {
-                            reply: Reply::Ready,
-                            ..
-                        }
-                    ) {
-                        break;
-                    }
-                    self.undo(e, ctx);
-                }
+                self.skip_to_sync(ctx);
+                self.queue.pop_front();
                 false
             }
             (b'E', r) if r != Reply::Ready => {
@@ -427,7 +435,10 @@ impl Tracker {
             .and_then(|b| backend::error_fields(b).ok())
             .map(|f| f.code)
             .unwrap_or_default();
-        if let Some(e) = self.queue.pop_front() {
+        let first = self.queue.pop_front();
+        // Later messages first: undoing in reverse order restores what was there before them.
+        self.skip_to_sync(ctx);
+        if let Some(e) = first {
             match (&e, code) {
                 // The plan behind this statement went stale (a table changed under it): the next
                 // use closes and prepares it again instead of failing forever.
@@ -453,6 +464,12 @@ impl Tracker {
                 _ => self.undo(e, ctx),
             }
         }
+        self.skipping = self.queue.is_empty();
+    }
+
+    /// Drops the entries before the next Sync's, which the server skips, undoing them last first.
+    fn skip_to_sync(&mut self, ctx: &mut Ctx<'_>) {
+        let mut skipped = Vec::new();
         while let Some(front) = self.queue.front() {
             if matches!(
                 front,
@@ -463,22 +480,31 @@ impl Tracker {
             ) {
                 break;
             }
-            if let Some(e) = self.queue.pop_front() {
-                self.undo(e, ctx);
-            }
+            skipped.extend(self.queue.pop_front());
+        }
+        for e in skipped.into_iter().rev() {
+            self.undo(e, ctx);
         }
     }
 
     fn undo(&self, e: Entry, ctx: &mut Ctx<'_>) {
-        let Entry::Server { undo, .. } = e else {
-            return;
+        let undo = match e {
+            Entry::Server { undo, .. } => undo,
+            Entry::Local(Local::CloseComplete {
+                name,
+                statement: Some(s),
+            }) => {
+                ctx.client.insert(&name, s);
+                return;
+            }
+            Entry::Local(_) => return,
         };
         match undo {
             Undo::Nothing => {}
             Undo::Server(id) => ctx.server.forget(id),
-            Undo::Both { id, name } => {
+            Undo::Both { id, name, previous } => {
                 ctx.server.forget(id);
-                ctx.client.remove_if(&name, id);
+                ctx.client.restore_if(&name, id, previous);
             }
             Undo::Stale(id) => ctx.server.mark_stale(id),
         }
@@ -491,7 +517,7 @@ impl Tracker {
                 break;
             };
             match local {
-                Local::CloseComplete => encode::close_complete(to_client),
+                Local::CloseComplete { .. } => encode::close_complete(to_client),
                 Local::Command(tag) => {
                     encode::command_complete(to_client, tag);
                     encode::ready_for_query(to_client, self.status);

@@ -312,3 +312,53 @@ fn a_sync_sent_into_a_copy_in_is_owed_no_ready_for_query() {
     w.server(&mut t, b'Z', b"I");
     assert!(t.is_idle(), "only one ReadyForQuery was owed");
 }
+
+#[test]
+fn after_an_error_the_pooler_drops_what_the_client_sends_until_sync() {
+    // The error comes back before the client's Close: the server skips that Close, so no
+    // CloseComplete may reach the client, and the statement stays.
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.server(&mut t, b'E', b"C34000\0\0");
+    assert_eq!(
+        w.client(&mut t, b'C', b"Sa\0"),
+        (ClientAction::Replace, vec![], vec![]),
+        "skipped by the server, so by the pooler"
+    );
+    assert_eq!(
+        w.client(&mut t, b'S', b""),
+        (ClientAction::Forward, vec![], vec![])
+    );
+    w.server(&mut t, b'Z', b"I");
+    assert!(t.is_idle());
+    assert!(
+        w.client.get(b"a").is_some(),
+        "the skipped Close did not run"
+    );
+}
+
+#[test]
+fn a_skipped_parse_of_a_name_gives_it_back_its_old_meaning() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'C', b"Sa\0");
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 2"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'E', b"C34000\0\0");
+    w.server(&mut t, b'Z', b"I");
+    assert!(t.is_idle());
+    let a = w.client.get(b"a").expect("the first Parse happened");
+    assert_eq!(
+        &a.definition[..],
+        b"SELECT 1\0\0\0",
+        "skipped Close and Parse undone"
+    );
+}

@@ -12,7 +12,7 @@ use crate::backend::Server;
 use crate::config::PoolMode;
 use crate::net::stream::Stream;
 use crate::prepared::tracker::{ClientAction, Ctx, Tracker};
-use crate::prepared::{ClientStatements, PreparedStats, Registry, ServerStatements};
+use crate::prepared::{ClientState, PreparedStats, Registry, ServerStatements};
 use crate::proto::backend as msg;
 use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::scan::{Event, Scanner};
@@ -79,40 +79,38 @@ pub struct ClientSide<'a> {
 #[derive(Debug)]
 pub struct Prepared<'a> {
     pub registry: &'a Registry,
-    pub client: &'a mut ClientStatements,
+    /// The client's statements, tracker and buffers, kept across attachments.
+    pub state: &'a mut ClientState,
     pub stats: &'a PreparedStats,
     /// `max_prepared_statements`.
     pub capacity: usize,
 }
 
-/// The prepared-statement state of one attachment.
-struct Tracking<'a> {
-    shared: Prepared<'a>,
-    tracker: Tracker,
-    /// Scratch space for rewritten client frames, reused across reads.
-    replacement: BytesMut,
-    /// The pooler's own replies, waiting for their place in the server's stream.
-    local: BytesMut,
-}
+type Tracking<'a> = Prepared<'a>;
 
-impl<'a> Tracking<'a> {
+impl Prepared<'_> {
     /// The tracker, its context, and the replacement and local buffers, borrowed apart.
     fn parts<'b>(
         &'b mut self,
         server: &'b mut ServerStatements,
     ) -> (Ctx<'b>, &'b mut Tracker, &'b mut BytesMut, &'b mut BytesMut) {
+        let state = &mut *self.state;
         (
             Ctx {
-                registry: self.shared.registry,
-                client: &mut *self.shared.client,
+                registry: self.registry,
+                client: &mut state.statements,
                 server,
-                stats: self.shared.stats,
-                capacity: self.shared.capacity,
+                stats: self.stats,
+                capacity: self.capacity,
             },
-            &mut self.tracker,
-            &mut self.replacement,
-            &mut self.local,
+            &mut state.tracker,
+            &mut state.replacement,
+            &mut state.local,
         )
+    }
+
+    fn tracker(&self) -> &Tracker {
+        &self.state.tracker
     }
 }
 
@@ -172,12 +170,10 @@ pub async fn run(
         tracked,
         prepared,
     } = client;
-    let mut tracking = prepared.map(|shared| Tracking {
-        shared,
-        tracker: Tracker::default(),
-        replacement: BytesMut::new(),
-        local: BytesMut::new(),
-    });
+    let mut tracking = prepared;
+    if let Some(k) = tracking.as_mut() {
+        k.state.begin_attachment();
+    }
     let mut sscan = Scanner::default();
     let mut t = Track {
         pending: 0,
@@ -225,7 +221,7 @@ pub async fn run(
             if mode != PoolMode::Session
                 && t.clean(cscan, &sscan)
                 && cbuf.is_empty()
-                && tracking.as_ref().is_none_or(|k| k.tracker.is_idle())
+                && tracking.as_ref().is_none_or(|k| k.tracker().is_idle())
             {
                 return Ok(Outcome::Released);
             }
@@ -266,14 +262,14 @@ pub async fn run(
                     Ok(0) | Err(_) => return server_gone(&t, None, &sscan),
                     Ok(_) => {
                         let fatal;
-                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode, tracking.as_mut(), &mut server.statements)?;
+                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode, tracking.as_mut(), &mut server.statements, &mut to_server)?;
                         if let Some(m) = fatal {
                             server_error = Some(m);
                         }
                     }
                 }
             }
-            r = cread.read_buf(cbuf), if to_server.is_empty() && !t.terminated => {
+            r = cread.read_buf(cbuf), if to_server.is_empty() && !t.terminated && !tracking.as_ref().is_some_and(|k| k.tracker().holds_client()) => {
                 match r {
                     Ok(0) | Err(_) => return Ok(Outcome::ClientGone { clean: t.clean(cscan, &sscan) && to_server.is_empty() }),
                     Ok(_) => to_server = scan_client(cbuf, cscan, &mut t, tracking.as_mut(), &mut server.statements, &mut to_client)?,
@@ -325,11 +321,13 @@ fn note_request(t: &mut Track, tag: u8) {
     }
 }
 
-/// Frames a tracked client sends that must be whole: those that name statements, Terminate, and
-/// queries short enough to be a DEALLOCATE or DISCARD ALL.
+/// Frames a tracked client sends that must be whole: those that name statements, Terminate, the
+/// small ones a batch may be replayed with (Execute, Flush, Sync), and queries short enough to be a
+/// DEALLOCATE or DISCARD ALL.
 fn tracked_client_inspects(tag: u8, total: usize) -> bool {
     match tag {
         b'P' | b'B' | b'D' | b'C' | b'X' => true,
+        b'E' | b'H' | b'S' => total <= 64,
         b'Q' => total <= 256,
         _ => false,
     }
@@ -374,7 +372,7 @@ fn scan_client(
                         true
                     }
                     Ok(ClientAction::Replace) => {
-                        if !k.replacement.is_empty() {
+                        if !k.state.replacement.is_empty() {
                             note_request(t, tag);
                         }
                         cut = len;
@@ -397,8 +395,8 @@ fn scan_client(
         };
         prefix.truncate(prefix.len() - len);
         out.unsplit(prefix);
-        out.extend_from_slice(&k.replacement);
-        k.replacement.clear();
+        out.extend_from_slice(&k.state.replacement);
+        k.state.replacement.clear();
         if t.terminated {
             return Ok(out);
         }
@@ -453,6 +451,7 @@ fn scan_server(
     mode: PoolMode,
     mut tracking: Option<&mut Tracking<'_>>,
     server_statements: &mut ServerStatements,
+    to_server: &mut BytesMut,
 ) -> Result<(BytesMut, Option<String>), RelayError> {
     let inspect: fn(u8, usize) -> bool = if tracking.is_some() {
         tracked_server_inspects
@@ -516,13 +515,17 @@ fn scan_server(
                 }
                 if let Some(k) = tracking.as_deref_mut() {
                     let (mut ctx, tracker, _, local) = k.parts(server_statements);
-                    let sw = tracker.on_server(tag, body, &mut ctx, local);
+                    let sw = tracker.on_server(tag, body, &mut ctx, local, to_server);
                     if sw {
+                        if tag == b'Z' {
+                            // A ReadyForQuery the tracker keeps: the Sync it answers is replayed.
+                            t.pending += 1;
+                        }
                         cut = body.map(|b| 5 + b.len());
                         return false;
                     }
                     // The pooler's replies go right after this frame.
-                    go_on &= k.local.is_empty();
+                    go_on &= k.state.local.is_empty();
                 }
                 go_on && bad.is_none()
             })
@@ -542,9 +545,9 @@ fn scan_server(
         out.unsplit(prefix);
         let mut more = cut.is_some();
         if let Some(k) = tracking.as_deref_mut() {
-            more |= !k.local.is_empty();
-            out.extend_from_slice(&k.local);
-            k.local.clear();
+            more |= !k.state.local.is_empty();
+            out.extend_from_slice(&k.state.local);
+            k.state.local.clear();
         }
         if !more || t.statement_violation || rbuf.is_empty() {
             return Ok((out, None));

@@ -252,3 +252,56 @@ async fn deallocate_and_discard_act_on_the_clients_own_statements() {
     raw.write_all(&wire::query("SELECT 4")).await.unwrap();
     assert_eq!(wire::read_until_ready(&mut raw).await.1, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooler_copy_is_healed_without_an_error() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_heal");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=2", pg.port),
+    )
+    .await;
+    // Server 1 gets the pooler's copy of SELECT * FROM t, planned for one column.
+    let old = s.connect(&db).await;
+    old.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let before = old.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(old.query(&before, &[]).await.unwrap()[0].len(), 1);
+    // Server 1 is held in a transaction, so the migration and the new client's Parse use server 2.
+    let mut pin = s.connect(&db).await;
+    let tx = pin.transaction().await.unwrap();
+    tx.batch_execute("SELECT 1").await.unwrap();
+    let ddl = s.connect(&db).await;
+    ddl.batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let new = s.connect(&db).await;
+    let after = new.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(after.columns().len(), 2);
+    tx.commit().await.unwrap();
+    // The next Bind lands on server 1, whose copy is stale: on a direct connection this client would
+    // never see "cached plan must not change result type", and through pgsluice it does not either.
+    let rows = new.query(&after, &[]).await.unwrap();
+    assert_eq!((rows[0].len(), rows[0].get::<_, i32>(1)), (2, 7));
+    let healed: u64 = s
+        .app
+        .pools
+        .all()
+        .iter()
+        .map(|p| {
+            p.stats
+                .prepared
+                .healed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(
+        healed, 1,
+        "the Bind did not land on the stale copy: the test missed its case"
+    );
+    // And again, with nothing left to heal.
+    let rows = new.query(&after, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2);
+}

@@ -260,10 +260,12 @@ impl Pooled {
         for (tag, body) in replies {
             let mut local = BytesMut::new();
             let (mut ctx, tracker) = self.ctx();
-            if !tracker.on_server(tag, Some(&body), &mut ctx, &mut local) {
+            let mut replay = BytesMut::new();
+            if !tracker.on_server(tag, Some(&body), &mut ctx, &mut local, &mut replay) {
                 self.seen.push((tag, code_of(tag, &body)));
             }
             replies_of(&mut local, &mut self.seen);
+            assert!(replay.is_empty(), "the model never reports a stale plan");
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::backend::query::run_simple;
 use crate::config::PoolMode;
 use crate::net::stream::Stream;
 use crate::pool::{Conn, PoolError};
-use crate::prepared::ClientStatements;
+use crate::prepared::ClientState;
 use crate::proto::encode::{self, Severity};
 use crate::proto::scan::{self, Scanner};
 use crate::proto::sqlstate;
@@ -32,7 +32,7 @@ pub async fn run(
     let mut shutdown = app.shutdown.watch();
     let mut scanner = Scanner::for_client();
     // The client's prepared statements, by its own names (transaction and statement mode).
-    let mut statements = ClientStatements::default();
+    let mut statements = ClientState::default();
     // An error owed to the client: its server died between requests, so the next request gets it.
     let mut owed_error: Option<String> = None;
     loop {
@@ -124,7 +124,7 @@ pub async fn run(
                 prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {
                     Prepared {
                         registry: &app.statements,
-                        client: &mut statements,
+                        state: &mut statements,
                         stats: &pool.stats.prepared,
                         capacity: g.max_prepared_statements,
                     }

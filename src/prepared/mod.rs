@@ -9,7 +9,7 @@
 
 pub mod tracker;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +65,27 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.by_definition.is_empty()
+    }
+}
+
+/// One client's prepared-statement state, kept for its whole session so that tracking allocates
+/// nothing per transaction: its statements, the tracker, and the buffers the relay rewrites into.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    pub statements: ClientStatements,
+    pub tracker: tracker::Tracker,
+    /// Rewritten client frames, waiting to take the place of the originals.
+    pub replacement: BytesMut,
+    /// The pooler's own replies, waiting for their place in the server's stream.
+    pub local: BytesMut,
+}
+
+impl ClientState {
+    /// A new server attachment: nothing is owed on it yet.
+    pub fn begin_attachment(&mut self) {
+        self.tracker.begin_attachment();
+        self.replacement.clear();
+        self.local.clear();
     }
 }
 
@@ -209,6 +230,8 @@ pub struct PreparedStats {
     pub hits: AtomicU64,
     /// Statements closed on a server to keep it under `max_prepared_statements`.
     pub evictions: AtomicU64,
+    /// Batches replayed after "cached plan must not change result type" on a pooler copy.
+    pub healed: AtomicU64,
 }
 
 impl PreparedStats {

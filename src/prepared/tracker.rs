@@ -102,6 +102,10 @@ pub struct Tracker {
     /// The server reported an error and is skipping the client's messages until its next Sync, which
     /// the client had not sent yet: its messages until then are dropped, as the server would.
     skipping: bool,
+    /// A batch kept to be replayed once if its statement's cached plan went stale (heal.rs).
+    heal: heal::Heal,
+    /// The bytes of that batch, from its Bind to its Sync; the buffer is reused.
+    replay: BytesMut,
 }
 
 impl Default for Tracker {
@@ -111,6 +115,8 @@ impl Default for Tracker {
             status: b'I',
             copy: CopyInSyncs::default(),
             skipping: false,
+            heal: heal::Heal::Off,
+            replay: BytesMut::new(),
         }
     }
 }
@@ -135,6 +141,16 @@ impl Tracker {
         self.queue.is_empty()
     }
 
+    /// A new server attachment: whatever was owed on the last one is gone with it (buffers stay).
+    pub fn begin_attachment(&mut self) {
+        self.queue.clear();
+        self.status = b'I';
+        self.copy = CopyInSyncs::default();
+        self.skipping = false;
+        self.heal = heal::Heal::Off;
+        self.replay.clear();
+    }
+
     /// Handles one client frame. `body` is `None` for a frame that streams through (its body is not
     /// held); Parse, Bind, Describe and Close always come whole. Replies the pooler can give at once
     /// are appended to `to_client`.
@@ -156,6 +172,7 @@ impl Tracker {
         if tag != b'Q' && !self.copy.on_client(tag) {
             return Ok(ClientAction::Forward);
         }
+        let rewritten_from = replacement.len();
         let action = match (tag, body) {
             (b'P', Some(body)) => self.client_parse(body, ctx, replacement)?,
             (b'B', Some(body)) => self.client_bind(body, ctx, replacement)?,
@@ -205,6 +222,11 @@ impl Tracker {
             // Flush, copy data and anything else: no reply of their own.
             _ => ClientAction::Forward,
         };
+        let sent = match action {
+            ClientAction::Forward => None,
+            ClientAction::Replace => Some(&replacement[rewritten_from..]),
+        };
+        self.record(tag, body, sent);
         self.flush_local(ctx, to_client);
         Ok(action)
     }
@@ -259,7 +281,9 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         };
         PreparedStats::bump(&ctx.stats.binds);
-        self.ensure_prepared(&stmt, ctx, out);
+        if self.ensure_prepared(&stmt, ctx, out) {
+            self.consider_recording(&stmt);
+        }
         encode::bind_message(out, b.portal, &stmt.server_name, b.rest);
         self.queue.push_back(Entry::Server {
             reply: Reply::Bind,
@@ -308,13 +332,19 @@ impl Tracker {
     }
 
     /// Adds a Parse (and the Closes it needs) in front of a message that uses `stmt`, unless the
-    /// server has it already.
-    fn ensure_prepared(&mut self, stmt: &Arc<Statement>, ctx: &mut Ctx<'_>, out: &mut BytesMut) {
+    /// server has it already. Returns whether it had.
+    fn ensure_prepared(
+        &mut self,
+        stmt: &Arc<Statement>,
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> bool {
         if ctx.server.touch(stmt.id) {
             PreparedStats::bump(&ctx.stats.hits);
-            return;
+            return true;
         }
         self.send_parse(stmt, ctx, out, true, Undo::Server(stmt.id));
+        false
     }
 
     fn send_parse(
@@ -353,14 +383,19 @@ impl Tracker {
     }
 
     /// Handles one server frame; returns true when the frame must be swallowed (a reply to the
-    /// pooler's own message). Pooler replies that come due after it are appended to `to_client`.
+    /// pooler's own message). Pooler replies that come due after it are appended to `to_client`; a
+    /// batch replayed after a stale plan goes to `to_server`.
     pub fn on_server(
         &mut self,
         tag: u8,
         body: Option<&[u8]>,
         ctx: &mut Ctx<'_>,
         to_client: &mut BytesMut,
+        to_server: &mut BytesMut,
     ) -> bool {
+        if let Some(swallow) = self.heal_on_server(tag, body, ctx.stats, to_server) {
+            return swallow;
+        }
         if tag == b'C'
             && body
                 .is_some_and(|b| b.starts_with(b"DISCARD ALL") || b.starts_with(b"DEALLOCATE ALL"))
@@ -536,6 +571,8 @@ impl Tracker {
         }
     }
 }
+
+mod heal;
 
 #[cfg(test)]
 mod tests;

@@ -434,7 +434,7 @@ async def amain():
     except Exception as e:  # noqa: BLE001
         log(f"FAIL: cannot connect: {describe(e)}")
         return 1
-    failures, times = [], []
+    failures, times, ran = [], [], []
     try:
         for t in (T_MAIN, T_MANY, T_COPY):
             await admin.execute(f"CREATE TABLE {t} (worker int, i int, v int)")
@@ -449,10 +449,11 @@ async def amain():
             except Exception as e:  # noqa: BLE001
                 errs, secs = [f"[{key}] {describe(e)}", traceback.format_exc()], 0.0
             times.append(f"{key}={secs:.2f}s")
+            ran.append(key)
             failures += errs
     finally:
         global _phase
-        _phase = "cleanup"
+        _phase += ", then cleanup"
         try:
             for t in (T_MAIN, T_MANY, T_COPY, T_MIG, T_MIG2):
                 await admin.execute(f"DROP TABLE IF EXISTS {t}")
@@ -464,7 +465,7 @@ async def amain():
         for f in failures[:15]:
             print("  " + f.rstrip().replace("\n", "\n  "))
         return 1
-    log(f"OK asyncpg {asyncpg.__version__}: {CLIENTS} connections x {ITERATIONS} iterations, phases a-h passed "
+    log(f"OK asyncpg {asyncpg.__version__}: {CLIENTS} connections x {ITERATIONS} iterations, phases {','.join(ran)} passed "
         f"in {time.monotonic() - t0:.2f}s ({' '.join(times)})")
     return 0
 

@@ -18,6 +18,9 @@ Phases (each one runs many connections at once against a pool of a few servers):
      prepares the same text and must see the new column; A's old statement fails with
      "cached plan must not change result type" as on PostgreSQL, and after DEALLOCATE ALL
      A's retry must work.
+  g. the same, made deterministic: C's Parse (+ Sync) and its Bind/Execute run on two
+     different servers, the second holding a copy of the statement from before the ALTER
+     (needs a pool of at least 2 servers).
 
 Any error (does not exist, already exists, protocol error, wrong result) fails the
 run with a message naming the phase, worker, iteration and step. The whole run has a
@@ -46,6 +49,7 @@ PREFIX = f"drv_psy_{os.getpid()}"
 T_MAIN = f"{PREFIX}_rows"
 T_MANY = f"{PREFIX}_many"
 T_MIG = f"{PREFIX}_mig"
+T_MIG2 = f"{PREFIX}_mig2"
 
 _phase = "startup"
 
@@ -377,6 +381,53 @@ def phase_f(admin):
     return errors, time.monotonic() - t0
 
 
+# --- phase g: migration, C's Parse and Bind on different servers -------------------------
+
+def phase_g(admin):
+    """The deterministic form of what phase f hits by chance. libpq prepares with Parse +
+    Sync and executes with Bind + Describe + Execute + Sync, so in transaction mode the two
+    may run on different servers. A1 and A2 prepare SELECT * FROM t on two servers (both in
+    an open transaction at once, so needs a pool of at least 2); B adds a column; C prepares
+    the same text (Parse + Sync); X then takes the server C was on, so C's execution runs
+    on a server whose copy of the statement is from before the ALTER. On PostgreSQL C's own
+    statement, prepared after the ALTER, just works."""
+    global _phase
+    _phase = "g migration, Parse and Bind apart"
+    t0 = time.monotonic()
+    errors = []
+    q = f"SELECT * FROM {T_MIG2}"
+    admin.execute(f"DROP TABLE IF EXISTS {T_MIG2}")
+    admin.execute(f"CREATE TABLE {T_MIG2} (a int)")
+    admin.execute(f"INSERT INTO {T_MIG2} (a) VALUES (1)")
+    conns = [connect(prepare_threshold=0) for _ in range(4)]
+    a1, a2, c, x = conns
+    try:
+        with a1.transaction(), a2.transaction():
+            check([tuple(r) for r in a1.execute(q).fetchall()], [(1,)], "A1 before the ALTER")
+            check([tuple(r) for r in a2.execute(q).fetchall()], [(1,)], "A2 before the ALTER")
+        admin.execute(f"ALTER TABLE {T_MIG2} ADD COLUMN b int DEFAULT 7")
+        res = c.pgconn.prepare(b"drv_c_stmt", q.encode())  # what psycopg does: Parse + Sync
+        if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            errors.append(f"[g] C's Parse: {res.error_message.decode().strip()}")
+        else:
+            with x.transaction():
+                x.execute("SELECT 1")
+                for attempt in range(2):
+                    res = c.pgconn.exec_prepared(b"drv_c_stmt", [])
+                    if res.status != psycopg.pq.ExecStatus.TUPLES_OK:
+                        errors.append(f"[g migration, Parse and Bind apart] C's execution {attempt}, "
+                                      f"prepared after the ALTER: {res.error_message.decode().strip()}")
+                        continue
+                    got = ([res.fname(i).decode() for i in range(res.nfields)],
+                           [res.get_value(0, i).decode() for i in range(res.nfields)])
+                    if got != (["a", "b"], ["1", "7"]):
+                        errors.append(f"[g] C's execution {attempt}: got {got!r}")
+    finally:
+        for conn in conns:
+            conn.close()
+    return errors, time.monotonic() - t0
+
+
 def main():
     if not DSN:
         log("FAIL: set PGSLUICE_DSN to a libpq URL, e.g. postgresql://user:pass@127.0.0.1:6432/db")
@@ -392,6 +443,7 @@ def main():
         return 1
     failures = []
     times = []
+    ran = []
     try:
         admin.execute(f"CREATE TABLE {T_MAIN} (worker int, i int, v int)")
         admin.execute(f"CREATE TABLE {T_MANY} (worker int, i int, v int)")
@@ -402,6 +454,7 @@ def main():
             ("d", lambda: phase_d(admin)),
             ("e", lambda: phase_e(admin)),
             ("f", lambda: phase_f(admin)),
+            ("g", lambda: phase_g(admin)),
         ]
         only = os.environ.get("PGSLUICE_DRIVER_PHASES")  # e.g. "af" to run phases a and f
         for key, run in phases:
@@ -412,12 +465,13 @@ def main():
             except Exception as e:  # noqa: BLE001
                 errs, secs = [f"[{key}] {describe(e)}", traceback.format_exc()], 0.0
             times.append(f"{key}={secs:.2f}s")
+            ran.append(key)
             failures += errs
     finally:
         global _phase
         _phase = "cleanup"
         try:
-            for t in (T_MAIN, T_MANY, T_MIG):
+            for t in (T_MAIN, T_MANY, T_MIG, T_MIG2):
                 admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(t)))
             admin.close()
         except psycopg.Error as e:
@@ -428,7 +482,7 @@ def main():
             print("  " + f.rstrip().replace("\n", "\n  "), file=sys.stdout)
         return 1
     log(f"OK psycopg {psycopg.__version__} (libpq {psycopg.pq.version()}): {CLIENTS} clients x "
-        f"{ITERATIONS} iterations, phases a-f passed in {time.monotonic() - t0:.2f}s ({' '.join(times)})")
+        f"{ITERATIONS} iterations, phases {','.join(ran)} passed in {time.monotonic() - t0:.2f}s ({' '.join(times)})")
     return 0
 
 

@@ -64,7 +64,9 @@ impl World {
     /// Feeds one server frame; returns (swallowed, local reply tags).
     fn server(&mut self, t: &mut Tracker, tag: u8, body: &[u8]) -> (bool, Vec<u8>) {
         let mut local = BytesMut::new();
-        let s = t.on_server(tag, Some(body), &mut self.ctx(), &mut local);
+        let mut replay = BytesMut::new();
+        let s = t.on_server(tag, Some(body), &mut self.ctx(), &mut local, &mut replay);
+        assert!(replay.is_empty(), "no replay expected here");
         (s, tags(&local))
     }
 }
@@ -264,12 +266,13 @@ fn eviction_closes_the_least_recently_used_statement() {
 
 #[test]
 fn stale_plan_is_closed_and_prepared_again() {
+    // Inside a transaction block, where no replay is possible.
     let mut w = World::new(10);
     let mut t = Tracker::default();
     w.client(&mut t, b'P', &parse_body("s1", "SELECT * FROM t"));
     w.client(&mut t, b'S', b"");
     w.server(&mut t, b'1', b"");
-    w.server(&mut t, b'Z', b"I");
+    w.server(&mut t, b'Z', b"T");
     w.client(&mut t, b'B', &bind_body("s1"));
     w.client(&mut t, b'E', b"\0\0\0\0\0");
     w.client(&mut t, b'S', b"");
@@ -279,7 +282,7 @@ fn stale_plan_is_closed_and_prepared_again() {
         b"SERROR\0C0A000\0Mcached plan must not change result type\0\0",
     );
     assert!(!swallowed, "the error reaches the client");
-    w.server(&mut t, b'Z', b"I");
+    w.server(&mut t, b'Z', b"E");
     assert!(t.is_idle());
     let (_, rep, _) = w.client(&mut t, b'B', &bind_body("s1"));
     assert_eq!(
@@ -361,4 +364,90 @@ fn a_skipped_parse_of_a_name_gives_it_back_its_old_meaning() {
         b"SELECT 1\0\0\0",
         "skipped Close and Parse undone"
     );
+}
+
+#[test]
+fn a_stale_plan_on_a_pooler_copy_is_healed_by_one_replay() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    // A batch that opens with a Bind the server has: it is recorded...
+    w.client(&mut t, b'B', &bind_body("a"));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'S', b"");
+    // ...and when the server says the plan changed shape, neither the error nor the ReadyForQuery
+    // after it reaches the client; the batch goes again behind a fresh Parse.
+    let mut replay = BytesMut::new();
+    let mut local = BytesMut::new();
+    let stale = b"SERROR\0C0A000\0Mcached plan must not change result type\0\0";
+    assert!(t.on_server(b'E', Some(stale), &mut w.ctx(), &mut local, &mut replay));
+    assert!(
+        t.holds_client(),
+        "the client's next messages wait behind the replay"
+    );
+    assert!(t.on_server(b'Z', Some(b"I"), &mut w.ctx(), &mut local, &mut replay));
+    assert_eq!(tags(&replay), b"CPBES");
+    assert!(!t.holds_client());
+    let mut replay = BytesMut::new();
+    for (tag, body, swallowed) in [
+        (b'3', &b""[..], true),
+        (b'1', b"", true),
+        (b'2', b"", false),
+        (b'C', b"SELECT 1\0", false),
+        (b'Z', b"I", false),
+    ] {
+        let s = t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut replay);
+        assert_eq!(s, swallowed, "{}", tag as char);
+    }
+    assert!(t.is_idle() && local.is_empty() && replay.is_empty());
+    assert_eq!(w.stats.healed.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_replay_that_fails_again_reaches_the_client() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    w.client(&mut t, b'B', &bind_body("a"));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'S', b"");
+    let (mut local, mut replay) = (BytesMut::new(), BytesMut::new());
+    let stale = b"C0A000\0\0";
+    assert!(t.on_server(b'E', Some(stale), &mut w.ctx(), &mut local, &mut replay));
+    assert!(t.on_server(b'Z', Some(b"I"), &mut w.ctx(), &mut local, &mut replay));
+    assert_eq!(w.server(&mut t, b'3', b""), (true, vec![]));
+    assert_eq!(w.server(&mut t, b'1', b""), (true, vec![]));
+    assert_eq!(
+        w.server(&mut t, b'E', stale),
+        (false, vec![]),
+        "once only: the second failure is the client's"
+    );
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(t.is_idle());
+}
+
+#[test]
+fn no_replay_inside_a_transaction_block() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"T");
+    w.client(&mut t, b'B', &bind_body("a"));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'S', b"");
+    let (swallowed, _) = w.server(&mut t, b'E', b"C0A000\0\0");
+    assert!(
+        !swallowed,
+        "the transaction is aborted: the client must see why"
+    );
+    w.server(&mut t, b'Z', b"E");
+    assert!(t.is_idle());
 }

@@ -352,38 +352,47 @@ fn scan_client(
         // Length of a frame at the end of the scanned bytes that must not be forwarded as is.
         let mut cut: Option<usize> = None;
         let mut bad: Option<ProtoError> = None;
+        // While the tracker holds messages it needs every frame whole.
+        let hold = std::cell::Cell::new(k.tracker().holds_client());
         let scanned = cscan
-            .scan(cbuf, tracked_client_inspects, |e| {
-                let (tag, body) = match e {
-                    Event::Whole { tag, body } => (tag, Some(body)),
-                    Event::Passing { tag } => (tag, None),
-                };
-                let len = body.map(|b| 5 + b.len());
-                if tag == b'X' {
-                    t.terminated = true;
-                    cut = len;
-                    return false;
-                }
-                let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
-                let r = tracker.on_client(tag, body, &mut ctx, replacement, to_client);
-                match r {
-                    Ok(ClientAction::Forward) => {
-                        note_request(t, tag);
-                        true
-                    }
-                    Ok(ClientAction::Replace) => {
-                        if !k.state.replacement.is_empty() {
-                            note_request(t, tag);
-                        }
+            .scan(
+                cbuf,
+                |tag, total| hold.get() || tracked_client_inspects(tag, total),
+                |e| {
+                    let (tag, body) = match e {
+                        Event::Whole { tag, body } => (tag, Some(body)),
+                        Event::Passing { tag } => (tag, None),
+                    };
+                    let len = body.map(|b| 5 + b.len());
+                    if tag == b'X' {
+                        t.terminated = true;
                         cut = len;
-                        false
+                        return false;
                     }
-                    Err(e) => {
-                        bad = Some(e);
-                        false
+                    let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
+                    let r = tracker.on_client(tag, body, &mut ctx, replacement, to_client);
+                    let held = tracker.holds_client();
+                    hold.set(held);
+                    match r {
+                        Ok(ClientAction::Forward) => {
+                            note_request(t, tag);
+                            true
+                        }
+                        Ok(ClientAction::Replace) => {
+                            // Held frames count as sent: they go to the server when the hold ends.
+                            if held || !k.state.replacement.is_empty() {
+                                note_request(t, tag);
+                            }
+                            cut = len;
+                            false
+                        }
+                        Err(e) => {
+                            bad = Some(e);
+                            false
+                        }
                     }
-                }
-            })
+                },
+            )
             .map_err(RelayError::ClientProto)?;
         if let Some(e) = bad {
             return Err(RelayError::ClientProto(e));
@@ -516,6 +525,15 @@ fn scan_server(
                 if let Some(k) = tracking.as_deref_mut() {
                     let (mut ctx, tracker, _, local) = k.parts(server_statements);
                     let sw = tracker.on_server(tag, body, &mut ctx, local, to_server);
+                    // A held Sync the tracker answered itself will get no ReadyForQuery.
+                    let answered = tracker.take_answered_syncs();
+                    if answered > 0 {
+                        t.pending = t.pending.saturating_sub(answered);
+                        if t.pending == 0 {
+                            t.busy_since = None;
+                            t.idle_since = Instant::now();
+                        }
+                    }
                     if sw {
                         if tag == b'Z' {
                             // A ReadyForQuery the tracker keeps: the Sync it answers is replayed.

@@ -93,25 +93,55 @@ impl ClientState {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// The result shape ([`shape_of`]) each name was described with, with the statement id it was
+    /// for: what the client expects its rows to look like.
+    shapes: HashMap<Box<[u8]>, (u64, u64)>,
+}
+
+/// A fingerprint of a statement's result shape: its RowDescription, or NoData.
+pub fn shape_of(tag: u8, body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tag.hash(&mut h);
+    body.hash(&mut h);
+    h.finish()
 }
 
 impl ClientStatements {
+    /// The shape the client was shown for `name`, if it asked (Describe) since preparing it.
+    pub fn shape(&self, name: &[u8]) -> Option<u64> {
+        let id = self.by_name.get(name)?.id;
+        self.shapes
+            .get(name)
+            .filter(|(of, _)| *of == id)
+            .map(|&(_, s)| s)
+    }
+
+    /// Records the shape the client was shown for `name`, still meaning statement `id`.
+    pub fn set_shape(&mut self, name: &[u8], id: u64, shape: u64) {
+        if self.by_name.get(name).is_some_and(|s| s.id == id) {
+            self.shapes.insert(name.into(), (id, shape));
+        }
+    }
+
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
         self.by_name.get(name)
     }
 
     /// Names `s` `name`, returning what the name meant before.
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> Option<Arc<Statement>> {
+        self.shapes.remove(name);
         self.by_name.insert(name.into(), s)
     }
 
     /// Removes `name`, returning what it meant.
     pub fn take(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.shapes.remove(name);
         self.by_name.remove(name)
     }
 
     pub fn remove(&mut self, name: &[u8]) -> bool {
-        self.by_name.remove(name).is_some()
+        self.take(name).is_some()
     }
 
     /// A Parse of `name` as statement `id` did not happen: if the name still means `id` (a later
@@ -131,6 +161,7 @@ impl ClientStatements {
 
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.shapes.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -147,6 +178,8 @@ impl ClientStatements {
 pub struct ServerStatements {
     /// Statement id to the tick it was last used at.
     prepared: HashMap<u64, u64>,
+    /// The result shape ([`shape_of`]) of a prepared copy, once a Describe of it was answered.
+    shapes: HashMap<u64, u64>,
     /// Statements that exist on the server but must be closed before they are prepared again: evicted
     /// ones whose Close did not run, and ones whose cached plan went stale.
     stale: Vec<u64>,
@@ -171,6 +204,7 @@ impl ServerStatements {
     pub fn insert(&mut self, id: u64, capacity: usize) -> Option<u64> {
         self.tick += 1;
         self.prepared.insert(id, self.tick);
+        self.shapes.remove(&id);
         if self.prepared.len() <= capacity {
             return None;
         }
@@ -179,17 +213,29 @@ impl ServerStatements {
             .iter()
             .filter(|(&k, _)| k != id)
             .min_by_key(|(_, &t)| t)?;
-        self.prepared.remove(&victim);
+        self.forget(victim);
         Some(victim)
     }
 
     pub fn forget(&mut self, id: u64) {
         self.prepared.remove(&id);
+        self.shapes.remove(&id);
+    }
+
+    /// The result shape of the copy of `id`, if known.
+    pub fn shape(&self, id: u64) -> Option<u64> {
+        self.shapes.get(&id).copied()
+    }
+
+    pub fn set_shape(&mut self, id: u64, shape: u64) {
+        if self.prepared.contains_key(&id) {
+            self.shapes.insert(id, shape);
+        }
     }
 
     /// The server still has `id` but it must be closed before being prepared again.
     pub fn mark_stale(&mut self, id: u64) {
-        self.prepared.remove(&id);
+        self.forget(id);
         if !self.stale.contains(&id) {
             self.stale.push(id);
         }
@@ -205,6 +251,7 @@ impl ServerStatements {
     /// The server ran DISCARD ALL or DEALLOCATE ALL: it has nothing prepared any more.
     pub fn clear(&mut self) {
         self.prepared.clear();
+        self.shapes.clear();
         self.stale.clear();
     }
 
@@ -232,6 +279,8 @@ pub struct PreparedStats {
     pub evictions: AtomicU64,
     /// Batches replayed after "cached plan must not change result type" on a pooler copy.
     pub healed: AtomicU64,
+    /// Binds answered with 0A000 because the statement's columns changed since the client prepared it.
+    pub stale_shapes: AtomicU64,
 }
 
 impl PreparedStats {

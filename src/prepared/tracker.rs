@@ -64,8 +64,25 @@ enum Entry {
         /// The pooler statement a Bind used, to re-prepare it after "cached plan must not change".
         statement: Option<u64>,
     },
+    /// A Describe of a named statement, whose answer records a result shape (verify.rs).
+    Describe {
+        swallow: bool,
+        statement: u64,
+        of: verify::ShapeOf,
+    },
     /// A reply the pooler gives itself, once every reply before it has gone out.
     Local(Local),
+}
+
+impl Entry {
+    /// The reply the server owes for this entry, if it owes one.
+    fn reply(&self) -> Option<Reply> {
+        match self {
+            Entry::Server { reply, .. } => Some(*reply),
+            Entry::Describe { .. } => Some(Reply::Describe),
+            Entry::Local(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -81,6 +98,10 @@ enum Local {
     Command(&'static str),
     /// ErrorResponse then ReadyForQuery.
     Error { code: &'static str, message: String },
+    /// 0A000 for a Bind of a statement whose columns changed since the client prepared it.
+    StaleStatement,
+    /// ReadyForQuery for a Sync the pooler answers.
+    Ready,
 }
 
 /// What the relay does with a client frame.
@@ -104,8 +125,16 @@ pub struct Tracker {
     skipping: bool,
     /// A batch kept to be replayed once if its statement's cached plan went stale (heal.rs).
     heal: heal::Heal,
-    /// The bytes of that batch, from its Bind to its Sync; the buffer is reused.
+    /// The bytes of that batch, from its Bind to its Sync, or the messages held while a copy's shape
+    /// is checked; the buffer is reused.
     replay: BytesMut,
+    /// Holding the client's messages until a copy's result shape is known (verify.rs).
+    verify: verify::Verify,
+    /// The pooler answered a Bind itself: the client's messages up to its Sync are dropped and the
+    /// Sync answered here.
+    local_skip: bool,
+    /// Held Syncs answered here, for the relay's count (verify.rs).
+    answered_syncs: u32,
 }
 
 impl Default for Tracker {
@@ -117,6 +146,9 @@ impl Default for Tracker {
             skipping: false,
             heal: heal::Heal::Off,
             replay: BytesMut::new(),
+            verify: verify::Verify::Off,
+            local_skip: false,
+            answered_syncs: 0,
         }
     }
 }
@@ -149,6 +181,9 @@ impl Tracker {
         self.skipping = false;
         self.heal = heal::Heal::Off;
         self.replay.clear();
+        self.verify = verify::Verify::Off;
+        self.local_skip = false;
+        self.answered_syncs = 0;
     }
 
     /// Handles one client frame. `body` is `None` for a frame that streams through (its body is not
@@ -162,6 +197,37 @@ impl Tracker {
         replacement: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<ClientAction, ProtoError> {
+        if !self.holding() {
+            return self.handle_client(tag, body, ctx, replacement, to_client);
+        }
+        let from = replacement.len();
+        let action = self.handle_client(tag, body, ctx, replacement, to_client)?;
+        self.hold_frame(
+            tag,
+            body,
+            action == ClientAction::Forward,
+            replacement,
+            from,
+        )?;
+        Ok(ClientAction::Replace)
+    }
+
+    fn handle_client(
+        &mut self,
+        tag: u8,
+        body: Option<&[u8]>,
+        ctx: &mut Ctx<'_>,
+        replacement: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<ClientAction, ProtoError> {
+        if self.local_skip {
+            if tag == b'S' {
+                self.local_skip = false;
+                self.queue.push_back(Entry::Local(Local::Ready));
+                self.flush_local(ctx, to_client);
+            }
+            return Ok(ClientAction::Replace);
+        }
         if self.skipping {
             if tag != b'S' {
                 return Ok(ClientAction::Replace);
@@ -185,7 +251,11 @@ impl Tracker {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt, ctx, replacement);
                         encode::statement_target(replacement, b'D', &stmt.server_name);
-                        self.queue.push_back(server(Reply::Describe));
+                        self.queue.push_back(Entry::Describe {
+                            swallow: false,
+                            statement: stmt.id,
+                            of: verify::ShapeOf::Client(d.name.into()),
+                        });
                         ClientAction::Replace
                     }
                     None => {
@@ -281,10 +351,25 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         };
         PreparedStats::bump(&ctx.stats.binds);
-        if self.ensure_prepared(&stmt, ctx, out) {
-            self.consider_recording(&stmt);
+        let client_shape = ctx.client.shape(b.statement);
+        let server_has = ctx.server.touch(stmt.id);
+        let check = self.bind_check(client_shape, server_has, ctx.server.shape(stmt.id));
+        if server_has {
+            PreparedStats::bump(&ctx.stats.hits);
+            if client_shape.is_none() {
+                self.consider_recording(&stmt);
+            }
+        } else {
+            self.send_parse(&stmt, ctx, out, true, Undo::Server(stmt.id));
         }
-        encode::bind_message(out, b.portal, &stmt.server_name, b.rest);
+        if let verify::BindCheck::Hold(expected) = check {
+            self.start_hold(&stmt, expected, out);
+            let mut held = std::mem::take(&mut self.replay);
+            encode::bind_message(&mut held, b.portal, &stmt.server_name, b.rest);
+            self.replay = held;
+        } else {
+            encode::bind_message(out, b.portal, &stmt.server_name, b.rest);
+        }
         self.queue.push_back(Entry::Server {
             reply: Reply::Bind,
             swallow: false,
@@ -406,12 +491,21 @@ impl Tracker {
             let ignored = self.copy.on_copy_in();
             self.drop_ignored_syncs(ignored);
         }
-        let Some(Entry::Server { reply, .. }) = self.queue.front() else {
+        let Some(reply) = self.queue.front().and_then(Entry::reply) else {
             // Asynchronous messages, or replies the tracker does not own: pass them on.
             return false;
         };
-        let reply = *reply;
         let swallow = match (tag, reply) {
+            (b'T' | b'n', Reply::Describe)
+                if matches!(self.queue.front(), Some(Entry::Describe { .. })) =>
+            {
+                self.described(tag, body, ctx, to_server)
+            }
+            // ParameterDescription, before the shape: the pooler's own Describe swallows it too.
+            (b't', Reply::Describe) => matches!(
+                self.queue.front(),
+                Some(Entry::Describe { swallow: true, .. })
+            ),
             (b'1', Reply::Parse)
             | (b'2', Reply::Bind)
             | (b'3', Reply::Close)
@@ -423,10 +517,16 @@ impl Tracker {
                 }
                 // Normally the front is the Sync; anything before it was skipped.
                 self.skip_to_sync(ctx);
-                self.queue.pop_front();
-                false
+                // The pooler's own Sync (verify.rs) is answered to the pooler.
+                matches!(
+                    self.queue.pop_front(),
+                    Some(Entry::Server { swallow: true, .. })
+                )
             }
+            (b'E', _) if self.holding() && self.verify_failed(body, ctx, to_server) => true,
             (b'E', r) if r != Reply::Ready => {
+                // What is held goes now: the server skips it to the Sync, as it would have.
+                self.release(to_server);
                 self.fail(body, ctx);
                 false
             }
@@ -459,7 +559,7 @@ impl Tracker {
     /// Pops the front entry, which the current frame completes; returns whether to swallow it.
     fn complete(&mut self) -> bool {
         match self.queue.pop_front() {
-            Some(Entry::Server { swallow, .. }) => swallow,
+            Some(Entry::Server { swallow, .. } | Entry::Describe { swallow, .. }) => swallow,
             _ => false,
         }
     }
@@ -485,6 +585,10 @@ impl Tracker {
                     },
                     sqlstate::FEATURE_NOT_SUPPORTED,
                 ) => ctx.server.mark_stale(*id),
+                // Describing the copy found its plan stale.
+                (Entry::Describe { statement, .. }, sqlstate::FEATURE_NOT_SUPPORTED) => {
+                    ctx.server.mark_stale(*statement)
+                }
                 // It was there after all: believe the server.
                 (
                     Entry::Server {
@@ -532,7 +636,7 @@ impl Tracker {
                 ctx.client.insert(&name, s);
                 return;
             }
-            Entry::Local(_) => return,
+            Entry::Local(_) | Entry::Describe { .. } => return,
         };
         match undo {
             Undo::Nothing => {}
@@ -553,6 +657,8 @@ impl Tracker {
             };
             match local {
                 Local::CloseComplete { .. } => encode::close_complete(to_client),
+                Local::StaleStatement => Self::stale_error(to_client),
+                Local::Ready => encode::ready_for_query(to_client, self.status),
                 Local::Command(tag) => {
                     encode::command_complete(to_client, tag);
                     encode::ready_for_query(to_client, self.status);
@@ -573,6 +679,7 @@ impl Tracker {
 }
 
 mod heal;
+mod verify;
 
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,21 @@ pub fn error_response(
     });
 }
 
+/// ErrorResponse with the given fields (type byte, value), in order.
+pub fn error_with_fields(buf: &mut BytesMut, fields: &[(u8, &str)]) {
+    framed(buf, b'E', |b| {
+        for (kind, value) in fields {
+            b.put_u8(*kind);
+            cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn sync(buf: &mut BytesMut) {
+    framed(buf, b'S', |_| {});
+}
+
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     framed(buf, b'Z', |b| b.put_u8(status));
 }

@@ -28,10 +28,11 @@ pub(super) enum Heal {
 }
 
 impl Tracker {
-    /// While a batch is replayed the client's next messages must wait: they would reach the server
-    /// ahead of the replay.
+    /// While a batch is replayed, or messages are held for a shape check (verify.rs), the client's
+    /// next messages must wait: they would reach the server ahead of those. Held messages are kept
+    /// whole, so the relay must not stream any frame through meanwhile.
     pub fn holds_client(&self) -> bool {
-        matches!(self.heal, Heal::Replaying(_))
+        matches!(self.heal, Heal::Replaying(_)) || self.holding()
     }
 
     /// A Bind of `stmt` the server already has: start recording if it opens a batch outside a

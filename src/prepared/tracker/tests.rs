@@ -451,3 +451,105 @@ fn no_replay_inside_a_transaction_block() {
     w.server(&mut t, b'Z', b"E");
     assert!(t.is_idle());
 }
+
+/// A client that prepared and described `a` (SELECT * FROM t) on one server, now on a fresh server.
+fn described_then_moved(w: &mut World, row_description: &[u8]) -> Tracker {
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
+    w.client(&mut t, b'D', b"Sa\0");
+    w.client(&mut t, b'S', b"");
+    for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', row_description)] {
+        w.server(&mut t, tag, body);
+    }
+    w.server(&mut t, b'Z', b"I");
+    w.server = ServerStatements::default();
+    t.begin_attachment();
+    t
+}
+
+fn bind_execute_sync(w: &mut World, t: &mut Tracker) -> Vec<u8> {
+    let (_, sent, _) = w.client(t, b'B', &bind_body("a"));
+    for (tag, body) in [(b'E', &b"\0\0\0\0\0"[..]), (b'S', b"")] {
+        let (action, rep, _) = w.client(t, tag, body);
+        assert_eq!((action, rep), (ClientAction::Replace, vec![]), "held");
+    }
+    sent
+}
+
+#[test]
+fn a_bind_on_a_new_copy_waits_for_its_shape_and_goes_when_it_matches() {
+    let mut w = World::new(10);
+    let mut t = described_then_moved(&mut w, b"\0\x01a\0");
+    assert_eq!(
+        bind_execute_sync(&mut w, &mut t),
+        b"PDH",
+        "prepare and describe first"
+    );
+    assert!(t.holds_client());
+    let (mut local, mut out) = (BytesMut::new(), BytesMut::new());
+    for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', b"\0\x01a\0")] {
+        assert!(t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut out));
+    }
+    assert_eq!(tags(&out), b"BES", "the held messages go");
+    assert!(!t.holds_client() && local.is_empty());
+}
+
+#[test]
+fn a_bind_on_a_copy_with_other_columns_gets_0a000_as_from_postgresql() {
+    let mut w = World::new(10);
+    let mut t = described_then_moved(&mut w, b"\0\x01a\0");
+    bind_execute_sync(&mut w, &mut t);
+    let (mut local, mut out) = (BytesMut::new(), BytesMut::new());
+    for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', b"\0\x02ab\0")] {
+        assert!(t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut out));
+    }
+    assert!(out.is_empty(), "the batch never reaches the server");
+    assert_eq!(tags(&local), b"EZ");
+    let (tag, body) = crate::proto::take_frame(&mut local, 1 << 16)
+        .unwrap()
+        .unwrap();
+    let f = crate::proto::backend::error_fields(&body).unwrap();
+    assert_eq!((tag, f.code), (b'E', "0A000"));
+    assert!(t.is_idle() && !t.holds_client());
+}
+
+#[test]
+fn a_stale_copy_found_by_the_check_is_prepared_afresh_before_the_batch() {
+    let mut w = World::new(10);
+    let mut t = described_then_moved(&mut w, b"\0\x02ab\0");
+    bind_execute_sync(&mut w, &mut t);
+    let (mut local, mut out) = (BytesMut::new(), BytesMut::new());
+    assert!(t.on_server(b'1', Some(b""), &mut w.ctx(), &mut local, &mut out));
+    assert!(t.on_server(
+        b'E',
+        Some(b"C0A000\0\0"),
+        &mut w.ctx(),
+        &mut local,
+        &mut out
+    ));
+    assert_eq!(
+        tags(&out),
+        b"SCPDH",
+        "own Sync, then close, prepare, describe"
+    );
+    out.clear();
+    for (tag, body) in [
+        (b'Z', &b"I"[..]),
+        (b'3', b""),
+        (b'1', b""),
+        (b't', b"\0\0"),
+        (b'T', b"\0\x02ab\0"),
+    ] {
+        assert!(
+            t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut out),
+            "{}",
+            tag as char
+        );
+    }
+    assert_eq!(
+        tags(&out),
+        b"BES",
+        "the fresh copy has the client's columns"
+    );
+    assert!(local.is_empty());
+}

@@ -1,0 +1,307 @@
+//! Result shapes: a client's statement keeps the columns it was prepared with.
+//!
+//! On a direct connection, a statement prepared before `ALTER TABLE` changed its columns fails with
+//! 0A000 "cached plan must not change result type" on every later use; drivers that cache the row
+//! description (asyncpg) count on that error to prepare again. Through a pooler the statement may be
+//! prepared afresh on another server, where it silently has the new columns. So the tracker remembers
+//! the shape (RowDescription or NoData) each client was shown when it described its statement, and the
+//! shape of each server's copy once known. A Bind that opens a batch outside a transaction block, of a
+//! statement whose client shape is known, goes through when the server's copy is known to have that
+//! shape. Otherwise (no copy, a copy of unknown or other shape) the Bind and what follows are held:
+//! the pooler prepares (if needed) and describes the copy first, with a Flush and no Sync. A copy whose
+//! plan went stale fails that Describe with 0A000; it is closed and prepared afresh (after a Sync of
+//! the pooler's own) and described again. Then the held messages go, or, if the shapes differ, the
+//! client gets 0A000 for its Bind and the batch up to its Sync is answered here.
+
+use super::{Entry, Local, Reply, Tracker};
+use crate::prepared::{shape_of, PreparedStats, Statement};
+use crate::proto::{encode, sqlstate, ProtoError};
+use bytes::BytesMut;
+use std::sync::Arc;
+
+/// Whose shape a statement Describe's answer records.
+#[derive(Debug)]
+pub(super) enum ShapeOf {
+    /// The client's own Describe of its statement `name`.
+    Client(Box<[u8]>),
+    /// The pooler's Describe before a held Bind.
+    Verify,
+}
+
+#[derive(Debug, Default)]
+pub(super) enum Verify {
+    #[default]
+    Off,
+    /// Client messages are held in `Tracker::replay` until the server's copy is described.
+    Holding {
+        statement: Arc<Statement>,
+        /// The shape the client was shown.
+        expected: u64,
+        /// Where the held batch's Sync ends in the replay buffer, once it came.
+        batch_end: Option<usize>,
+        /// The copy was found stale and prepared afresh already: a second failure is the client's.
+        reprepared: bool,
+    },
+}
+
+/// What a Bind of a client statement does about shapes.
+pub(super) enum BindCheck {
+    /// Nothing to check: bind as usual.
+    Go,
+    /// The copy's shape is unknown, other, or there is no copy: prepare and describe it first.
+    Hold(u64),
+}
+
+pub(super) const STALE_MESSAGE: &str = "cached plan must not change result type";
+
+impl Tracker {
+    pub(super) fn holding(&self) -> bool {
+        matches!(self.verify, Verify::Holding { .. })
+    }
+
+    /// How many held Syncs the tracker answered itself since last asked: the relay counted them as
+    /// sent, and no ReadyForQuery will come for them.
+    pub fn take_answered_syncs(&mut self) -> u32 {
+        std::mem::take(&mut self.answered_syncs)
+    }
+
+    /// Decides what a Bind of a statement the client was shown `client_shape` for (if it asked) needs.
+    pub(super) fn bind_check(
+        &self,
+        client_shape: Option<u64>,
+        server_has: bool,
+        server_shape: Option<u64>,
+    ) -> BindCheck {
+        let Some(expected) = client_shape else {
+            return BindCheck::Go;
+        };
+        // Answering or holding here is only faithful when nothing before the Bind can be affected.
+        if !self.queue.is_empty() || self.status != b'I' || self.holding() {
+            return BindCheck::Go;
+        }
+        match (server_has, server_shape) {
+            (true, Some(s)) if s == expected => BindCheck::Go,
+            _ => BindCheck::Hold(expected),
+        }
+    }
+
+    /// Starts holding: the Describe (after a Parse if needed, already in `out`) goes out with a Flush;
+    /// the Bind's own bytes, written by the caller into the replay buffer, wait.
+    pub(super) fn start_hold(&mut self, stmt: &Arc<Statement>, expected: u64, out: &mut BytesMut) {
+        encode::statement_target(out, b'D', &stmt.server_name);
+        out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+        self.queue.push_back(Entry::Describe {
+            swallow: true,
+            statement: stmt.id,
+            of: ShapeOf::Verify,
+        });
+        self.replay.clear();
+        self.verify = Verify::Holding {
+            statement: stmt.clone(),
+            expected,
+            batch_end: None,
+            reprepared: false,
+        };
+    }
+
+    /// Holds a client frame that arrived while holding: what would have gone to the server goes to
+    /// the replay buffer instead.
+    pub(super) fn hold_frame(
+        &mut self,
+        tag: u8,
+        body: Option<&[u8]>,
+        forwarded: bool,
+        replacement: &mut BytesMut,
+        from: usize,
+    ) -> Result<(), ProtoError> {
+        if forwarded {
+            // The relay holds every frame whole while the tracker holds.
+            let body = body.ok_or(ProtoError::Malformed("held frame"))?;
+            self.replay.extend_from_slice(&[tag]);
+            self.replay
+                .extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            self.replay.extend_from_slice(body);
+        } else {
+            self.replay.extend_from_slice(&replacement[from..]);
+            replacement.truncate(from);
+        }
+        if let Verify::Holding {
+            batch_end: end @ None,
+            ..
+        } = &mut self.verify
+        {
+            if tag == b'S' {
+                *end = Some(self.replay.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to a statement Describe (`tag` T or n) completes the front entry.
+    pub(super) fn described(
+        &mut self,
+        tag: u8,
+        body: Option<&[u8]>,
+        ctx: &mut super::Ctx<'_>,
+        to_server: &mut BytesMut,
+    ) -> bool {
+        let shape = body.map(|b| shape_of(tag, b));
+        let Some(Entry::Describe {
+            swallow,
+            statement,
+            of,
+        }) = self.queue.pop_front()
+        else {
+            return false;
+        };
+        let Some(shape) = shape else {
+            self.release(to_server);
+            return swallow;
+        };
+        ctx.server.set_shape(statement, shape);
+        match of {
+            ShapeOf::Client(name) => ctx.client.set_shape(&name, statement, shape),
+            ShapeOf::Verify => self.verified(shape, ctx, to_server),
+        }
+        swallow
+    }
+
+    /// An error while holding. When it is the pooler's Describe finding the copy's plan stale
+    /// (0A000), the copy is closed and prepared afresh and the check starts again: returns true (the
+    /// error is the pooler's). Otherwise the caller releases what is held.
+    pub(super) fn verify_failed(
+        &mut self,
+        body: Option<&[u8]>,
+        ctx: &mut super::Ctx<'_>,
+        to_server: &mut BytesMut,
+    ) -> bool {
+        let stale = body
+            .and_then(|b| crate::proto::backend::error_fields(b).ok())
+            .is_some_and(|f| f.code == sqlstate::FEATURE_NOT_SUPPORTED);
+        if !matches!(
+            self.queue.front(),
+            Some(Entry::Describe {
+                of: ShapeOf::Verify,
+                ..
+            })
+        ) {
+            return false;
+        }
+        let Verify::Holding {
+            statement,
+            reprepared,
+            ..
+        } = &mut self.verify
+        else {
+            return false;
+        };
+        if !stale || *reprepared {
+            return false;
+        }
+        *reprepared = true;
+        let stmt = statement.clone();
+        let id = stmt.id;
+        self.queue.pop_front();
+        // The server now skips to a Sync: the pooler sends its own, then prepares afresh.
+        encode::sync(to_server);
+        encode::statement_target(to_server, b'C', &stmt.server_name);
+        encode::parse_message(to_server, &stmt.server_name, &stmt.definition);
+        encode::statement_target(to_server, b'D', &stmt.server_name);
+        to_server.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+        let own = |reply| Entry::Server {
+            reply,
+            swallow: true,
+            undo: super::Undo::Nothing,
+            statement: None,
+        };
+        self.queue.push_front(Entry::Describe {
+            swallow: true,
+            statement: id,
+            of: ShapeOf::Verify,
+        });
+        self.queue.push_front(Entry::Server {
+            reply: Reply::Parse,
+            swallow: true,
+            undo: super::Undo::Server(id),
+            statement: Some(id),
+        });
+        self.queue.push_front(own(Reply::Close));
+        self.queue.push_front(own(Reply::Ready));
+        ctx.server.forget(id);
+        let _ = ctx.server.insert(id, usize::MAX);
+        PreparedStats::bump(&ctx.stats.healed);
+        PreparedStats::bump(&ctx.stats.server_parses);
+        true
+    }
+
+    /// Sends whatever is held, unchecked (the server failed or the shape could not be read).
+    pub(super) fn release(&mut self, to_server: &mut BytesMut) {
+        if let Verify::Holding { .. } = std::mem::take(&mut self.verify) {
+            to_server.extend_from_slice(&self.replay);
+            self.replay.clear();
+        }
+    }
+
+    fn verified(&mut self, shape: u64, ctx: &mut super::Ctx<'_>, to_server: &mut BytesMut) {
+        let Verify::Holding {
+            expected,
+            batch_end,
+            ..
+        } = std::mem::take(&mut self.verify)
+        else {
+            return;
+        };
+        if shape == expected {
+            to_server.extend_from_slice(&self.replay);
+            self.replay.clear();
+            return;
+        }
+        PreparedStats::bump(&ctx.stats.stale_shapes);
+        // The held batch opens with the Bind, now at the front: it never reaches the server.
+        let mut skipped = Vec::new();
+        let mut synced = false;
+        while let Some(e) = self.queue.pop_front() {
+            if matches!(
+                e,
+                Entry::Server {
+                    reply: Reply::Ready,
+                    ..
+                }
+            ) {
+                synced = true;
+                break;
+            }
+            skipped.push(e);
+        }
+        for e in skipped.into_iter().rev() {
+            self.undo(e, ctx);
+        }
+        if synced {
+            self.queue.push_front(Entry::Local(Local::Ready));
+            self.answered_syncs += 1;
+        } else {
+            self.local_skip = true;
+        }
+        self.queue.push_front(Entry::Local(Local::StaleStatement));
+        if let Some(end) = batch_end {
+            to_server.extend_from_slice(&self.replay[end..]);
+        }
+        self.replay.clear();
+    }
+
+    /// The 0A000 a stale statement gets, as PostgreSQL sends it: drivers recognise it by the source
+    /// routine (asyncpg re-prepares on RevalidateCachedQuery), not by the localisable message.
+    pub(super) fn stale_error(to_client: &mut BytesMut) {
+        encode::error_with_fields(
+            to_client,
+            &[
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', sqlstate::FEATURE_NOT_SUPPORTED),
+                (b'M', STALE_MESSAGE),
+                (b'F', "plancache.c"),
+                (b'R', "RevalidateCachedQuery"),
+            ],
+        );
+    }
+}

@@ -10,7 +10,7 @@
 use super::{ClientStatements, PreparedStats, Registry, ServerStatements, Statement};
 use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::frontend::{self, Reset};
-use crate::proto::{backend, encode, sqlstate, ProtoError};
+use crate::proto::{encode, sqlstate, ProtoError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -564,91 +564,6 @@ impl Tracker {
         }
     }
 
-    /// The server reported an error for the front message and skips everything up to Sync.
-    fn fail(&mut self, body: Option<&[u8]>, ctx: &mut Ctx<'_>) {
-        let code = body
-            .and_then(|b| backend::error_fields(b).ok())
-            .map(|f| f.code)
-            .unwrap_or_default();
-        let first = self.queue.pop_front();
-        // Later messages first: undoing in reverse order restores what was there before them.
-        self.skip_to_sync(ctx);
-        if let Some(e) = first {
-            match (&e, code) {
-                // The plan behind this statement went stale (a table changed under it): the next
-                // use closes and prepares it again instead of failing forever.
-                (
-                    Entry::Server {
-                        reply: Reply::Bind,
-                        statement: Some(id),
-                        ..
-                    },
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                ) => ctx.server.mark_stale(*id),
-                // Describing the copy found its plan stale.
-                (Entry::Describe { statement, .. }, sqlstate::FEATURE_NOT_SUPPORTED) => {
-                    ctx.server.mark_stale(*statement)
-                }
-                // It was there after all: believe the server.
-                (
-                    Entry::Server {
-                        reply: Reply::Parse,
-                        statement: Some(id),
-                        ..
-                    },
-                    sqlstate::DUPLICATE_PSTATEMENT,
-                ) => {
-                    let _ = ctx.server.insert(*id, usize::MAX);
-                }
-                _ => self.undo(e, ctx),
-            }
-        }
-        self.skipping = self.queue.is_empty();
-    }
-
-    /// Drops the entries before the next Sync's, which the server skips, undoing them last first.
-    fn skip_to_sync(&mut self, ctx: &mut Ctx<'_>) {
-        let mut skipped = Vec::new();
-        while let Some(front) = self.queue.front() {
-            if matches!(
-                front,
-                Entry::Server {
-                    reply: Reply::Ready,
-                    ..
-                }
-            ) {
-                break;
-            }
-            skipped.extend(self.queue.pop_front());
-        }
-        for e in skipped.into_iter().rev() {
-            self.undo(e, ctx);
-        }
-    }
-
-    fn undo(&self, e: Entry, ctx: &mut Ctx<'_>) {
-        let undo = match e {
-            Entry::Server { undo, .. } => undo,
-            Entry::Local(Local::CloseComplete {
-                name,
-                statement: Some(s),
-            }) => {
-                ctx.client.insert(&name, s);
-                return;
-            }
-            Entry::Local(_) | Entry::Describe { .. } => return,
-        };
-        match undo {
-            Undo::Nothing => {}
-            Undo::Server(id) => ctx.server.forget(id),
-            Undo::Both { id, name, previous } => {
-                ctx.server.forget(id);
-                ctx.client.restore_if(&name, id, previous);
-            }
-            Undo::Stale(id) => ctx.server.mark_stale(id),
-        }
-    }
-
     /// Sends the pooler's own replies that have come to the front of the queue.
     fn flush_local(&mut self, _ctx: &mut Ctx<'_>, to_client: &mut BytesMut) {
         while let Some(Entry::Local(_)) = self.queue.front() {
@@ -679,6 +594,7 @@ impl Tracker {
 }
 
 mod heal;
+mod recovery;
 mod verify;
 
 #[cfg(test)]

@@ -266,3 +266,55 @@ async fn extended_protocol_and_pipelining_in_transaction_mode() {
     let got = futures_util::future::join_all(futs).await;
     assert_eq!(got, (1..21).collect::<Vec<i32>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_and_notices_reach_the_client_in_session_mode() {
+    use futures_util::StreamExt;
+    use tokio_postgres::AsyncMessage;
+    let s = Sluice::start("pool_mode = session", "").await;
+    let (client, mut conn) = tokio_postgres::connect(
+        &s.conn_str(SCRAM_USER, SCRAM_PASSWORD, "appdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        futures_util::pin_mut!(messages);
+        while let Some(Ok(m)) = messages.next().await {
+            let _ = tx.send(m);
+        }
+    });
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>) -> AsyncMessage {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an asynchronous message within 5 s")
+            .expect("connection open")
+    }
+    let channel = unique("chan");
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    // Another client, another server: the notification crosses PostgreSQL, then the pooler.
+    let other = s.connect("appdb").await;
+    other
+        .batch_execute(&format!("NOTIFY {channel}, 'hello'"))
+        .await
+        .unwrap();
+    match next(&mut rx).await {
+        AsyncMessage::Notification(n) => {
+            assert_eq!((n.channel(), n.payload()), (channel.as_str(), "hello"))
+        }
+        m => panic!("expected a notification, got {m:?}"),
+    }
+    client
+        .batch_execute("DO $$ BEGIN RAISE NOTICE 'careful'; END $$")
+        .await
+        .unwrap();
+    match next(&mut rx).await {
+        AsyncMessage::Notice(n) => assert_eq!(n.message(), "careful"),
+        m => panic!("expected a notice, got {m:?}"),
+    }
+}

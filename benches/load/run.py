@@ -133,7 +133,7 @@ def pgbench(env, port, args, timeout):
     cmd = [f"{env.bindir}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-n"] + args + ["bench"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD="bench"), timeout=timeout)
     out = r.stdout + r.stderr
-    tps = re.search(r"tps = ([\d.]+) \((?:without|excluding)", out)
+    tps = re.search(r"tps = ([\d.]+) \((?:without|excluding|including)", out)
     lat = re.search(r"latency average = ([\d.]+) ms", out)
     done = re.search(r"number of transactions actually processed: (\d+)", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)

@@ -442,3 +442,57 @@ async fn json_log_is_one_object_per_line() {
     assert!(log.contains("login attempt"), "{log}");
     assert!(!log.contains(SCRAM_PASSWORD));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toml_config_with_environment_overrides_ignores_unrelated_pgsluice_variables() {
+    let pg = Postgres::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("users.txt"),
+        format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n"),
+    )
+    .unwrap();
+    let toml = dir.path().join("pgsluice.toml");
+    // The file says port 1 and no such database host; the environment corrects both.
+    std::fs::write(
+        &toml,
+        format!(
+            "[general]\nlisten_addr = [\"127.0.0.1\"]\nlisten_port = 1\nunix_socket_dir = \"\"\n\
+             auth_type = \"md5\"\nauth_file = \"users.txt\"\npool_mode = \"transaction\"\n\n\
+             [databases.appdb]\nhost = \"192.0.2.1\"\nport = {}\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    let child = pgsluice()
+        .args(["--config".as_ref(), toml.as_os_str()])
+        .env("PGSLUICE_LISTEN_PORT", port.to_string())
+        .env("PGSLUICE_DATABASES__APPDB__HOST", "127.0.0.1")
+        // Another tool's variable with the same prefix must not stop pgsluice.
+        .env("PGSLUICE_DSN", "postgresql://somewhere/else")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r = Running {
+        child,
+        port,
+        _dir: dir,
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !up {
+        let log = stop_and_read_log(&mut r);
+        panic!("pgsluice --config pgsluice.toml did not listen on the overridden port: {log}");
+    }
+    let c = client(port).await.unwrap();
+    let v: i32 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+}

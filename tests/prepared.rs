@@ -305,3 +305,28 @@ async fn a_stale_pooler_copy_is_healed_without_an_error() {
     let rows = new.query(&after, &[]).await.unwrap();
     assert_eq!(rows[0].len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_discard_all_keeps_the_clients_statements() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_discard_tx");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let mut c = s.connect(&db).await;
+    let stmt = c.prepare("SELECT 5").await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    let err = tx.batch_execute("DISCARD ALL").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("25001"), "{err:?}");
+    // In the failed transaction DEALLOCATE is refused too, as PostgreSQL refuses everything.
+    let err = tx.batch_execute("DEALLOCATE ALL").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("25P02"), "{err:?}");
+    tx.rollback().await.unwrap();
+    let v: i32 = c.query_one(&stmt, &[]).await.unwrap().get(0);
+    assert_eq!(
+        v, 5,
+        "the statement survived the refused DISCARD ALL and DEALLOCATE ALL"
+    );
+}

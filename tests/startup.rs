@@ -236,3 +236,21 @@ async fn huge_message_length_after_login_closes_only_that_client() {
     );
     still_serving(&s).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_asks_no_password_but_wants_a_user_from_the_auth_file() {
+    let s = Sluice::start("auth_type = trust", "").await;
+    // Any password, or none, for a listed user (pgsluice logs in to PostgreSQL with the file's).
+    let c = s
+        .connect_as(SCRAM_USER, "not-the-password", "appdb")
+        .await
+        .expect("trust lets a listed user in");
+    c.batch_execute("SELECT 1").await.unwrap();
+    let err = s
+        .connect_as("nobody", "x", "appdb")
+        .await
+        .err()
+        .expect("a user missing from the auth file is refused, as by PgBouncer");
+    assert_eq!(sqlstate(&err), Some("28P01"), "{err:?}");
+    still_serving(&s).await;
+}

@@ -110,6 +110,8 @@ pub async fn authenticate(
 ) -> Result<(), AuthError> {
     let failed = || AuthError::Failed(user.to_owned());
     let use_scram = match auth_type {
+        // PgBouncer's trust still wants the user in the auth file; any takes every name.
+        AuthType::Trust if secret.is_none() => return Err(failed()),
         AuthType::Trust | AuthType::Any => return Ok(()),
         AuthType::Plain => false,
         // PgBouncer's rule: md5 with a stored SCRAM verifier asks the client for SCRAM.

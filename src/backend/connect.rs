@@ -34,10 +34,17 @@ pub struct LoginParams<'a> {
 }
 
 /// Connects and logs in within `timeout`.
-pub async fn connect(p: &LoginParams<'_>, timeout: Duration) -> Result<Server, BackendError> {
-    tokio::time::timeout(timeout, connect_inner(p))
-        .await
-        .map_err(|_| BackendError::Timeout)?
+/// Opens and logs in a server connection, within `timeout` when there is one.
+pub async fn connect(
+    p: &LoginParams<'_>,
+    timeout: Option<Duration>,
+) -> Result<Server, BackendError> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, connect_inner(p))
+            .await
+            .map_err(|_| BackendError::Timeout)?,
+        None => connect_inner(p).await,
+    }
 }
 
 async fn open(addr: &ServerAddr) -> Result<Stream, BackendError> {

@@ -289,7 +289,7 @@ pub struct General {
     pub max_prepared_statements: usize,
     pub server_check_query: Option<String>,
     pub server_check_delay: Duration,
-    pub server_connect_timeout: Duration,
+    pub server_connect_timeout: Option<Duration>,
     pub server_login_retry: Duration,
     pub server_idle_timeout: Option<Duration>,
     pub server_lifetime: Option<Duration>,
@@ -393,8 +393,7 @@ impl Config {
             server_check_query: (!g.server_check_query.trim().is_empty())
                 .then_some(g.server_check_query),
             server_check_delay: Duration::from_secs_f64(g.server_check_delay),
-            server_connect_timeout: secs(g.server_connect_timeout)
-                .unwrap_or(Duration::from_secs(15)),
+            server_connect_timeout: secs(g.server_connect_timeout),
             server_login_retry: Duration::from_secs_f64(g.server_login_retry),
             server_idle_timeout: secs(g.server_idle_timeout),
             server_lifetime: secs(g.server_lifetime),

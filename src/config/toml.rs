@@ -2,16 +2,26 @@
 //! environment variables. `PGSLUICE_LISTEN_PORT=7000` sets `general.listen_port`; a double underscore
 //! reaches other tables (`PGSLUICE_DATABASES__APP__HOST=db1`).
 
-use super::{ConfigError, Loaded, RawConfig};
+use super::{ConfigError, Loaded, RawConfig, RawGeneral};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use std::path::Path;
 
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    // Only variables that name a setting: others that share the prefix (a script's PGSLUICE_DSN, say)
+    // are not pgsluice's business and must not stop it.
+    let known: Vec<String> = Figment::from(Serialized::defaults(RawGeneral::default()))
+        .extract::<figment::value::Dict>()
+        .map(|d| d.into_keys().collect())
+        .unwrap_or_default();
     let figment = Figment::from(Serialized::defaults(RawConfig::default()))
         .merge(Toml::file_exact(path))
         .merge(
             Env::prefixed("PGSLUICE_")
+                .filter(move |k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    k.contains("__") || known.iter().any(|n| *n == k)
+                })
                 .map(|k| {
                     let k = k.as_str().to_ascii_lowercase();
                     if k.contains("__") {

@@ -38,7 +38,7 @@ pub struct PoolSettings {
     pub query_wait_timeout: Option<Duration>,
     pub server_lifetime: Option<Duration>,
     pub server_idle_timeout: Option<Duration>,
-    pub server_connect_timeout: Duration,
+    pub server_connect_timeout: Option<Duration>,
     pub server_login_retry: Duration,
     pub server_check_query: Option<String>,
     pub server_check_delay: Duration,

@@ -380,7 +380,14 @@ impl Tracker {
     }
 
     fn client_query(&mut self, body: Option<&[u8]>, ctx: &mut Ctx<'_>) -> ClientAction {
-        let reset = body.and_then(frontend::reset_statement);
+        // In a failed transaction PostgreSQL refuses every command (25P02), DEALLOCATE included: the
+        // server says so. Inside a block it refuses DISCARD ALL (25001) and keeps the statements.
+        let reset = body
+            .and_then(frontend::reset_statement)
+            .filter(|r| match r {
+                Reset::DiscardAll => self.status == b'I',
+                _ => self.status != b'E',
+            });
         let local = match reset {
             Some(Reset::DeallocateAll) => {
                 ctx.client.clear();

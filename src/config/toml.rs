@@ -20,7 +20,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             Env::prefixed("PGSLUICE_")
                 .filter(move |k| {
                     let k = k.as_str().to_ascii_lowercase();
-                    k.contains("__") || known.iter().any(|n| *n == k)
+                    k.contains("__") || known.contains(&k)
                 })
                 .map(|k| {
                     let k = k.as_str().to_ascii_lowercase();

@@ -330,3 +330,67 @@ async fn a_refused_discard_all_keeps_the_clients_statements() {
         "the statement survived the refused DISCARD ALL and DEALLOCATE ALL"
     );
 }
+
+/// Names of the statements prepared on the server this client lands on (pool of 1: the only one).
+async fn server_statement_names(c: &tokio_postgres::Client) -> Vec<String> {
+    c.simple_query("SELECT name FROM pg_prepared_statements ORDER BY name")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_max_prepared_statements_evicts_and_statements_still_work() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_evict");
+    let s = Sluice::start(
+        "pool_mode = statement\nmax_prepared_statements = 2",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let c = s.connect(&db).await;
+    let mut statements = Vec::new();
+    for k in 0..4 {
+        statements.push(c.prepare(&format!("SELECT {k}::int + $1")).await.unwrap());
+    }
+    for round in 0..3 {
+        for (k, st) in statements.iter().enumerate() {
+            let v: i32 = c.query_one(st, &[&round]).await.unwrap().get(0);
+            assert_eq!(v, k as i32 + round);
+        }
+    }
+    let names = server_statement_names(&c).await;
+    assert!(names.len() <= 2, "the server keeps at most 2: {names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("PGSLUICE_")),
+        "{names:?}"
+    );
+    let pool = &s.app.pools.all()[0];
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&pool.stats.prepared.evictions) >= 2);
+    assert_eq!(load(&pool.stats.prepared.client_parses), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_prepared_statements_0_leaves_statements_to_the_client() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_off");
+    let s = Sluice::start(
+        "pool_mode = transaction\nmax_prepared_statements = 0",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let c = s.connect(&db).await;
+    let st = c.prepare("SELECT 7").await.unwrap();
+    assert_eq!(c.query_one(&st, &[]).await.unwrap().get::<_, i32>(0), 7);
+    let names = server_statement_names(&c).await;
+    assert!(
+        !names.is_empty() && names.iter().all(|n| !n.starts_with("PGSLUICE_")),
+        "the client's own names reach the server untouched: {names:?}"
+    );
+}

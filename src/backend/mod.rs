@@ -75,13 +75,16 @@ pub enum BackendError {
     UnsupportedAuth(&'static str),
     #[error("server closed the connection")]
     Closed,
+    /// Logging in failed a moment ago; no new attempt before `server_login_retry`.
+    #[error("server login has been failing, try again later (server_login_retry): {last}")]
+    LoginRetry { code: String, last: String },
 }
 
 impl BackendError {
     /// SQLSTATE for the client that waited for this server.
     pub fn sqlstate(&self) -> &str {
         match self {
-            BackendError::Login { code, .. } => code,
+            BackendError::Login { code, .. } | BackendError::LoginRetry { code, .. } => code,
             BackendError::UnsupportedAuth(_) => crate::proto::sqlstate::INVALID_AUTHORIZATION,
             _ => crate::proto::sqlstate::CONNECTION_FAILURE,
         }

@@ -40,7 +40,6 @@ fn tidy(pool: &Arc<Pool>) {
         let pool = pool.clone();
         tokio::spawn(async move {
             if let Err(e) = pool.warm_one().await {
-                pool.note_login_failure(Instant::now());
                 tracing::warn!(db = %pool.key.database, user = %pool.key.user, error = %e, "could not open min_pool_size server");
             }
         });

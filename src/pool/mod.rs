@@ -45,6 +45,14 @@ enum Blocked {
     User,
 }
 
+/// A failed login, remembered for `server_login_retry`.
+#[derive(Debug)]
+struct LoginFailure {
+    at: Instant,
+    code: String,
+    message: String,
+}
+
 /// What a waiter is handed: a ready server, or the right to open one. Moved once per hand-off;
 /// boxing the server would cost an allocation per checkout instead.
 #[allow(clippy::large_enum_variant)]
@@ -79,8 +87,8 @@ pub struct Pool {
     user_limit: Arc<Limit>,
     /// Server parameters from the latest login, shown to clients when they log in.
     welcome: Mutex<Option<ParamSet>>,
-    /// When the janitor last failed to open a server, for `server_login_retry`.
-    last_login_failure: Mutex<Option<Instant>>,
+    /// When and how opening a server last failed, for `server_login_retry`.
+    last_login_failure: Mutex<Option<LoginFailure>>,
     pub stats: PoolStats,
 }
 
@@ -154,16 +162,20 @@ impl Pool {
         *self.settings.lock() = Arc::new(s);
     }
 
-    pub fn note_login_failure(&self, at: Instant) {
-        *self.last_login_failure.lock() = Some(at);
+    /// False within `server_login_retry` of the last failed login.
+    pub fn may_retry_login(&self, now: Instant) -> bool {
+        self.recent_login_failure(now).is_none()
     }
 
-    /// False within `server_login_retry` of the last failed background login.
-    pub fn may_retry_login(&self, now: Instant) -> bool {
+    /// The last login failure, if it was less than `server_login_retry` ago.
+    fn recent_login_failure(&self, now: Instant) -> Option<BackendError> {
         let retry = self.settings().server_login_retry;
-        self.last_login_failure
-            .lock()
-            .is_none_or(|t| now.duration_since(t) >= retry)
+        let last = self.last_login_failure.lock();
+        let f = last.as_ref().filter(|f| now.duration_since(f.at) < retry)?;
+        Some(BackendError::LoginRetry {
+            code: f.code.clone(),
+            last: f.message.clone(),
+        })
     }
 
     pub fn welcome_params(&self) -> Option<ParamSet> {
@@ -390,7 +402,28 @@ impl Pool {
         }
     }
 
+    /// Opens a server, unless logging in failed less than `server_login_retry` ago: then clients get
+    /// that failure at once, as from PgBouncer, instead of each waiting for a connect of its own.
     async fn open(&self, settings: &PoolSettings) -> Result<Server, BackendError> {
+        if let Some(e) = self.recent_login_failure(Instant::now()) {
+            return Err(e);
+        }
+        let opened = self.open_now(settings).await;
+        let mut last = self.last_login_failure.lock();
+        match &opened {
+            Ok(_) => *last = None,
+            Err(e) => {
+                *last = Some(LoginFailure {
+                    at: Instant::now(),
+                    code: e.sqlstate().to_owned(),
+                    message: e.to_string(),
+                })
+            }
+        }
+        opened
+    }
+
+    async fn open_now(&self, settings: &PoolSettings) -> Result<Server, BackendError> {
         let login = &settings.login;
         let params = LoginParams {
             addr: login.addr.clone(),

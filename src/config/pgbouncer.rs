@@ -172,7 +172,6 @@ fn parse_database(e: &IniEntry, warnings: &mut Vec<String>) -> Result<RawDatabas
             "dbname" => d.dbname = Some(v),
             "user" => d.user = Some(v),
             "password" => d.password = Some(v),
-            "auth_user" => d.auth_user = Some(v),
             "pool_size" => d.pool_size = Some(parse_num(&v).map_err(err)?),
             "min_pool_size" => d.min_pool_size = Some(parse_num(&v).map_err(err)?),
             "reserve_pool" | "reserve_pool_size" => {

@@ -94,21 +94,38 @@ async fn statement_mode_refuses_transactions() {
 async fn cancel_reaches_the_right_server() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
     let c = s.connect("appdb").await;
+    let d = s.connect("appdb").await;
+    let idle = s.connect("appdb").await;
     let token = c.cancel_token();
-    let started = tokio::time::Instant::now();
-    let q = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(10)").await });
+    let long = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(10)").await });
+    let other = tokio::spawn(async move { d.simple_query("SELECT pg_sleep(1.5)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A client that holds no server: its cancel reaches nobody.
+    idle.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !long.is_finished() && !other.is_finished(),
+        "an idle client's cancel hit a query"
+    );
+    let sent = tokio::time::Instant::now();
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let err = q.await.unwrap().unwrap_err();
+    let err = long.await.unwrap().unwrap_err();
     assert_eq!(
         err.code(),
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
     );
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        sent.elapsed() < Duration::from_secs(1),
         "cancel took {:?}",
-        started.elapsed()
+        sent.elapsed()
     );
+    other
+        .await
+        .unwrap()
+        .expect("the other client's query, on the other server, was not cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,23 @@ async fn statement_mode_refuses_transactions() {
         text.contains("transaction blocks not allowed in statement pooling mode") || c.is_closed(),
         "{text}"
     );
+    // Spoken by hand: the refusal is an ErrorResponse with 08P01 and PgBouncer's words.
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    wire::login_md5(&mut raw).await;
+    raw.write_all(&wire::query("BEGIN")).await.unwrap();
+    loop {
+        let (tag, body) = wire::read_message(&mut raw).await;
+        if tag == b'E' {
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("C08P01"), "{text}");
+            assert!(
+                text.contains("transaction blocks not allowed in statement pooling mode"),
+                "{text}"
+            );
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,9 +265,12 @@ async fn parameters_follow_the_client_across_servers() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 2", "").await;
     let a = s.connect("appdb").await;
     let b = s.connect("appdb").await;
-    a.batch_execute("SET application_name = 'client-a'; SET TimeZone = 'Asia/Tokyo'")
-        .await
-        .unwrap();
+    a.batch_execute(
+        "SET application_name = 'client-a'; SET TimeZone = 'Asia/Tokyo'; \
+         SET DateStyle = 'SQL, DMY'; SET standard_conforming_strings = off",
+    )
+    .await
+    .unwrap();
     b.batch_execute("SET application_name = 'client-b'")
         .await
         .unwrap();
@@ -259,8 +279,23 @@ async fn parameters_follow_the_client_across_servers() {
         assert_eq!(first_value(&ra).as_deref(), Some("client-a"));
         let tz: String = a.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
         assert_eq!(tz, "Asia/Tokyo");
+        let ds = a.simple_query("SHOW DateStyle").await.unwrap();
+        assert_eq!(first_value(&ds).as_deref(), Some("SQL, DMY"));
+        let scs = a
+            .simple_query("SHOW standard_conforming_strings")
+            .await
+            .unwrap();
+        assert_eq!(first_value(&scs).as_deref(), Some("off"));
         let rb = b.simple_query("SHOW application_name").await.unwrap();
         assert_eq!(first_value(&rb).as_deref(), Some("client-b"));
+        // The other client keeps the server defaults, whichever server had client a before.
+        let ds = b.simple_query("SHOW DateStyle").await.unwrap();
+        assert_eq!(first_value(&ds).as_deref(), Some("ISO, MDY"));
+        let scs = b
+            .simple_query("SHOW standard_conforming_strings")
+            .await
+            .unwrap();
+        assert_eq!(first_value(&scs).as_deref(), Some("on"));
     }
 }
 
@@ -268,7 +303,8 @@ async fn parameters_follow_the_client_across_servers() {
 async fn extended_protocol_and_pipelining_in_transaction_mode() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
     let c = s.connect("appdb").await;
-    // tokio-postgres' `query` uses unnamed statements with parameters; several in flight pipeline.
+    // tokio-postgres prepares each query under a name of its own (s0, s1, ...), then binds it; many in
+    // flight pipeline over one server, through the statement tracker.
     let futs: Vec<_> = (0..20)
         .map(|i| {
             let c = &c;
@@ -334,4 +370,40 @@ async fn listen_notify_and_notices_reach_the_client_in_session_mode() {
         AsyncMessage::Notice(n) => assert_eq!(n.message(), "careful"),
         m => panic!("expected a notice, got {m:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_pgsluice() {
+    let pg = Postgres::shared();
+    let s = Sluice::start("pool_mode = transaction", "").await;
+    let port = s.addr.port().to_string();
+    let psql = pg.bindir.join("psql");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(psql)
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
+            .args(["-U", SCRAM_USER, "-d", "appdb"])
+            .args(["-c", "SELECT 40 + 2", "-c", "SELECT current_user"])
+            .env("PGPASSWORD", SCRAM_PASSWORD)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["42", SCRAM_USER]);
 }

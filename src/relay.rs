@@ -525,15 +525,6 @@ fn scan_server(
                 if let Some(k) = tracking.as_deref_mut() {
                     let (mut ctx, tracker, _, local) = k.parts(server_statements);
                     let sw = tracker.on_server(tag, body, &mut ctx, local, to_server);
-                    // A held Sync the tracker answered itself will get no ReadyForQuery.
-                    let answered = tracker.take_answered_syncs();
-                    if answered > 0 {
-                        t.pending = t.pending.saturating_sub(answered);
-                        if t.pending == 0 {
-                            t.busy_since = None;
-                            t.idle_since = Instant::now();
-                        }
-                    }
                     if sw {
                         if tag == b'Z' {
                             // A ReadyForQuery the tracker keeps: the Sync it answers is replayed.

@@ -89,13 +89,21 @@ impl ClientState {
     }
 }
 
+/// What a client's name meant: the statement and the columns the client was shown for it.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    pub statement: Arc<Statement>,
+    shapes: Option<Vec<(u64, u64)>>,
+}
+
 /// One client's prepared statements, by the names it gave them.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<Box<[u8]>, Arc<Statement>>,
-    /// The result shape ([`shape_of`]) each name was described with, with the statement id it was
-    /// for: what the client expects its rows to look like.
-    shapes: HashMap<Box<[u8]>, (u64, u64)>,
+    /// The result shapes ([`shape_of`]) each name was described with, by the statement id they were
+    /// for: what the client expects its rows to look like. Keyed by id as well, because a Describe's
+    /// answer may come after a later Parse of the same name that an error then undoes.
+    shapes: HashMap<Box<[u8]>, Vec<(u64, u64)>>,
 }
 
 /// A fingerprint of a statement's result shape: its RowDescription, or NoData.
@@ -112,15 +120,22 @@ impl ClientStatements {
     pub fn shape(&self, name: &[u8]) -> Option<u64> {
         let id = self.by_name.get(name)?.id;
         self.shapes
-            .get(name)
-            .filter(|(of, _)| *of == id)
+            .get(name)?
+            .iter()
+            .find(|(of, _)| *of == id)
             .map(|&(_, s)| s)
     }
 
-    /// Records the shape the client was shown for `name`, still meaning statement `id`.
+    /// Records the shape the client was shown for `name` as statement `id`.
     pub fn set_shape(&mut self, name: &[u8], id: u64, shape: u64) {
-        if self.by_name.get(name).is_some_and(|s| s.id == id) {
-            self.shapes.insert(name.into(), (id, shape));
+        match self.shapes.get_mut(name) {
+            Some(v) => match v.iter_mut().find(|(of, _)| *of == id) {
+                Some(e) => e.1 = shape,
+                None => v.push((id, shape)),
+            },
+            None => {
+                self.shapes.insert(name.into(), vec![(id, shape)]);
+            }
         }
     }
 
@@ -128,16 +143,35 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
-    /// Names `s` `name`, returning what the name meant before.
-    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> Option<Arc<Statement>> {
-        self.shapes.remove(name);
-        self.by_name.insert(name.into(), s)
+    /// Names `s` `name`, returning what the name meant before (with the columns it was shown).
+    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> Option<ClientEntry> {
+        let shapes = self.shapes.remove(name);
+        self.by_name
+            .insert(name.into(), s)
+            .map(|statement| ClientEntry { statement, shapes })
     }
 
     /// Removes `name`, returning what it meant.
-    pub fn take(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.shapes.remove(name);
-        self.by_name.remove(name)
+    pub fn take(&mut self, name: &[u8]) -> Option<ClientEntry> {
+        let shapes = self.shapes.remove(name);
+        self.by_name
+            .remove(name)
+            .map(|statement| ClientEntry { statement, shapes })
+    }
+
+    /// Gives `name` back a meaning it had (an undone Close or Parse).
+    pub fn put(&mut self, name: &[u8], e: ClientEntry) {
+        self.by_name.insert(name.into(), e.statement);
+        // Shapes recorded since (a late Describe answer) stay; the saved ones come back.
+        for (id, shape) in e.shapes.into_iter().flatten() {
+            if !self
+                .shapes
+                .get(name)
+                .is_some_and(|v| v.iter().any(|(of, _)| *of == id))
+            {
+                self.set_shape(name, id, shape);
+            }
+        }
     }
 
     pub fn remove(&mut self, name: &[u8]) -> bool {
@@ -146,14 +180,12 @@ impl ClientStatements {
 
     /// A Parse of `name` as statement `id` did not happen: if the name still means `id` (a later
     /// Parse may have reused it), it gets back its `previous` meaning, or goes.
-    pub fn restore_if(&mut self, name: &[u8], id: u64, previous: Option<Arc<Statement>>) {
+    pub fn restore_if(&mut self, name: &[u8], id: u64, previous: Option<ClientEntry>) {
         if self.by_name.get(name).is_some_and(|s| s.id == id) {
             match previous {
-                Some(p) => {
-                    self.by_name.insert(name.into(), p);
-                }
+                Some(p) => self.put(name, p),
                 None => {
-                    self.by_name.remove(name);
+                    self.take(name);
                 }
             }
         }
@@ -279,8 +311,11 @@ pub struct PreparedStats {
     pub evictions: AtomicU64,
     /// Batches replayed after "cached plan must not change result type" on a pooler copy.
     pub healed: AtomicU64,
-    /// Binds answered with 0A000 because the statement's columns changed since the client prepared it.
+    /// Binds and Describes answered with 0A000 because the statement's columns changed since the
+    /// client prepared it.
     pub stale_shapes: AtomicU64,
+    /// Statements held behind another's shape check, which went unchecked (one check at a time).
+    pub unchecked_shapes: AtomicU64,
 }
 
 impl PreparedStats {

@@ -7,10 +7,10 @@
 //! and replies to messages the pooler added are swallowed exactly once. After an error the server
 //! skips to the next Sync, and so does the queue.
 
-use super::{ClientStatements, PreparedStats, Registry, ServerStatements, Statement};
+use super::{ClientEntry, ClientStatements, PreparedStats, Registry, ServerStatements, Statement};
 use crate::proto::copy_in::CopyInSyncs;
-use crate::proto::frontend::{self, Reset};
-use crate::proto::{encode, sqlstate, ProtoError};
+use crate::proto::frontend;
+use crate::proto::{encode, ProtoError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ enum Undo {
     Both {
         id: u64,
         name: Box<[u8]>,
-        previous: Option<Arc<Statement>>,
+        previous: Option<ClientEntry>,
     },
     /// A Close did not run: the server still has the statement.
     Stale(u64),
@@ -70,6 +70,8 @@ enum Entry {
         statement: u64,
         of: verify::ShapeOf,
     },
+    /// The pooler's own failing Parse, whose error becomes the client's 0A000 (verify.rs).
+    Forced,
     /// A reply the pooler gives itself, once every reply before it has gone out.
     Local(Local),
 }
@@ -80,6 +82,7 @@ impl Entry {
         match self {
             Entry::Server { reply, .. } => Some(*reply),
             Entry::Describe { .. } => Some(Reply::Describe),
+            Entry::Forced => Some(Reply::Parse),
             Entry::Local(_) => None,
         }
     }
@@ -92,16 +95,12 @@ enum Local {
     /// comes back.
     CloseComplete {
         name: Box<[u8]>,
-        statement: Option<Arc<Statement>>,
+        statement: Option<ClientEntry>,
     },
-    /// CommandComplete then ReadyForQuery: the answer to a whole simple query.
-    Command(&'static str),
-    /// ErrorResponse then ReadyForQuery.
-    Error { code: &'static str, message: String },
+    /// A client's DEALLOCATE (`None`: ALL), answered and applied at its turn.
+    Deallocate(Option<Box<[u8]>>),
     /// 0A000 for a Bind of a statement whose columns changed since the client prepared it.
     StaleStatement,
-    /// ReadyForQuery for a Sync the pooler answers.
-    Ready,
 }
 
 /// What the relay does with a client frame.
@@ -123,6 +122,9 @@ pub struct Tracker {
     /// The server reported an error and is skipping the client's messages until its next Sync, which
     /// the client had not sent yet: its messages until then are dropped, as the server would.
     skipping: bool,
+    /// A DISCARD ALL was sent while its transaction state was not known: the client's statements go
+    /// when the server reports it done.
+    discard_pending: bool,
     /// A batch kept to be replayed once if its statement's cached plan went stale (heal.rs).
     heal: heal::Heal,
     /// The bytes of that batch, from its Bind to its Sync, or the messages held while a copy's shape
@@ -130,11 +132,6 @@ pub struct Tracker {
     replay: BytesMut,
     /// Holding the client's messages until a copy's result shape is known (verify.rs).
     verify: verify::Verify,
-    /// The pooler answered a Bind itself: the client's messages up to its Sync are dropped and the
-    /// Sync answered here.
-    local_skip: bool,
-    /// Held Syncs answered here, for the relay's count (verify.rs).
-    answered_syncs: u32,
 }
 
 impl Default for Tracker {
@@ -144,11 +141,10 @@ impl Default for Tracker {
             status: b'I',
             copy: CopyInSyncs::default(),
             skipping: false,
+            discard_pending: false,
             heal: heal::Heal::Off,
             replay: BytesMut::new(),
             verify: verify::Verify::Off,
-            local_skip: false,
-            answered_syncs: 0,
         }
     }
 }
@@ -179,11 +175,10 @@ impl Tracker {
         self.status = b'I';
         self.copy = CopyInSyncs::default();
         self.skipping = false;
+        self.discard_pending = false;
         self.heal = heal::Heal::Off;
         self.replay.clear();
         self.verify = verify::Verify::Off;
-        self.local_skip = false;
-        self.answered_syncs = 0;
     }
 
     /// Handles one client frame. `body` is `None` for a frame that streams through (its body is not
@@ -220,14 +215,6 @@ impl Tracker {
         replacement: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<ClientAction, ProtoError> {
-        if self.local_skip {
-            if tag == b'S' {
-                self.local_skip = false;
-                self.queue.push_back(Entry::Local(Local::Ready));
-                self.flush_local(ctx, to_client);
-            }
-            return Ok(ClientAction::Replace);
-        }
         if self.skipping {
             if tag != b'S' {
                 return Ok(ClientAction::Replace);
@@ -249,8 +236,28 @@ impl Tracker {
                     .flatten();
                 match known {
                     Some(stmt) => {
-                        self.ensure_prepared(&stmt, ctx, replacement);
-                        encode::statement_target(replacement, b'D', &stmt.server_name);
+                        // A statement described before (its columns known) is checked like a Bind.
+                        let client_shape = ctx.client.shape(d.name);
+                        let server_has = ctx.server.touch(stmt.id);
+                        let check = self.shape_check(
+                            client_shape,
+                            server_has,
+                            ctx.server.shape(stmt.id),
+                            ctx.stats,
+                        );
+                        if server_has {
+                            PreparedStats::bump(&ctx.stats.hits);
+                        } else {
+                            self.send_parse(&stmt, ctx, replacement, true, Undo::Server(stmt.id));
+                        }
+                        if let verify::BindCheck::Hold(expected) = check {
+                            self.start_hold(&stmt, expected, replacement);
+                            let mut held = std::mem::take(&mut self.replay);
+                            encode::statement_target(&mut held, b'D', &stmt.server_name);
+                            self.replay = held;
+                        } else {
+                            encode::statement_target(replacement, b'D', &stmt.server_name);
+                        }
                         self.queue.push_back(Entry::Describe {
                             swallow: false,
                             statement: stmt.id,
@@ -353,7 +360,12 @@ impl Tracker {
         PreparedStats::bump(&ctx.stats.binds);
         let client_shape = ctx.client.shape(b.statement);
         let server_has = ctx.server.touch(stmt.id);
-        let check = self.bind_check(client_shape, server_has, ctx.server.shape(stmt.id));
+        let check = self.shape_check(
+            client_shape,
+            server_has,
+            ctx.server.shape(stmt.id),
+            ctx.stats,
+        );
         if server_has {
             PreparedStats::bump(&ctx.stats.hits);
             if client_shape.is_none() {
@@ -377,66 +389,6 @@ impl Tracker {
             statement: Some(stmt.id),
         });
         Ok(ClientAction::Replace)
-    }
-
-    fn client_query(&mut self, body: Option<&[u8]>, ctx: &mut Ctx<'_>) -> ClientAction {
-        // In a failed transaction PostgreSQL refuses every command (25P02), DEALLOCATE included: the
-        // server says so. Inside a block it refuses DISCARD ALL (25001) and keeps the statements.
-        let reset = body
-            .and_then(frontend::reset_statement)
-            .filter(|r| match r {
-                Reset::DiscardAll => self.status == b'I',
-                _ => self.status != b'E',
-            });
-        let local = match reset {
-            Some(Reset::DeallocateAll) => {
-                ctx.client.clear();
-                Local::Command("DEALLOCATE ALL")
-            }
-            Some(Reset::Deallocate(name)) => {
-                if ctx.client.remove(&name) {
-                    Local::Command("DEALLOCATE")
-                } else {
-                    Local::Error {
-                        code: sqlstate::UNDEFINED_PSTATEMENT,
-                        message: format!(
-                            "prepared statement \"{}\" does not exist",
-                            String::from_utf8_lossy(&name)
-                        ),
-                    }
-                }
-            }
-            Some(Reset::DiscardAll) => {
-                // The server runs it too; its statements are forgotten when it reports success.
-                ctx.client.clear();
-                self.copy.on_client(b'Q');
-                self.queue.push_back(server(Reply::Ready));
-                return ClientAction::Forward;
-            }
-            None => {
-                self.copy.on_client(b'Q');
-                self.queue.push_back(server(Reply::Ready));
-                return ClientAction::Forward;
-            }
-        };
-        self.queue.push_back(Entry::Local(local));
-        ClientAction::Replace
-    }
-
-    /// Adds a Parse (and the Closes it needs) in front of a message that uses `stmt`, unless the
-    /// server has it already. Returns whether it had.
-    fn ensure_prepared(
-        &mut self,
-        stmt: &Arc<Statement>,
-        ctx: &mut Ctx<'_>,
-        out: &mut BytesMut,
-    ) -> bool {
-        if ctx.server.touch(stmt.id) {
-            PreparedStats::bump(&ctx.stats.hits);
-            return true;
-        }
-        self.send_parse(stmt, ctx, out, true, Undo::Server(stmt.id));
-        false
     }
 
     fn send_parse(
@@ -493,6 +445,9 @@ impl Tracker {
                 .is_some_and(|b| b.starts_with(b"DISCARD ALL") || b.starts_with(b"DEALLOCATE ALL"))
         {
             ctx.server.clear();
+            if std::mem::take(&mut self.discard_pending) {
+                ctx.client.clear();
+            }
         }
         if tag == b'G' {
             let ignored = self.copy.on_copy_in();
@@ -531,6 +486,10 @@ impl Tracker {
                 )
             }
             (b'E', _) if self.holding() && self.verify_failed(body, ctx, to_server) => true,
+            (b'E', _) if matches!(self.queue.front(), Some(Entry::Forced)) => {
+                self.forced_error(ctx);
+                true
+            }
             (b'E', r) if r != Reply::Ready => {
                 // What is held goes now: the server skips it to the Sync, as it would have.
                 self.release(to_server);
@@ -572,7 +531,7 @@ impl Tracker {
     }
 
     /// Sends the pooler's own replies that have come to the front of the queue.
-    fn flush_local(&mut self, _ctx: &mut Ctx<'_>, to_client: &mut BytesMut) {
+    fn flush_local(&mut self, ctx: &mut Ctx<'_>, to_client: &mut BytesMut) {
         while let Some(Entry::Local(_)) = self.queue.front() {
             let Some(Entry::Local(local)) = self.queue.pop_front() else {
                 break;
@@ -580,21 +539,7 @@ impl Tracker {
             match local {
                 Local::CloseComplete { .. } => encode::close_complete(to_client),
                 Local::StaleStatement => Self::stale_error(to_client),
-                Local::Ready => encode::ready_for_query(to_client, self.status),
-                Local::Command(tag) => {
-                    encode::command_complete(to_client, tag);
-                    encode::ready_for_query(to_client, self.status);
-                }
-                Local::Error { code, message } => {
-                    encode::error_response(
-                        to_client,
-                        encode::Severity::Error,
-                        code,
-                        &message,
-                        None,
-                    );
-                    encode::ready_for_query(to_client, self.status);
-                }
+                Local::Deallocate(name) => self.deallocate(name.as_deref(), ctx, to_client),
             }
         }
     }
@@ -602,6 +547,7 @@ impl Tracker {
 
 mod heal;
 mod recovery;
+mod resets;
 mod verify;
 
 #[cfg(test)]

@@ -15,4 +15,5 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const INTERNAL_ERROR: &str = "XX000";
 pub const UNDEFINED_PSTATEMENT: &str = "26000";
+pub const IN_FAILED_TRANSACTION: &str = "25P02";
 pub const DUPLICATE_PSTATEMENT: &str = "42P05";

@@ -75,10 +75,10 @@ impl Tracker {
                 name,
                 statement: Some(s),
             }) => {
-                ctx.client.insert(&name, s);
+                ctx.client.put(&name, s);
                 return;
             }
-            Entry::Local(_) | Entry::Describe { .. } => return,
+            Entry::Local(_) | Entry::Describe { .. } | Entry::Forced => return,
         };
         match undo {
             Undo::Nothing => {}

@@ -503,13 +503,23 @@ fn a_bind_on_a_copy_with_other_columns_gets_0a000_as_from_postgresql() {
     for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', b"\0\x02ab\0")] {
         assert!(t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut out));
     }
-    assert!(out.is_empty(), "the batch never reaches the server");
-    assert_eq!(tags(&local), b"EZ");
+    // The server must fail where PostgreSQL would: a Parse that cannot parse goes first, then the
+    // held messages, which the server skips to the Sync.
+    assert_eq!(tags(&out), b"PBES");
+    assert!(local.is_empty());
+    assert!(t.on_server(
+        b'E',
+        Some(b"C42601\0\0"),
+        &mut w.ctx(),
+        &mut local,
+        &mut out
+    ));
     let (tag, body) = crate::proto::take_frame(&mut local, 1 << 16)
         .unwrap()
         .unwrap();
     let f = crate::proto::backend::error_fields(&body).unwrap();
-    assert_eq!((tag, f.code), (b'E', "0A000"));
+    assert_eq!((tag, f.code), (b'E', "0A000"), "the client hears 0A000");
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
     assert!(t.is_idle() && !t.holds_client());
 }
 
@@ -552,4 +562,45 @@ fn a_stale_copy_found_by_the_check_is_prepared_afresh_before_the_batch() {
         "the fresh copy has the client's columns"
     );
     assert!(local.is_empty());
+}
+
+#[test]
+fn a_describe_on_a_new_copy_is_checked_like_a_bind() {
+    let mut w = World::new(10);
+    let mut t = described_then_moved(&mut w, b"\0\x01a\0");
+    let (action, sent, _) = w.client(&mut t, b'D', b"Sa\0");
+    assert_eq!((action, sent), (ClientAction::Replace, b"PDH".to_vec()));
+    let (mut local, mut out) = (BytesMut::new(), BytesMut::new());
+    for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', b"\0\x02ab\0")] {
+        assert!(t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut out));
+    }
+    assert_eq!(tags(&out), b"PD", "a failing Parse, then the held Describe");
+}
+
+#[test]
+fn a_skipped_reparse_keeps_the_columns_the_client_was_shown() {
+    let mut w = World::new(1);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
+    w.client(&mut t, b'D', b"Sa\0");
+    w.client(&mut t, b'S', b"");
+    for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', b"\0\x01a\0")] {
+        w.server(&mut t, tag, body);
+    }
+    w.server(&mut t, b'Z', b"I");
+    let shown = w.client.shape(b"a");
+    assert!(shown.is_some());
+    // An error, then a re-Parse of the name that the server skips.
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 2"));
+    w.client(&mut t, b'D', b"Sa\0");
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'E', b"C34000\0\0");
+    w.server(&mut t, b'Z', b"I");
+    assert!(t.is_idle());
+    assert_eq!(
+        w.client.shape(b"a"),
+        shown,
+        "the old statement and its columns are back"
+    );
 }

@@ -5,13 +5,15 @@
 //! description (asyncpg) count on that error to prepare again. Through a pooler the statement may be
 //! prepared afresh on another server, where it silently has the new columns. So the tracker remembers
 //! the shape (RowDescription or NoData) each client was shown when it described its statement, and the
-//! shape of each server's copy once known. A Bind that opens a batch outside a transaction block, of a
-//! statement whose client shape is known, goes through when the server's copy is known to have that
-//! shape. Otherwise (no copy, a copy of unknown or other shape) the Bind and what follows are held:
-//! the pooler prepares (if needed) and describes the copy first, with a Flush and no Sync. A copy whose
-//! plan went stale fails that Describe with 0A000; it is closed and prepared afresh (after a Sync of
-//! the pooler's own) and described again. Then the held messages go, or, if the shapes differ, the
-//! client gets 0A000 for its Bind and the batch up to its Sync is answered here.
+//! shape of each server's copy once known. A Bind or Describe of a statement whose client shape is
+//! known goes through when the server's copy is known to have that shape. Otherwise (no copy, a copy
+//! of unknown or other shape) it and what follows are held: the pooler prepares (if needed) and
+//! describes the copy first, with a Flush and no Sync. A copy whose plan went stale fails that
+//! Describe with 0A000; it is closed and prepared afresh (after a Sync of the pooler's own) and
+//! described again. Then the held messages go. If the shapes differ, a Parse that cannot parse goes
+//! first: the server fails exactly where PostgreSQL would have (rolling back, or aborting the
+//! transaction block, and skipping to the Sync), and its error reaches the client as 0A000.
+//! One check at a time: a statement held behind another's check goes unchecked (counted).
 
 use super::{Entry, Local, Reply, Tracker};
 use crate::prepared::{shape_of, PreparedStats, Statement};
@@ -37,8 +39,6 @@ pub(super) enum Verify {
         statement: Arc<Statement>,
         /// The shape the client was shown.
         expected: u64,
-        /// Where the held batch's Sync ends in the replay buffer, once it came.
-        batch_end: Option<usize>,
         /// The copy was found stale and prepared afresh already: a second failure is the client's.
         reprepared: bool,
     },
@@ -54,33 +54,34 @@ pub(super) enum BindCheck {
 
 pub(super) const STALE_MESSAGE: &str = "cached plan must not change result type";
 
+/// A Parse that fails on every server (a syntax error), named so that it can clash with nothing.
+const FORCED_ERROR_NAME: &[u8] = b"PGSLUICE_STALE";
+const FORCED_ERROR_QUERY: &[u8] = b"pgsluice: cached plan must not change result type\0\0\0";
+
 impl Tracker {
     pub(super) fn holding(&self) -> bool {
         matches!(self.verify, Verify::Holding { .. })
     }
 
-    /// How many held Syncs the tracker answered itself since last asked: the relay counted them as
-    /// sent, and no ReadyForQuery will come for them.
-    pub fn take_answered_syncs(&mut self) -> u32 {
-        std::mem::take(&mut self.answered_syncs)
-    }
-
-    /// Decides what a Bind of a statement the client was shown `client_shape` for (if it asked) needs.
-    pub(super) fn bind_check(
+    /// Decides what a Bind or Describe of a statement the client was shown `client_shape` for (if it
+    /// asked) needs.
+    pub(super) fn shape_check(
         &self,
         client_shape: Option<u64>,
         server_has: bool,
         server_shape: Option<u64>,
+        stats: &PreparedStats,
     ) -> BindCheck {
         let Some(expected) = client_shape else {
             return BindCheck::Go;
         };
-        // Answering or holding here is only faithful when nothing before the Bind can be affected.
-        if !self.queue.is_empty() || self.status != b'I' || self.holding() {
-            return BindCheck::Go;
-        }
         match (server_has, server_shape) {
             (true, Some(s)) if s == expected => BindCheck::Go,
+            // One check at a time: a second statement held behind the first goes unchecked.
+            _ if self.holding() => {
+                PreparedStats::bump(&stats.unchecked_shapes);
+                BindCheck::Go
+            }
             _ => BindCheck::Hold(expected),
         }
     }
@@ -99,7 +100,6 @@ impl Tracker {
         self.verify = Verify::Holding {
             statement: stmt.clone(),
             expected,
-            batch_end: None,
             reprepared: false,
         };
     }
@@ -124,15 +124,6 @@ impl Tracker {
         } else {
             self.replay.extend_from_slice(&replacement[from..]);
             replacement.truncate(from);
-        }
-        if let Verify::Holding {
-            batch_end: end @ None,
-            ..
-        } = &mut self.verify
-        {
-            if tag == b'S' {
-                *end = Some(self.replay.len());
-            }
         }
         Ok(())
     }
@@ -243,12 +234,7 @@ impl Tracker {
     }
 
     fn verified(&mut self, shape: u64, ctx: &mut super::Ctx<'_>, to_server: &mut BytesMut) {
-        let Verify::Holding {
-            expected,
-            batch_end,
-            ..
-        } = std::mem::take(&mut self.verify)
-        else {
+        let Verify::Holding { expected, .. } = std::mem::take(&mut self.verify) else {
             return;
         };
         if shape == expected {
@@ -257,36 +243,22 @@ impl Tracker {
             return;
         }
         PreparedStats::bump(&ctx.stats.stale_shapes);
-        // The held batch opens with the Bind, now at the front: it never reaches the server.
-        let mut skipped = Vec::new();
-        let mut synced = false;
-        while let Some(e) = self.queue.pop_front() {
-            if matches!(
-                e,
-                Entry::Server {
-                    reply: Reply::Ready,
-                    ..
-                }
-            ) {
-                synced = true;
-                break;
-            }
-            skipped.push(e);
-        }
-        for e in skipped.into_iter().rev() {
-            self.undo(e, ctx);
-        }
-        if synced {
-            self.queue.push_front(Entry::Local(Local::Ready));
-            self.answered_syncs += 1;
-        } else {
-            self.local_skip = true;
-        }
-        self.queue.push_front(Entry::Local(Local::StaleStatement));
-        if let Some(end) = batch_end {
-            to_server.extend_from_slice(&self.replay[end..]);
-        }
+        // The client's statement would fail right here on PostgreSQL: the server must fail here too,
+        // so that what ran before is rolled back and what follows is skipped to the Sync, exactly
+        // as there. A Parse that cannot parse does that; its error reaches the client as 0A000.
+        encode::parse_message(to_server, FORCED_ERROR_NAME, FORCED_ERROR_QUERY);
+        to_server.extend_from_slice(&self.replay);
         self.replay.clear();
+        self.queue.push_front(Entry::Forced);
+    }
+
+    /// The pooler's failing Parse failed: the client hears 0A000 instead, and the server now skips
+    /// the held messages to the Sync, as after any error.
+    pub(super) fn forced_error(&mut self, ctx: &mut super::Ctx<'_>) {
+        self.queue.pop_front();
+        self.skip_to_sync(ctx);
+        self.skipping = self.queue.is_empty();
+        self.queue.push_front(Entry::Local(Local::StaleStatement));
     }
 
     /// The 0A000 a stale statement gets, as PostgreSQL sends it: drivers recognise it by the source

@@ -378,6 +378,9 @@ fn scan_client(
                             note_request(t, tag);
                             true
                         }
+                        // A frame streaming through cannot be cut; the tracker drops one only while
+                        // the server skips to Sync, which ignores it anyway.
+                        Ok(ClientAction::Replace) if len.is_none() => true,
                         Ok(ClientAction::Replace) => {
                             // Held frames count as sent: they go to the server when the hold ends.
                             if held || !k.state.replacement.is_empty() {

@@ -394,3 +394,33 @@ async fn max_prepared_statements_0_leaves_statements_to_the_client() {
         "the client's own names reach the server untouched: {names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_error_a_large_message_before_sync_does_not_stall_the_client() {
+    let s = Sluice::start("pool_mode = transaction", "").await;
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    wire::login_md5(&mut raw).await;
+    // Bind of a statement that does not exist, then Flush: the error comes back before any Sync.
+    let mut bind = vec![b'B'];
+    let body = b"\0nope\0\0\0\0\0\0\0";
+    bind.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    bind.extend_from_slice(body);
+    bind.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+    raw.write_all(&bind).await.unwrap();
+    let (tag, body) = wire::read_message(&mut raw).await;
+    assert_eq!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+    // A query too large to be held whole, then the Sync, in one write: the server skips the query;
+    // the Sync must still be answered.
+    let mut msgs = wire::query(&format!("SELECT '{}'", "x".repeat(400)));
+    msgs.extend(wire::sync());
+    raw.write_all(&msgs).await.unwrap();
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        wire::read_until_ready(&mut raw),
+    )
+    .await
+    .expect("the Sync is answered");
+    assert_eq!(answered, (vec![b'Z'], None));
+    raw.write_all(&wire::query("SELECT 1")).await.unwrap();
+    assert_eq!(wire::read_until_ready(&mut raw).await.1, None);
+}

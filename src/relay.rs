@@ -371,8 +371,7 @@ fn scan_client(
                     }
                     let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
                     let r = tracker.on_client(tag, body, &mut ctx, replacement, to_client);
-                    let held = tracker.holds_client();
-                    hold.set(held);
+                    hold.set(tracker.holds_client());
                     match r {
                         Ok(ClientAction::Forward) => {
                             note_request(t, tag);
@@ -382,10 +381,15 @@ fn scan_client(
                         // the server skips to Sync, which ignores it anyway.
                         Ok(ClientAction::Replace) if len.is_none() => true,
                         Ok(ClientAction::Replace) => {
-                            // Held frames count as sent: they go to the server when the hold ends.
-                            if held || !k.state.replacement.is_empty() {
+                            if !k.state.replacement.is_empty() {
                                 note_request(t, tag);
                             }
+                            cut = len;
+                            false
+                        }
+                        // Held frames count as sent: they go to the server when the hold ends.
+                        Ok(ClientAction::Held) => {
+                            note_request(t, tag);
                             cut = len;
                             false
                         }
@@ -483,6 +487,8 @@ fn scan_server(
                     Event::Passing { tag } => (tag, None),
                 };
                 let mut go_on = true;
+                // What the bookkeeping was before this frame, for a ReadyForQuery the tracker keeps.
+                let before = (t.pending, t.busy_since, t.idle_since);
                 if tag == b'G' {
                     // CopyInResponse: Syncs already sent into this copy will not be answered.
                     t.pending = t.pending.saturating_sub(t.copy.on_copy_in());
@@ -530,8 +536,9 @@ fn scan_server(
                     let sw = tracker.on_server(tag, body, &mut ctx, local, to_server);
                     if sw {
                         if tag == b'Z' {
-                            // A ReadyForQuery the tracker keeps: the Sync it answers is replayed.
-                            t.pending += 1;
+                            // A ReadyForQuery the tracker keeps answers the pooler's own Sync, or
+                            // one it replays: the client's requests are still owed.
+                            (t.pending, t.busy_since, t.idle_since) = before;
                         }
                         cut = body.map(|b| 5 + b.len());
                         return false;

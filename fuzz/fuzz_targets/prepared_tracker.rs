@@ -285,6 +285,8 @@ impl Pooled {
                 self.wire.put_slice(body);
             }
             ClientAction::Replace => self.wire.extend_from_slice(&replacement),
+            // Held by the tracker: it sends them itself later.
+            ClientAction::Held => {}
         }
         replies_of(&mut local, &mut self.seen);
     }

@@ -92,7 +92,8 @@ impl ClientState {
 /// What a client's name meant: the statement and the columns the client was shown for it.
 #[derive(Debug, Clone)]
 pub struct ClientEntry {
-    pub statement: Arc<Statement>,
+    /// `None`: the name meant nothing.
+    pub statement: Option<Arc<Statement>>,
     shapes: Option<Vec<(u64, u64)>>,
 }
 
@@ -144,24 +145,30 @@ impl ClientStatements {
     }
 
     /// Names `s` `name`, returning what the name meant before (with the columns it was shown).
-    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> Option<ClientEntry> {
+    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> ClientEntry {
         let shapes = self.shapes.remove(name);
-        self.by_name
-            .insert(name.into(), s)
-            .map(|statement| ClientEntry { statement, shapes })
+        ClientEntry {
+            statement: self.by_name.insert(name.into(), s),
+            shapes,
+        }
     }
 
-    /// Removes `name`, returning what it meant.
+    /// Removes `name`, returning what it meant. The columns recorded for it stay (a shape is only
+    /// read for the statement id the name means, and a fresh Parse clears them), so that an undone
+    /// Close, or a Describe answer that comes late, loses nothing.
     pub fn take(&mut self, name: &[u8]) -> Option<ClientEntry> {
-        let shapes = self.shapes.remove(name);
-        self.by_name
-            .remove(name)
-            .map(|statement| ClientEntry { statement, shapes })
+        self.by_name.remove(name).map(|statement| ClientEntry {
+            statement: Some(statement),
+            shapes: None,
+        })
     }
 
     /// Gives `name` back a meaning it had (an undone Close or Parse).
     pub fn put(&mut self, name: &[u8], e: ClientEntry) {
-        self.by_name.insert(name.into(), e.statement);
+        match e.statement {
+            Some(s) => self.by_name.insert(name.into(), s),
+            None => self.by_name.remove(name),
+        };
         // Shapes recorded since (a late Describe answer) stay; the saved ones come back.
         for (id, shape) in e.shapes.into_iter().flatten() {
             if !self
@@ -180,14 +187,9 @@ impl ClientStatements {
 
     /// A Parse of `name` as statement `id` did not happen: if the name still means `id` (a later
     /// Parse may have reused it), it gets back its `previous` meaning, or goes.
-    pub fn restore_if(&mut self, name: &[u8], id: u64, previous: Option<ClientEntry>) {
+    pub fn restore_if(&mut self, name: &[u8], id: u64, previous: ClientEntry) {
         if self.by_name.get(name).is_some_and(|s| s.id == id) {
-            match previous {
-                Some(p) => self.put(name, p),
-                None => {
-                    self.take(name);
-                }
-            }
+            self.put(name, previous);
         }
     }
 

@@ -48,7 +48,7 @@ enum Undo {
     Both {
         id: u64,
         name: Box<[u8]>,
-        previous: Option<ClientEntry>,
+        previous: ClientEntry,
     },
     /// A Close did not run: the server still has the statement.
     Stale(u64),
@@ -110,6 +110,8 @@ pub enum ClientAction {
     Forward,
     /// Drop it; the bytes the tracker wrote to `replacement` (maybe none) go in its place.
     Replace,
+    /// Drop it: its bytes are held by the tracker and go to the server later.
+    Held,
 }
 
 #[derive(Debug)]
@@ -197,14 +199,18 @@ impl Tracker {
         }
         let from = replacement.len();
         let action = self.handle_client(tag, body, ctx, replacement, to_client)?;
-        self.hold_frame(
+        let held = self.hold_frame(
             tag,
             body,
             action == ClientAction::Forward,
             replacement,
             from,
         )?;
-        Ok(ClientAction::Replace)
+        Ok(if held {
+            ClientAction::Held
+        } else {
+            ClientAction::Replace
+        })
     }
 
     fn handle_client(
@@ -245,13 +251,14 @@ impl Tracker {
                             ctx.server.shape(stmt.id),
                             ctx.stats,
                         );
+                        let opened = self.queue.is_empty() && self.status == b'I';
                         if server_has {
                             PreparedStats::bump(&ctx.stats.hits);
                         } else {
                             self.send_parse(&stmt, ctx, replacement, true, Undo::Server(stmt.id));
                         }
                         if let verify::BindCheck::Hold(expected) = check {
-                            self.start_hold(&stmt, expected, replacement);
+                            self.start_hold(&stmt, expected, opened, replacement);
                             let mut held = std::mem::take(&mut self.replay);
                             encode::statement_target(&mut held, b'D', &stmt.server_name);
                             self.replay = held;
@@ -301,7 +308,7 @@ impl Tracker {
         };
         let sent = match action {
             ClientAction::Forward => None,
-            ClientAction::Replace => Some(&replacement[rewritten_from..]),
+            ClientAction::Replace | ClientAction::Held => Some(&replacement[rewritten_from..]),
         };
         self.record(tag, body, sent);
         self.flush_local(ctx, to_client);
@@ -366,6 +373,7 @@ impl Tracker {
             ctx.server.shape(stmt.id),
             ctx.stats,
         );
+        let opened = self.queue.is_empty() && self.status == b'I';
         if server_has {
             PreparedStats::bump(&ctx.stats.hits);
             if client_shape.is_none() {
@@ -375,7 +383,7 @@ impl Tracker {
             self.send_parse(&stmt, ctx, out, true, Undo::Server(stmt.id));
         }
         if let verify::BindCheck::Hold(expected) = check {
-            self.start_hold(&stmt, expected, out);
+            self.start_hold(&stmt, expected, opened, out);
             let mut held = std::mem::take(&mut self.replay);
             encode::bind_message(&mut held, b.portal, &stmt.server_name, b.rest);
             self.replay = held;
@@ -437,7 +445,7 @@ impl Tracker {
         to_client: &mut BytesMut,
         to_server: &mut BytesMut,
     ) -> bool {
-        if let Some(swallow) = self.heal_on_server(tag, body, ctx.stats, to_server) {
+        if let Some(swallow) = self.heal_on_server(tag, body, ctx, to_server) {
             return swallow;
         }
         if tag == b'C'

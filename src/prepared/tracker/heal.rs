@@ -49,6 +49,11 @@ impl Tracker {
     /// Records one client frame as it goes to the server (`sent`: the bytes that went, or `None` for
     /// the frame unchanged, which `body` holds).
     pub(super) fn record(&mut self, tag: u8, body: Option<&[u8]>, sent: Option<&[u8]>) {
+        if self.holding() {
+            // The replay buffer belongs to the hold (verify.rs).
+            self.heal = Heal::Off;
+            return;
+        }
         match &self.heal {
             Heal::Recording(_) => {}
             Heal::Armed(_) => {
@@ -90,9 +95,10 @@ impl Tracker {
         &mut self,
         tag: u8,
         body: Option<&[u8]>,
-        stats: &PreparedStats,
+        ctx: &mut super::Ctx<'_>,
         to_server: &mut BytesMut,
     ) -> Option<bool> {
+        let stats = ctx.stats;
         match (&self.heal, tag) {
             (Heal::Off, _) => None,
             (Heal::Replaying(_), b'Z') => {
@@ -116,6 +122,9 @@ impl Tracker {
                     undo: Undo::Stale(stmt.id),
                     statement: None,
                 });
+                // A fresh copy: whatever columns were recorded for the old one no longer hold.
+                ctx.server.forget(stmt.id);
+                let _ = ctx.server.insert(stmt.id, usize::MAX);
                 PreparedStats::bump(&stats.healed);
                 PreparedStats::bump(&stats.server_parses);
                 Some(true)

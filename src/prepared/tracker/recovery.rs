@@ -31,7 +31,8 @@ impl Tracker {
                 (Entry::Describe { statement, .. }, sqlstate::FEATURE_NOT_SUPPORTED) => {
                     ctx.server.mark_stale(*statement)
                 }
-                // It was there after all: believe the server.
+                // Something of that name is there, not necessarily this statement (a client may have
+                // run PREPARE under a pooler name): close it and prepare afresh next time.
                 (
                     Entry::Server {
                         reply: Reply::Parse,
@@ -39,9 +40,16 @@ impl Tracker {
                         ..
                     },
                     sqlstate::DUPLICATE_PSTATEMENT,
-                ) => {
-                    let _ = ctx.server.insert(*id, usize::MAX);
-                }
+                ) => ctx.server.mark_stale(*id),
+                // The copy is gone (a client's DEALLOCATE under the pooler's name): prepare it again.
+                (
+                    Entry::Server {
+                        reply: Reply::Bind,
+                        statement: Some(id),
+                        ..
+                    },
+                    sqlstate::UNDEFINED_PSTATEMENT,
+                ) => ctx.server.forget(*id),
                 _ => self.undo(e, ctx),
             }
         }

@@ -471,7 +471,7 @@ fn bind_execute_sync(w: &mut World, t: &mut Tracker) -> Vec<u8> {
     let (_, sent, _) = w.client(t, b'B', &bind_body("a"));
     for (tag, body) in [(b'E', &b"\0\0\0\0\0"[..]), (b'S', b"")] {
         let (action, rep, _) = w.client(t, tag, body);
-        assert_eq!((action, rep), (ClientAction::Replace, vec![]), "held");
+        assert_eq!((action, rep), (ClientAction::Held, vec![]), "held");
     }
     sent
 }
@@ -603,4 +603,57 @@ fn a_skipped_reparse_keeps_the_columns_the_client_was_shown() {
         shown,
         "the old statement and its columns are back"
     );
+}
+
+#[test]
+fn while_holding_a_frame_the_pooler_answers_is_not_held() {
+    let mut w = World::new(10);
+    let mut t = described_then_moved(&mut w, b"\0\x01a\0");
+    bind_execute_sync(&mut w, &mut t);
+    let (action, _, _) = w.client(&mut t, b'Q', b"DEALLOCATE nothing\0");
+    assert_eq!(
+        action,
+        ClientAction::Replace,
+        "answered by the pooler, never sent"
+    );
+}
+
+#[test]
+fn a_stale_copy_found_mid_batch_fails_the_batch_instead_of_a_sync_of_the_poolers() {
+    let mut w = World::new(10);
+    let mut t = described_then_moved(&mut w, b"\0\x02ab\0");
+    // Something of the client's is in flight before the Bind: a Sync of the pooler's own would end
+    // its implicit transaction.
+    let (action, _, _) = w.client(&mut t, b'P', &parse_body("", "INSERT INTO t VALUES (1)"));
+    assert_eq!(action, ClientAction::Forward);
+    w.client(&mut t, b'B', &bind_body(""));
+    w.client(&mut t, b'E', b"\0\0\0\0\0");
+    w.client(&mut t, b'B', &bind_body("a"));
+    let (mut local, mut out) = (BytesMut::new(), BytesMut::new());
+    for (tag, body) in [
+        (b'1', &b""[..]),
+        (b'2', b""),
+        (b'C', b"INSERT 0 1\0"),
+        (b'1', b""),
+    ] {
+        t.on_server(tag, Some(body), &mut w.ctx(), &mut local, &mut out);
+    }
+    out.clear();
+    let swallowed = t.on_server(
+        b'E',
+        Some(b"C0A000\0\0"),
+        &mut w.ctx(),
+        &mut local,
+        &mut out,
+    );
+    assert!(
+        !swallowed,
+        "the client hears the stale plan, as from PostgreSQL"
+    );
+    assert_eq!(
+        tags(&out),
+        b"B",
+        "the held Bind goes, for the server to skip; no Sync of ours"
+    );
+    assert!(!t.holds_client());
 }

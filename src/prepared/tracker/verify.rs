@@ -88,7 +88,16 @@ impl Tracker {
 
     /// Starts holding: the Describe (after a Parse if needed, already in `out`) goes out with a Flush;
     /// the Bind's own bytes, written by the caller into the replay buffer, wait.
-    pub(super) fn start_hold(&mut self, stmt: &Arc<Statement>, expected: u64, out: &mut BytesMut) {
+    /// `opened`: nothing was owed before this message and no transaction block is open, so the
+    /// pooler may end the implicit transaction with a Sync of its own if the copy must be prepared
+    /// afresh.
+    pub(super) fn start_hold(
+        &mut self,
+        stmt: &Arc<Statement>,
+        expected: u64,
+        opened: bool,
+        out: &mut BytesMut,
+    ) {
         encode::statement_target(out, b'D', &stmt.server_name);
         out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
         self.queue.push_back(Entry::Describe {
@@ -97,15 +106,20 @@ impl Tracker {
             of: ShapeOf::Verify,
         });
         self.replay.clear();
+        // The replay buffer is the hold's now.
+        self.heal = super::heal::Heal::Off;
         self.verify = Verify::Holding {
             statement: stmt.clone(),
             expected,
-            reprepared: false,
+            // Re-preparing needs a Sync of the pooler's own, which would end (or, in a block, find
+            // aborted) a transaction the client's earlier messages are part of: only at a batch's start.
+            reprepared: !opened,
         };
     }
 
     /// Holds a client frame that arrived while holding: what would have gone to the server goes to
-    /// the replay buffer instead.
+    /// the replay buffer instead. Returns whether anything was held (not for a frame the pooler
+    /// answered or dropped).
     pub(super) fn hold_frame(
         &mut self,
         tag: u8,
@@ -113,7 +127,7 @@ impl Tracker {
         forwarded: bool,
         replacement: &mut BytesMut,
         from: usize,
-    ) -> Result<(), ProtoError> {
+    ) -> Result<bool, ProtoError> {
         if forwarded {
             // The relay holds every frame whole while the tracker holds.
             let body = body.ok_or(ProtoError::Malformed("held frame"))?;
@@ -122,10 +136,12 @@ impl Tracker {
                 .extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
             self.replay.extend_from_slice(body);
         } else {
+            let held = replacement.len() > from;
             self.replay.extend_from_slice(&replacement[from..]);
             replacement.truncate(from);
+            return Ok(held);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The answer to a statement Describe (`tag` T or n) completes the front entry.

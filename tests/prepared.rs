@@ -281,6 +281,15 @@ async fn a_stale_pooler_copy_is_healed_without_an_error() {
     let after = new.prepare("SELECT * FROM t").await.unwrap();
     assert_eq!(after.columns().len(), 2);
     tx.commit().await.unwrap();
+    // The pooler checks server 1 in just after the client sees COMMIT's reply: wait for it, so that
+    // it is the most recently returned server, the one the next checkout takes.
+    let pool = s.app.pools.all()[0].clone();
+    for _ in 0..200 {
+        if pool.counts() == (2, 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // The next Bind lands on server 1, whose copy is stale: on a direct connection this client would
     // never see "cached plan must not change result type", and through pgsluice it does not either.
     let rows = new.query(&after, &[]).await.unwrap();

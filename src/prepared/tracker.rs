@@ -243,28 +243,9 @@ impl Tracker {
                 match known {
                     Some(stmt) => {
                         // A statement described before (its columns known) is checked like a Bind.
-                        let client_shape = ctx.client.shape(d.name);
-                        let server_has = ctx.server.touch(stmt.id);
-                        let check = self.shape_check(
-                            client_shape,
-                            server_has,
-                            ctx.server.shape(stmt.id),
-                            ctx.stats,
-                        );
-                        let opened = self.queue.is_empty() && self.status == b'I';
-                        if server_has {
-                            PreparedStats::bump(&ctx.stats.hits);
-                        } else {
-                            self.send_parse(&stmt, ctx, replacement, true, Undo::Server(stmt.id));
-                        }
-                        if let verify::BindCheck::Hold(expected) = check {
-                            self.start_hold(&stmt, expected, opened, replacement);
-                            let mut held = std::mem::take(&mut self.replay);
-                            encode::statement_target(&mut held, b'D', &stmt.server_name);
-                            self.replay = held;
-                        } else {
-                            encode::statement_target(replacement, b'D', &stmt.server_name);
-                        }
+                        self.use_statement(&stmt, d.name, ctx, replacement, false, |to| {
+                            encode::statement_target(to, b'D', &stmt.server_name)
+                        });
                         self.queue.push_back(Entry::Describe {
                             swallow: false,
                             statement: stmt.id,
@@ -365,7 +346,32 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         };
         PreparedStats::bump(&ctx.stats.binds);
-        let client_shape = ctx.client.shape(b.statement);
+        self.use_statement(&stmt, b.statement, ctx, out, true, |to| {
+            encode::bind_message(to, b.portal, &stmt.server_name, b.rest)
+        });
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Bind,
+            swallow: false,
+            undo: Undo::Nothing,
+            statement: Some(stmt.id),
+        });
+        Ok(ClientAction::Replace)
+    }
+
+    /// Gets `stmt` (the client's `name`) ready on this server for a message that uses it, a Bind or
+    /// a statement Describe, and writes that message with `write`: into `out`, or into the held
+    /// bytes when the statement's columns must be checked first (verify.rs). `may_heal`: a batch
+    /// opening with it may be replayed after a stale plan (heal.rs).
+    fn use_statement(
+        &mut self,
+        stmt: &Arc<Statement>,
+        name: &[u8],
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+        may_heal: bool,
+        write: impl FnOnce(&mut BytesMut),
+    ) {
+        let client_shape = ctx.client.shape(name);
         let server_has = ctx.server.touch(stmt.id);
         let check = self.shape_check(
             client_shape,
@@ -376,27 +382,19 @@ impl Tracker {
         let opened = self.queue.is_empty() && self.status == b'I';
         if server_has {
             PreparedStats::bump(&ctx.stats.hits);
-            if client_shape.is_none() {
-                self.consider_recording(&stmt);
+            if may_heal && client_shape.is_none() {
+                self.consider_recording(stmt);
             }
         } else {
-            self.send_parse(&stmt, ctx, out, true, Undo::Server(stmt.id));
+            self.send_parse(stmt, ctx, out, true, Undo::Server(stmt.id));
         }
-        if let verify::BindCheck::Hold(expected) = check {
-            self.start_hold(&stmt, expected, opened, out);
-            let mut held = std::mem::take(&mut self.replay);
-            encode::bind_message(&mut held, b.portal, &stmt.server_name, b.rest);
-            self.replay = held;
-        } else {
-            encode::bind_message(out, b.portal, &stmt.server_name, b.rest);
+        match check {
+            verify::BindCheck::Hold(expected) => {
+                self.start_hold(stmt, expected, opened, out);
+                write(&mut self.replay);
+            }
+            verify::BindCheck::Go => write(out),
         }
-        self.queue.push_back(Entry::Server {
-            reply: Reply::Bind,
-            swallow: false,
-            undo: Undo::Nothing,
-            statement: Some(stmt.id),
-        });
-        Ok(ClientAction::Replace)
     }
 
     fn send_parse(

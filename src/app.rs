@@ -2,6 +2,7 @@
 //! hands them out explicitly (no process-global state, so tests can run many Apps side by side).
 
 use crate::auth::client::VerifierCache;
+use crate::auth::store::SecretStore;
 use crate::config::Config;
 use crate::frontend::cancel::CancelMap;
 use crate::pool::registry::Registry;
@@ -16,6 +17,8 @@ pub struct App {
     pub cancels: Arc<CancelMap>,
     pub shutdown: Arc<Shutdown>,
     pub verifiers: VerifierCache,
+    /// ClientKeys for SCRAM pass-through and `auth_query` answers.
+    pub secrets: Arc<SecretStore>,
     /// Prepared statement definitions shared by all clients (transaction and statement mode).
     pub statements: crate::prepared::Registry,
 }
@@ -28,6 +31,7 @@ impl App {
             cancels: Arc::default(),
             shutdown: Arc::default(),
             verifiers: VerifierCache::default(),
+            secrets: Arc::default(),
             statements: Default::default(),
         })
     }
@@ -45,7 +49,7 @@ impl App {
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
-        self.pools.reload(&new);
+        self.pools.reload(&new, &self.secrets);
         *self.config.write() = Arc::new(new);
         tracing::info!(file = %source.display(), "configuration reloaded");
         Ok(())

@@ -1,6 +1,7 @@
 //! Sans-IO server side of SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL
-//! speaks it: the username in client-first is ignored, there is no authzid,
-//! and channel binding is not offered (only `SCRAM-SHA-256` is advertised).
+//! speaks it: the username in client-first is ignored and there is no authzid.
+//! On TLS connections SCRAM-SHA-256-PLUS is offered too, with
+//! `tls-server-end-point` channel binding (RFC 5929), as PostgreSQL 11+ does.
 //!
 //! Flow: [`ScramServer::new`] → [`ScramServer::client_first`] (send the
 //! returned server-first in AuthenticationSASLContinue) →
@@ -42,9 +43,25 @@ impl ScramError {
     }
 }
 
+/// What the server offered and the client chose, which decides the gs2 header
+/// a client may send and the `c=` it must echo.
+#[derive(Clone)]
+enum Binding {
+    /// Only SCRAM-SHA-256 was offered (no TLS).
+    NotOffered,
+    /// SCRAM-SHA-256-PLUS was offered but the client chose SCRAM-SHA-256.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS; the end-point hash it must bind.
+    Selected(Vec<u8>),
+}
+
+/// The channel binding type PostgreSQL implements.
+pub const TLS_SERVER_END_POINT: &[u8] = b"tls-server-end-point";
+
 /// Server waiting for client-first-message.
 pub struct ScramServer {
     verifier: ScramVerifier,
+    binding: Binding,
     server_nonce: String,
     /// Fail at the proof check whatever the client sends: mock exchanges for
     /// unknown users must not be passable even if someone finds a proof.
@@ -55,7 +72,7 @@ pub struct ScramServer {
 pub struct ScramServerWaitingFinal {
     verifier: ScramVerifier,
     doomed: bool,
-    /// Expected `c=` value: base64 of the gs2 header (no binding data).
+    /// Expected `c=` value: base64 of the gs2 header and any binding data.
     channel_binding: String,
     /// client nonce + server nonce, which client-final must echo.
     nonce: Vec<u8>,
@@ -111,9 +128,22 @@ impl ScramServer {
     pub(crate) fn new_with_nonce_str(verifier: ScramVerifier, server_nonce: &str) -> ScramServer {
         ScramServer {
             verifier,
+            binding: Binding::NotOffered,
             server_nonce: server_nonce.to_owned(),
             doomed: false,
         }
+    }
+
+    /// Records that SCRAM-SHA-256-PLUS was offered next to SCRAM-SHA-256, and
+    /// what the client picked: `Some(end_point)` (our certificate's hash) when
+    /// it picked PLUS, `None` when it picked plain SCRAM-SHA-256, which then
+    /// may not claim (`y`) that the server cannot bind: that is a downgrade.
+    pub fn offered_channel_binding(mut self, selected: Option<Vec<u8>>) -> ScramServer {
+        self.binding = match selected {
+            Some(end_point) => Binding::Selected(end_point),
+            None => Binding::Declined,
+        };
+        self
     }
 
     /// Handles client-first-message; returns the next state and the
@@ -123,7 +153,35 @@ impl ScramServer {
         msg: &[u8],
     ) -> Result<(ScramServerWaitingFinal, Vec<u8>), ScramError> {
         check_message(msg)?;
-        let (gs2_header, bare) = split_gs2_header(msg)?;
+        let (gs2_header, flag, bare) = split_gs2_header(msg)?;
+        let mut expected_cbind = gs2_header.to_vec();
+        match (&self.binding, flag) {
+            (Binding::Selected(end_point), Flag::Binds(TLS_SERVER_END_POINT)) => {
+                expected_cbind.extend_from_slice(end_point)
+            }
+            (Binding::Selected(_), Flag::Binds(_)) => {
+                return Err(ScramError::Malformed(
+                    "unsupported SCRAM channel-binding type",
+                ))
+            }
+            (Binding::Selected(_), _) => {
+                return Err(ScramError::Malformed(
+                    "client selected SCRAM-SHA-256-PLUS but sent no channel binding",
+                ))
+            }
+            (_, Flag::Binds(_)) => {
+                return Err(ScramError::Malformed(
+                    "client requires channel binding, which the server did not offer",
+                ))
+            }
+            // The client believes we cannot bind, yet we offered it: someone stripped the offer.
+            (Binding::Declined, Flag::CouldBind) => {
+                return Err(ScramError::Malformed(
+                    "SCRAM channel binding negotiation error",
+                ))
+            }
+            (_, Flag::No | Flag::CouldBind) => {}
+        }
 
         let mut attrs = bare.split(|&b| b == b',');
         let user = attrs.next().unwrap_or_default();
@@ -167,7 +225,7 @@ impl ScramServer {
         let next = ScramServerWaitingFinal {
             verifier: self.verifier,
             doomed: self.doomed,
-            channel_binding: STANDARD.encode(gs2_header),
+            channel_binding: STANDARD.encode(expected_cbind),
             nonce,
             auth_message_prefix,
         };
@@ -299,24 +357,44 @@ fn check_message(msg: &[u8]) -> Result<(), ScramError> {
     Ok(())
 }
 
-/// Splits `gs2-header` (`n,,` or `y,,`) from client-first-message-bare.
-fn split_gs2_header(msg: &[u8]) -> Result<(&[u8], &[u8]), ScramError> {
-    // `y`: the client could bind but believes we can't, which is true while
-    // we don't advertise SCRAM-SHA-256-PLUS. Once we do, `y` is a downgrade
-    // and must be rejected.
-    if let Some((header @ [b'n' | b'y', b',', b','], bare)) = msg.split_first_chunk::<3>() {
-        return Ok((header, bare));
+/// The gs2 channel-binding flag of client-first.
+enum Flag<'a> {
+    /// `n`: the client does not bind.
+    No,
+    /// `y`: the client could bind but believes the server cannot.
+    CouldBind,
+    /// `p=<type>`: the client binds with this type.
+    Binds(&'a [u8]),
+}
+
+/// Splits `gs2-header` (`n,,`, `y,,` or `p=<type>,,`) from
+/// client-first-message-bare.
+fn split_gs2_header(msg: &[u8]) -> Result<(&[u8], Flag<'_>, &[u8]), ScramError> {
+    // Without a comma the whole message is taken as the flag, to name what is wrong with it.
+    let comma = msg.iter().position(|&b| b == b',').unwrap_or(msg.len());
+    let (flag, rest) = msg
+        .split_at_checked(comma)
+        .ok_or(ScramError::Malformed("malformed gs2 header"))?;
+    let flag = match flag {
+        b"n" => Flag::No,
+        b"y" => Flag::CouldBind,
+        [b'p', b'=', name @ ..] if !name.is_empty() => Flag::Binds(name),
+        [b'n' | b'y', ..] => return Err(ScramError::Malformed("malformed gs2 header")),
+        _ => return Err(ScramError::Malformed("invalid channel-binding flag")),
+    };
+    // rest is ",<authzid>,<bare>"; PostgreSQL takes no authzid.
+    match rest {
+        [b',', b'a', b'=', ..] => Err(ScramError::Malformed(
+            "authorization identity is not supported",
+        )),
+        [b',', b',', bare @ ..] => {
+            let header = msg
+                .get(..comma + 2)
+                .ok_or(ScramError::Malformed("malformed gs2 header"))?;
+            Ok((header, flag, bare))
+        }
+        _ => Err(ScramError::Malformed("malformed gs2 header")),
     }
-    Err(match msg {
-        [b'n' | b'y', b',', b'a', b'=', ..] => {
-            ScramError::Malformed("authorization identity is not supported")
-        }
-        [b'p', b'=', ..] => {
-            ScramError::Malformed("client requires channel binding, which the server did not offer")
-        }
-        [b'n' | b'y', ..] => ScramError::Malformed("malformed gs2 header"),
-        _ => ScramError::Malformed("invalid channel-binding flag"),
-    })
 }
 
 /// Optional extensions (`<letter>=<value>`) are ignored, but must be

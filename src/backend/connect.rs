@@ -1,14 +1,17 @@
-//! Opening a server connection and logging in (trust, cleartext, md5, SCRAM-SHA-256 through
-//! postgres-protocol's client), then collecting ParameterStatus and BackendKeyData up to ReadyForQuery.
+//! Opening a server connection, TLS as `server_tls_sslmode` says, and logging in (trust, cleartext,
+//! md5, SCRAM-SHA-256 with a password or passed-through keys, SCRAM-SHA-256-PLUS over TLS), then
+//! collecting ParameterStatus and BackendKeyData up to ReadyForQuery.
 
 use super::params::ParamSet;
 use super::{BackendError, BackendKey, Server, ServerAddr};
+use crate::auth::scram_client::{self, ClientSecret, ScramClient};
 use crate::auth::secret::Secret;
+use crate::config::SslMode;
 use crate::net::stream::Stream;
+use crate::net::tls::ServerTls;
 use crate::proto::{self, backend as msg};
 use bytes::{Buf, BytesMut};
 use md5::{Digest, Md5};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 /// Largest message accepted from a server during login.
 const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
@@ -31,6 +35,9 @@ pub struct LoginParams<'a> {
     pub secret: Option<&'a Secret>,
     /// Extra startup parameters (client_encoding, datestyle, timezone, application_name).
     pub startup: &'a [(String, String)],
+    pub tls: &'a ServerTls,
+    /// For a SCRAM verifier secret: the ClientKey a client proved it has (pass-through).
+    pub client_key: Option<Zeroizing<[u8; 32]>>,
 }
 
 /// Connects and logs in within `timeout`.
@@ -44,6 +51,44 @@ pub async fn connect(
             .await
             .map_err(|_| BackendError::Timeout)?,
         None => connect_inner(p).await,
+    }
+}
+
+/// SSLRequest: length 8, code 1234.5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Asks for TLS on a fresh TCP connection as `server_tls_sslmode` says. Unix sockets never use TLS,
+/// as with libpq; `allow` connects in the clear (libpq would retry with TLS only after a refusal).
+async fn negotiate_tls(
+    stream: &mut Stream,
+    addr: &ServerAddr,
+    tls: &ServerTls,
+) -> Result<(), BackendError> {
+    let Some(connector) = &tls.connector else {
+        return Ok(());
+    };
+    if tls.mode <= SslMode::Allow || !matches!(stream, Stream::Tcp(_)) {
+        return Ok(());
+    }
+    stream.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name =
+                rustls::pki_types::ServerName::try_from(addr.host.clone()).map_err(|_| {
+                    BackendError::Tls(format!("{:?} is not a valid TLS server name", addr.host))
+                })?;
+            stream
+                .connect_tls(connector, name)
+                .await
+                .map_err(|e| BackendError::Tls(e.to_string()))
+        }
+        b'N' if tls.mode.requires_tls() => Err(BackendError::Tls(
+            "server does not support TLS, and server_tls_sslmode requires it".into(),
+        )),
+        b'N' => Ok(()),
+        _ => Err(proto::ProtoError::Malformed("answer to SSLRequest").into()),
     }
 }
 
@@ -68,6 +113,7 @@ async fn open(addr: &ServerAddr) -> Result<Stream, BackendError> {
 
 async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
     let mut stream = open(&p.addr).await?;
+    negotiate_tls(&mut stream, &p.addr, p.tls).await?;
     let mut out = BytesMut::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
     params.extend(p.startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -76,7 +122,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
     out.clear();
 
     let mut rbuf = BytesMut::with_capacity(4096);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient> = None;
     // Authentication phase.
     loop {
         let (tag, mut body) = read_message(&mut stream, &mut rbuf).await?;
@@ -111,29 +157,70 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                         frontend::password_message(salted_md5(&hashed, salt).as_bytes(), &mut out)?;
                     }
                     10 => {
-                        let Some(Secret::Plain(pw)) = p.secret else {
-                            return Err(BackendError::UnsupportedAuth(
-                                "a SCRAM-SHA-256 login (needs the password)",
-                            ));
-                        };
-                        let offered = body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                        if !offered {
-                            return Err(BackendError::UnsupportedAuth(
+                        let offered: Vec<&[u8]> =
+                            body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                        let end_point = stream
+                            .peer_certificate()
+                            .and_then(|c| crate::net::tls::end_point_hash(&c));
+                        let mechanism =
+                            scram_client::choose(&offered, stream.is_tls(), end_point.as_deref())
+                                .ok_or(BackendError::UnsupportedAuth(
                                 "a SASL mechanism other than SCRAM-SHA-256",
-                            ));
-                        }
-                        let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                            ))?;
+                        let secret = match (p.secret, &p.client_key) {
+                            (Some(Secret::Plain(pw)), _) => ClientSecret::Password(pw.clone()),
+                            (Some(Secret::Scram(v)), Some(key)) => ClientSecret::Keys {
+                                client_key: key.clone(),
+                                server_key: Zeroizing::new(v.server_key),
+                                salt: v.salt.clone(),
+                                iterations: v.iterations,
+                            },
+                            (Some(Secret::Scram(_)), None) => {
+                                return Err(BackendError::UnsupportedAuth(
+                                    "a SCRAM-SHA-256 login, and no client has yet proved this user's SCRAM secret to pass through",
+                                ))
+                            }
+                            _ => {
+                                return Err(BackendError::UnsupportedAuth(
+                                    "a SCRAM-SHA-256 login (needs the password or a SCRAM secret)",
+                                ))
+                            }
+                        };
+                        let s = ScramClient::new(secret, &mechanism, rand::random());
+                        frontend::sasl_initial_response(
+                            mechanism.name(),
+                            &s.client_first(),
+                            &mut out,
+                        )?;
                         scram = Some(s);
                     }
                     11 => {
                         let s = scram.as_mut().ok_or(proto::ProtoError::Unexpected('R'))?;
-                        s.update(&body)?;
-                        frontend::sasl_response(s.message(), &mut out)?;
+                        let salted = match p.secret {
+                            Some(Secret::Plain(pw)) => {
+                                let (salt, iterations) = ScramClient::server_first_params(&body)?;
+                                let pw = pw.clone();
+                                // PBKDF2 is deliberately slow: keep it off the async worker threads.
+                                Some(
+                                    tokio::task::spawn_blocking(move || {
+                                        scram_client::salted_password(
+                                            pw.as_bytes(),
+                                            &salt,
+                                            iterations,
+                                        )
+                                    })
+                                    .await
+                                    .map_err(|_| BackendError::Closed)?,
+                                )
+                            }
+                            _ => None,
+                        };
+                        let reply = s.client_final(&body, salted.as_deref())?;
+                        frontend::sasl_response(&reply, &mut out)?;
                     }
                     12 => {
                         let s = scram.as_mut().ok_or(proto::ProtoError::Unexpected('R'))?;
-                        s.finish(&body)?;
+                        s.server_final(&body)?;
                         continue;
                     }
                     _ => {

@@ -75,6 +75,10 @@ pub enum BackendError {
     UnsupportedAuth(&'static str),
     #[error("server closed the connection")]
     Closed,
+    #[error("server TLS: {0}")]
+    Tls(String),
+    #[error("server login: {0}")]
+    Scram(#[from] crate::auth::scram_client::ScramClientError),
     /// Logging in failed a moment ago; no new attempt before `server_login_retry`.
     #[error("server login has been failing, try again later (server_login_retry): {last}")]
     LoginRetry { code: String, last: String },
@@ -85,7 +89,9 @@ impl BackendError {
     pub fn sqlstate(&self) -> &str {
         match self {
             BackendError::Login { code, .. } | BackendError::LoginRetry { code, .. } => code,
-            BackendError::UnsupportedAuth(_) => crate::proto::sqlstate::INVALID_AUTHORIZATION,
+            BackendError::UnsupportedAuth(_) | BackendError::Scram(_) => {
+                crate::proto::sqlstate::INVALID_AUTHORIZATION
+            }
             _ => crate::proto::sqlstate::CONNECTION_FAILURE,
         }
     }

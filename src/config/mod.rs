@@ -42,6 +42,8 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }

@@ -2,9 +2,11 @@
 
 use super::ConfigError;
 use crate::auth::secret::Secret;
+use crate::net::tls::{ClientTls, ServerTls, TlsFiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a server stays with a client.
@@ -58,6 +60,10 @@ pub enum AuthType {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// A TLS client certificate whose CN is the user name.
+    Cert,
+    /// Per connection, as the first matching line of `auth_hba_file` says.
+    Hba,
 }
 
 impl std::str::FromStr for AuthType {
@@ -69,8 +75,10 @@ impl std::str::FromStr for AuthType {
             "plain" | "password" => Ok(Self::Plain),
             "md5" => Ok(Self::Md5),
             "scram-sha-256" => Ok(Self::ScramSha256),
+            "cert" => Ok(Self::Cert),
+            "hba" => Ok(Self::Hba),
             other => Err(format!(
-                "unsupported auth_type {other:?} (trust, any, plain, md5, scram-sha-256)"
+                "unsupported auth_type {other:?} (trust, any, password, md5, scram-sha-256, cert, hba)"
             )),
         }
     }
@@ -124,6 +132,67 @@ pub struct RawGeneral {
     pub workers: usize,
     /// pgsluice only: `text` (PgBouncer's line shape) or `json`.
     pub log_format: LogFormat,
+    pub auth_hba_file: Option<PathBuf>,
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    pub auth_dbname: Option<String>,
+    pub client_tls_sslmode: SslMode,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub client_tls_ca_file: Option<PathBuf>,
+    pub client_tls_protocols: String,
+    pub client_tls_ciphers: String,
+    pub client_tls13_ciphers: String,
+    pub server_tls_sslmode: SslMode,
+    pub server_tls_cert_file: Option<PathBuf>,
+    pub server_tls_key_file: Option<PathBuf>,
+    pub server_tls_ca_file: Option<PathBuf>,
+    pub server_tls_protocols: String,
+    pub server_tls_ciphers: String,
+    pub server_tls13_ciphers: String,
+}
+
+/// PgBouncer's default auth query: the secret from pg_authid, none once `rolvaliduntil` has passed.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
+
+/// libpq's sslmode values, used for `client_tls_sslmode` and `server_tls_sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The peer must use TLS.
+    pub fn requires_tls(self) -> bool {
+        self >= SslMode::Require
+    }
+    /// The peer's certificate must chain to the configured CA.
+    pub fn verifies(self) -> bool {
+        self >= SslMode::VerifyCa
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "disable" => Ok(Self::Disable),
+            "allow" => Ok(Self::Allow),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            other => Err(format!(
+                "unsupported sslmode {other:?} (disable, allow, prefer, require, verify-ca, verify-full)"
+            )),
+        }
+    }
 }
 
 impl Default for RawGeneral {
@@ -164,6 +233,24 @@ impl Default for RawGeneral {
             stats_period: 60.0,
             workers: 0,
             log_format: LogFormat::Text,
+            auth_hba_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: None,
+            client_tls_sslmode: SslMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            client_tls_ca_file: None,
+            client_tls_protocols: "secure".into(),
+            client_tls_ciphers: "default".into(),
+            client_tls13_ciphers: String::new(),
+            server_tls_sslmode: SslMode::Prefer,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
+            server_tls_ca_file: None,
+            server_tls_protocols: "secure".into(),
+            server_tls_ciphers: "default".into(),
+            server_tls13_ciphers: String::new(),
         }
     }
 }
@@ -178,6 +265,8 @@ pub struct RawDatabase {
     pub user: Option<String>,
     pub password: Option<String>,
     pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub reserve_pool: Option<usize>,
@@ -237,6 +326,9 @@ pub struct Database {
     /// Forces the server login user, whatever the client's.
     pub user: Option<String>,
     pub password: Option<Secret>,
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub reserve_pool: Option<usize>,
@@ -307,6 +399,14 @@ pub struct General {
     pub stats_period: Option<Duration>,
     pub workers: usize,
     pub log_format: LogFormat,
+    /// Rules from `auth_hba_file`, for `auth_type = hba`.
+    pub auth_hba: Option<Arc<crate::auth::hba::HbaRules>>,
+    /// Who runs `auth_query` for users the auth file does not know.
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    pub auth_dbname: Option<String>,
+    pub client_tls: Arc<ClientTls>,
+    pub server_tls: Arc<ServerTls>,
 }
 
 /// The whole validated configuration. Immutable; a reload builds a new one.
@@ -334,7 +434,7 @@ impl Config {
     pub fn from_raw(
         raw: RawConfig,
         source: &Path,
-        warnings: Vec<String>,
+        mut warnings: Vec<String>,
     ) -> Result<Self, ConfigError> {
         let g = raw.general;
         for (name, v) in [
@@ -372,6 +472,59 @@ impl Config {
                 tracked.push(p.clone());
             }
         }
+        let files = |cert: &Option<PathBuf>,
+                     key: &Option<PathBuf>,
+                     ca: &Option<PathBuf>,
+                     protocols: &str,
+                     ciphers: &str,
+                     tls13: &str| TlsFiles {
+            cert: cert.as_ref().map(|p| resolve(source, p)),
+            key: key.as_ref().map(|p| resolve(source, p)),
+            ca: ca.as_ref().map(|p| resolve(source, p)),
+            protocols: protocols.to_owned(),
+            ciphers: ciphers.to_owned(),
+            tls13_ciphers: tls13.to_owned(),
+        };
+        let client_tls = ClientTls::load(
+            g.client_tls_sslmode,
+            &files(
+                &g.client_tls_cert_file,
+                &g.client_tls_key_file,
+                &g.client_tls_ca_file,
+                &g.client_tls_protocols,
+                &g.client_tls_ciphers,
+                &g.client_tls13_ciphers,
+            ),
+            &mut warnings,
+        )?;
+        let server_tls = ServerTls::load(
+            g.server_tls_sslmode,
+            &files(
+                &g.server_tls_cert_file,
+                &g.server_tls_key_file,
+                &g.server_tls_ca_file,
+                &g.server_tls_protocols,
+                &g.server_tls_ciphers,
+                &g.server_tls13_ciphers,
+            ),
+            &mut warnings,
+        )?;
+        if client_tls.mode != SslMode::Disable && client_tls.end_point.is_none() {
+            warnings.push(
+                "client_tls_cert_file: the certificate's signature hash is not one channel binding \
+                 can use, so SCRAM-SHA-256-PLUS is not offered"
+                    .into(),
+            );
+        }
+        let auth_hba = match &g.auth_hba_file {
+            Some(path) => Some(Arc::new(load_hba_file(&resolve(source, path))?)),
+            None if g.auth_type == AuthType::Hba => {
+                return Err(ConfigError::Invalid(
+                    "auth_type = hba needs auth_hba_file".into(),
+                ))
+            }
+            None => None,
+        };
         let general = General {
             listen_addr: g.listen_addr,
             listen_port: g.listen_port,
@@ -410,6 +563,12 @@ impl Config {
             stats_period: secs(g.stats_period),
             workers: g.workers,
             log_format: g.log_format,
+            auth_hba,
+            auth_user: g.auth_user,
+            auth_query: g.auth_query,
+            auth_dbname: g.auth_dbname,
+            client_tls: Arc::new(client_tls),
+            server_tls: Arc::new(server_tls),
         };
         let mut databases = BTreeMap::new();
         for (name, d) in raw.databases {
@@ -430,6 +589,9 @@ impl Config {
                 dbname: d.dbname,
                 user: d.user,
                 password: d.password.map(|p| Secret::parse(&p)),
+                auth_user: d.auth_user,
+                auth_query: d.auth_query,
+                auth_dbname: d.auth_dbname,
                 pool_size: d.pool_size,
                 min_pool_size: d.min_pool_size,
                 reserve_pool: d.reserve_pool,
@@ -483,6 +645,18 @@ pub fn resolve(source: &Path, path: &Path) -> PathBuf {
             .map(|d| d.join(path))
             .unwrap_or_else(|| path.to_owned())
     }
+}
+
+fn load_hba_file(path: &Path) -> Result<crate::auth::hba::HbaRules, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.to_owned(),
+        source,
+    })?;
+    crate::auth::hba::HbaRules::parse(&text).map_err(|e| ConfigError::AuthFile {
+        file: path.to_owned(),
+        line: e.line,
+        message: e.message,
+    })
 }
 
 fn load_auth_file(path: &Path) -> Result<BTreeMap<String, Secret>, ConfigError> {

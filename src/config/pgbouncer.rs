@@ -96,6 +96,10 @@ pub fn parse_seconds(v: &str) -> Result<f64, String> {
     }
 }
 
+fn path(v: &str) -> Option<std::path::PathBuf> {
+    (!v.trim().is_empty()).then(|| v.trim().into())
+}
+
 fn parse_list(v: &str) -> Vec<String> {
     v.split(',')
         .map(str::trim)
@@ -149,6 +153,24 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "log_pooler_errors" => set!(log_pooler_errors, parse_bool),
         "stats_period" => set!(stats_period, parse_seconds),
         "workers" => set!(workers, parse_num),
+        "auth_hba_file" => g.auth_hba_file = path(v),
+        "auth_user" => g.auth_user = (!v.is_empty()).then(|| v.to_owned()),
+        "auth_query" => g.auth_query = v.to_owned(),
+        "auth_dbname" => g.auth_dbname = (!v.is_empty()).then(|| v.to_owned()),
+        "client_tls_sslmode" => set!(client_tls_sslmode, |v: &str| v.parse()),
+        "client_tls_cert_file" => g.client_tls_cert_file = path(v),
+        "client_tls_key_file" => g.client_tls_key_file = path(v),
+        "client_tls_ca_file" => g.client_tls_ca_file = path(v),
+        "client_tls_protocols" => g.client_tls_protocols = v.to_owned(),
+        "client_tls_ciphers" => g.client_tls_ciphers = v.to_owned(),
+        "client_tls13_ciphers" => g.client_tls13_ciphers = v.to_owned(),
+        "server_tls_sslmode" => set!(server_tls_sslmode, |v: &str| v.parse()),
+        "server_tls_cert_file" => g.server_tls_cert_file = path(v),
+        "server_tls_key_file" => g.server_tls_key_file = path(v),
+        "server_tls_ca_file" => g.server_tls_ca_file = path(v),
+        "server_tls_protocols" => g.server_tls_protocols = v.to_owned(),
+        "server_tls_ciphers" => g.server_tls_ciphers = v.to_owned(),
+        "server_tls13_ciphers" => g.server_tls13_ciphers = v.to_owned(),
         "log_format" => {
             g.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => super::LogFormat::Text,
@@ -172,6 +194,9 @@ fn parse_database(e: &IniEntry, warnings: &mut Vec<String>) -> Result<RawDatabas
             "dbname" => d.dbname = Some(v),
             "user" => d.user = Some(v),
             "password" => d.password = Some(v),
+            "auth_user" => d.auth_user = Some(v),
+            "auth_query" => d.auth_query = Some(v),
+            "auth_dbname" => d.auth_dbname = Some(v),
             "pool_size" => d.pool_size = Some(parse_num(&v).map_err(err)?),
             "min_pool_size" => d.min_pool_size = Some(parse_num(&v).map_err(err)?),
             "reserve_pool" | "reserve_pool_size" => {

@@ -2,9 +2,11 @@
 
 use super::send_error;
 use crate::app::App;
-use crate::auth::client::{authenticate, AuthError};
+use crate::auth::client::{authenticate, AuthContext, AuthError, Method};
+use crate::auth::hba::Transport;
 use crate::backend::params::ParamSet;
 use crate::net::stream::Stream;
+use crate::net::tls::{ClientTls, ALPN_POSTGRESQL};
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::proto::encode::{self, Severity};
 use crate::proto::startup::{self, StartupMessage, StartupPacket};
@@ -42,24 +44,64 @@ async fn reject(stream: &mut Stream, code: &str, message: String) -> LoginEnd {
     LoginEnd::Rejected(message)
 }
 
-/// Reads the startup packet, answering SSLRequest and GSSENCRequest with `N` (no TLS yet).
+/// The first byte of a TLS handshake record: a client starting TLS without SSLRequest.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Reads the startup packet. SSLRequest gets `S` and a TLS handshake when TLS is configured, `N`
+/// otherwise; GSSENCRequest always gets `N`. A ClientHello as the very first bytes is PostgreSQL
+/// 17's direct TLS, which must name the `postgresql` protocol by ALPN.
 async fn read_startup(
     app: &App,
     stream: &mut Stream,
     buf: &mut BytesMut,
+    tls: &ClientTls,
 ) -> Result<StartupMessage, LoginEnd> {
+    if let Some(acceptor) = &tls.acceptor {
+        if buf.is_empty() && stream.peek_first().await.ok().flatten() == Some(TLS_HANDSHAKE_RECORD)
+        {
+            stream
+                .accept_tls(acceptor)
+                .await
+                .map_err(|_| LoginEnd::Gone)?;
+            if stream.alpn_protocol().as_deref() != Some(ALPN_POSTGRESQL) {
+                return Err(reject(
+                    stream,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "received direct SSL connection request without ALPN protocol negotiation extension".into(),
+                )
+                .await);
+            }
+        }
+    }
     loop {
         match startup::parse(buf) {
-            Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
-                if !buf.is_empty() {
-                    // Bytes after an SSLRequest, before our answer, would be a buffer-stuffing attack.
-                    return Err(reject(
-                        stream,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "unexpected data after SSLRequest".into(),
-                    )
-                    .await);
+            Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest))
+                if !buf.is_empty() =>
+            {
+                // Bytes after an SSLRequest, before our answer, would be a buffer-stuffing attack.
+                return Err(reject(
+                    stream,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "unexpected data after SSLRequest".into(),
+                )
+                .await);
+            }
+            Ok(Some(StartupPacket::SslRequest)) => match &tls.acceptor {
+                Some(acceptor) if !stream.is_tls() && !stream.is_unix() => {
+                    stream.write_all(b"S").await.map_err(|_| LoginEnd::Gone)?;
+                    // A failed handshake leaves nothing to send an error over.
+                    stream
+                        .accept_tls(acceptor)
+                        .await
+                        .map_err(|_| LoginEnd::Gone)?;
+                    continue;
                 }
+                _ => {
+                    stream.write_all(b"N").await.map_err(|_| LoginEnd::Gone)?;
+                    continue;
+                }
+            },
+            Ok(Some(StartupPacket::GssEncRequest)) => {
                 stream.write_all(b"N").await.map_err(|_| LoginEnd::Gone)?;
                 continue;
             }
@@ -95,9 +137,9 @@ pub async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<LoggedIn, LoginEnd> {
-    let mut m = read_startup(app, stream, buf).await?;
     let config = app.config();
     let g = &config.general;
+    let mut m = read_startup(app, stream, buf, &g.client_tls).await?;
 
     // Protocol options (`_pq_.*`) and minor versions above 0 are declined, as PostgreSQL does.
     let unknown_options: Vec<String> = m
@@ -154,7 +196,7 @@ pub async fn login(
         }
     }
 
-    let Some(settings) = PoolSettings::resolve(&config, &database, &user) else {
+    let Some(settings) = PoolSettings::resolve(&config, &database, &user, &app.secrets) else {
         // Refused before authentication, with PgBouncer's message and SQLSTATE.
         return Err(reject(
             stream,
@@ -164,8 +206,85 @@ pub async fn login(
         .await);
     };
 
-    let secret = config.auth_secrets.get(&user);
-    if let Err(e) = authenticate(stream, buf, g.auth_type, &user, secret, &app.verifiers).await {
+    // PgBouncer's rule: TLS may be required of TCP clients, never of unix-socket ones.
+    if g.client_tls.mode.requires_tls() && !stream.is_tls() && !stream.is_unix() {
+        return Err(reject(
+            stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "SSL required".into(),
+        )
+        .await);
+    }
+    let method = match Method::from_auth_type(g.auth_type) {
+        Some(m) => m,
+        None => {
+            let transport = match stream.peer_ip() {
+                Some(addr) => Transport::Tcp {
+                    addr,
+                    tls: stream.is_tls(),
+                },
+                None => Transport::Unix,
+            };
+            match g
+                .auth_hba
+                .as_ref()
+                .and_then(|h| h.lookup(transport, &database, &user))
+            {
+                Some(hit) => Method::from_hba(hit.method),
+                None => {
+                    let (host, encryption) = match transport {
+                        Transport::Tcp { addr, tls } => (
+                            addr.to_string(),
+                            if tls {
+                                "SSL encryption"
+                            } else {
+                                "no encryption"
+                            },
+                        ),
+                        Transport::Unix => ("[local]".to_owned(), "no encryption"),
+                    };
+                    return Err(reject(
+                        stream,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!("no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"),
+                    )
+                    .await);
+                }
+            }
+        }
+    };
+
+    let db_entry = config.database(&database);
+    let mut fetched_from = None;
+    let secret = match config.auth_secrets.get(&user) {
+        Some(s) => Some(s.clone()),
+        None if method.needs_secret() => match db_entry {
+            Some(db) => match crate::auth::query::fetch(app, &config, db, &database, &user).await {
+                Ok(s) => {
+                    fetched_from = crate::auth::query::fetch_key(&config, db, &user);
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(db = %database, user = %user, error = %e, "auth_query failed");
+                    return Err(reject(stream, e.sqlstate(), e.to_string()).await);
+                }
+            },
+            None => None,
+        },
+        None => None,
+    };
+    let ctx = AuthContext {
+        user: &user,
+        secret: secret.as_ref(),
+        verifiers: &app.verifiers,
+        keys: &app.secrets,
+        end_point: g.client_tls.end_point.as_deref(),
+    };
+    if let Err(e) = authenticate(stream, buf, method, &ctx).await {
+        // A changed password is fetched afresh on the next try.
+        if let Some(key) = &fetched_from {
+            app.secrets.forget_fetched(key);
+        }
         return Err(match e {
             AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
             AuthError::Failed(_) => {

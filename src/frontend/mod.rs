@@ -60,7 +60,8 @@ pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: Strin
     };
     let (db, user) = (me.database.clone(), me.user.clone());
     if g.log_connections {
-        tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls=no");
+        let tls = if stream.is_tls() { "yes" } else { "no" };
+        tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls={tls}");
     }
     let started = tokio::time::Instant::now();
     drop(config);

@@ -1,4 +1,5 @@
-//! Sockets: the listeners and the stream type that hides TCP versus unix sockets.
+//! Sockets: the listeners, the stream type that hides TCP, TLS and unix sockets, and TLS itself.
 
 pub mod listener;
 pub mod stream;
+pub mod tls;

@@ -1,15 +1,29 @@
-//! A byte stream over TCP or a unix socket, so that the rest of the pooler is written once.
+//! A byte stream over TCP, TLS over TCP, or a unix socket, so that the rest of the pooler is
+//! written once.
 
+use parking_lot::Mutex;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsStream;
 
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS, accepted from a client or opened to a server. The lock lets [`Stream::split`] hand out a
+    /// reading and a writing half of one rustls session; both halves are used by one task, so it is
+    /// never contended.
+    Tls(Box<Mutex<TlsStream<TcpStream>>>),
+    /// What is left when a TLS handshake failed part way: every read sees EOF, every write fails.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
 }
 
 impl Stream {
@@ -19,17 +33,129 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => s.try_read(buf),
+            Stream::Tls(s) => {
+                // rustls has no try_read: poll once with a waker that does nothing.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut rb = ReadBuf::new(buf);
+                match Pin::new(&mut *s.lock()).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Stream::Closed => Ok(0),
         }
     }
 
     pub fn peer_description(&self) -> String {
+        let tcp = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => {
+                return s
+                    .lock()
+                    .get_ref()
+                    .0
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "?".into())
+            }
+            Stream::Unix(_) => return "unix".into(),
+            Stream::Closed => return "?".into(),
+        };
+        tcp.peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into())
+    }
+
+    /// The peer's IP address, for hba rules; `None` on a unix socket.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
         match self {
-            Stream::Tcp(s) => s
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            Stream::Unix(_) => "unix".into(),
+            Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+            Stream::Tls(s) => s.lock().get_ref().0.peer_addr().ok().map(|a| a.ip()),
+            Stream::Unix(_) | Stream::Closed => None,
         }
+    }
+
+    /// The uid of the process at the other end of a unix socket, for `peer` authentication.
+    pub fn peer_uid(&self) -> Option<u32> {
+        match self {
+            Stream::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
+            _ => None,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
+    /// The certificate the peer presented in the TLS handshake, if any.
+    pub fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        let Stream::Tls(s) = self else { return None };
+        let guard = s.lock();
+        let certs = match &*guard {
+            TlsStream::Server(t) => t.get_ref().1.peer_certificates(),
+            TlsStream::Client(t) => t.get_ref().1.peer_certificates(),
+        };
+        certs
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned())
+    }
+
+    /// The protocol the client chose by ALPN, on an accepted TLS connection.
+    pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        let Stream::Tls(s) = self else { return None };
+        let guard = s.lock();
+        match &*guard {
+            TlsStream::Server(t) => t.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+            TlsStream::Client(t) => t.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The first byte the peer sent, without taking it, to tell a TLS ClientHello (direct TLS, as
+    /// PostgreSQL 17 clients may send) from a startup packet. `None` for unix sockets and at EOF.
+    pub async fn peek_first(&self) -> io::Result<Option<u8>> {
+        let Stream::Tcp(s) = self else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 1];
+        Ok((s.peek(&mut b).await? == 1).then_some(b[0]))
+    }
+
+    fn take_tcp(&mut self) -> io::Result<TcpStream> {
+        match std::mem::replace(self, Stream::Closed) {
+            Stream::Tcp(s) => Ok(s),
+            other => {
+                *self = other;
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS needs a plain TCP connection",
+                ))
+            }
+        }
+    }
+
+    /// Runs the server side of a TLS handshake on this TCP connection.
+    pub async fn accept_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+        let tcp = self.take_tcp()?;
+        let tls = acceptor.accept(tcp).await?;
+        *self = Stream::Tls(Box::new(Mutex::new(TlsStream::Server(tls))));
+        Ok(())
+    }
+
+    /// Runs the client side of a TLS handshake on this TCP connection, towards `name`.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        name: ServerName<'static>,
+    ) -> io::Result<()> {
+        let tcp = self.take_tcp()?;
+        let tls = connector.connect(name, tcp).await?;
+        *self = Stream::Tls(Box::new(Mutex::new(TlsStream::Client(tls))));
+        Ok(())
     }
 }
 
@@ -56,6 +182,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -69,6 +197,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -76,6 +206,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -83,6 +215,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 }
@@ -92,6 +226,8 @@ impl AsyncWrite for Stream {
 pub enum ReadHalf<'a> {
     Tcp(tokio::net::tcp::ReadHalf<'a>),
     Unix(tokio::net::unix::ReadHalf<'a>),
+    Tls(&'a Mutex<TlsStream<TcpStream>>),
+    Closed,
 }
 
 /// The writing half of a borrowed [`Stream`].
@@ -99,6 +235,8 @@ pub enum ReadHalf<'a> {
 pub enum WriteHalf<'a> {
     Tcp(tokio::net::tcp::WriteHalf<'a>),
     Unix(tokio::net::unix::WriteHalf<'a>),
+    Tls(&'a Mutex<TlsStream<TcpStream>>),
+    Closed,
 }
 
 impl Stream {
@@ -113,6 +251,8 @@ impl Stream {
                 let (r, w) = s.split();
                 (ReadHalf::Unix(r), WriteHalf::Unix(w))
             }
+            Stream::Tls(s) => (ReadHalf::Tls(s), WriteHalf::Tls(s)),
+            Stream::Closed => (ReadHalf::Closed, WriteHalf::Closed),
         }
     }
 }
@@ -126,6 +266,8 @@ impl AsyncRead for ReadHalf<'_> {
         match self.get_mut() {
             ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => Pin::new(&mut *s.lock()).poll_read(cx, buf),
+            ReadHalf::Closed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -139,6 +281,8 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             WriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tls(s) => Pin::new(&mut *s.lock()).poll_write(cx, buf),
+            WriteHalf::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -146,6 +290,8 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_flush(cx),
             WriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tls(s) => Pin::new(&mut *s.lock()).poll_flush(cx),
+            WriteHalf::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -153,6 +299,8 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Tls(s) => Pin::new(&mut *s.lock()).poll_shutdown(cx),
+            WriteHalf::Closed => Poll::Ready(Err(closed())),
         }
     }
 }

@@ -425,12 +425,15 @@ impl Pool {
 
     async fn open_now(&self, settings: &PoolSettings) -> Result<Server, BackendError> {
         let login = &settings.login;
+        let (secret, client_key) = login.credentials();
         let params = LoginParams {
             addr: login.addr.clone(),
             user: &login.user,
             database: &login.dbname,
-            secret: login.secret.as_ref(),
+            secret: secret.as_ref(),
             startup: &login.startup,
+            tls: &login.tls,
+            client_key,
         };
         let server = connect::connect(&params, settings.server_connect_timeout).await?;
         *self.welcome.lock() = Some(server.params.clone());

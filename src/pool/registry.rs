@@ -49,10 +49,10 @@ impl Registry {
 
     /// Applies a reloaded configuration to the existing pools. A pool whose database entry is gone
     /// keeps serving its connected clients and closes servers as they come back.
-    pub fn reload(&self, config: &Config) {
+    pub fn reload(&self, config: &Config, store: &Arc<crate::auth::store::SecretStore>) {
         for p in self.pools.iter() {
             let key = p.key();
-            match PoolSettings::resolve(config, &key.database, &key.user) {
+            match PoolSettings::resolve(config, &key.database, &key.user, store) {
                 Some(s) => {
                     if let Some(l) = self.db_limits.get(&key.database) {
                         l.set_max(s.max_db_connections);

@@ -1,8 +1,10 @@
 //! The settings one pool runs with, resolved from the global, database and user configuration.
 
 use crate::auth::secret::Secret;
+use crate::auth::store::{FetchKey, SecretStore};
 use crate::backend::ServerAddr;
 use crate::config::{Config, PoolMode};
+use crate::net::tls::ServerTls;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +14,30 @@ pub struct LoginInfo {
     pub addr: Arc<ServerAddr>,
     pub user: String,
     pub dbname: String,
+    /// From the configuration (database entry or auth file); `None` leaves it to what `auth_query`
+    /// found, in `store`.
     pub secret: Option<Secret>,
     pub startup: Vec<(String, String)>,
+    pub tls: Arc<ServerTls>,
+    pub store: Arc<SecretStore>,
+}
+
+impl LoginInfo {
+    /// The secret to log in with, and for a SCRAM verifier the ClientKey a client proved.
+    pub fn credentials(&self) -> (Option<Secret>, Option<zeroize::Zeroizing<[u8; 32]>>) {
+        let secret = self.secret.clone().or_else(|| {
+            self.store.last_fetched(&FetchKey {
+                host: self.addr.host.clone(),
+                port: self.addr.port,
+                user: self.user.clone(),
+            })
+        });
+        let key = match &secret {
+            Some(Secret::Scram(v)) => self.store.client_key(&self.user, v),
+            _ => None,
+        };
+        (secret, key)
+    }
 }
 
 impl std::fmt::Debug for LoginInfo {
@@ -50,7 +74,12 @@ pub struct PoolSettings {
 impl PoolSettings {
     /// Resolves the settings of the pool for `database` (a `[databases]` name) and client `user`.
     /// `None` when no database entry (nor `*`) matches.
-    pub fn resolve(config: &Config, database: &str, user: &str) -> Option<PoolSettings> {
+    pub fn resolve(
+        config: &Config,
+        database: &str,
+        user: &str,
+        store: &Arc<SecretStore>,
+    ) -> Option<PoolSettings> {
         let g = &config.general;
         let db = config.database(database)?;
         let u = config.user(user);
@@ -92,6 +121,8 @@ impl PoolSettings {
                 dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
                 secret,
                 startup: db.startup_params.clone(),
+                tls: g.server_tls.clone(),
+                store: store.clone(),
             },
             closing: false,
         })

@@ -27,6 +27,34 @@ pub fn ready_for_query(body: &[u8]) -> Result<u8, ProtoError> {
     }
 }
 
+/// Column `index` of a DataRow as text; `None` for NULL.
+pub fn data_row_column(body: &[u8], index: usize) -> Result<Option<String>, ProtoError> {
+    let bad = || ProtoError::Malformed("DataRow");
+    let (count, mut rest) = body.split_first_chunk::<2>().ok_or_else(bad)?;
+    if index >= usize::from(u16::from_be_bytes(*count)) {
+        return Err(bad());
+    }
+    for i in 0..=index {
+        let (len, after) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = i32::from_be_bytes(*len);
+        let Ok(len) = usize::try_from(len) else {
+            if i == index {
+                return Ok(None);
+            }
+            rest = after;
+            continue;
+        };
+        let (value, after) = after.split_at_checked(len).ok_or_else(bad)?;
+        if i == index {
+            return std::str::from_utf8(value)
+                .map(|v| Some(v.to_owned()))
+                .map_err(|_| bad());
+        }
+        rest = after;
+    }
+    Err(bad())
+}
+
 /// The fields of an ErrorResponse or NoticeResponse the pooler cares about.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ErrorFields<'a> {

@@ -1,8 +1,14 @@
 //! Test harness: a throwaway PostgreSQL (initdb on a free loopback port, its own pg_hba with SCRAM
 //! and md5 users), started once per test binary, and pgsluice instances started in-process per test.
+//! The server speaks TLS (`ssl=on`, certificates from [`certs::TestCerts`]) and carries the users the
+//! authentication tests need: the CloudNativePG auth user with its `user_search` function, a user
+//! refused without TLS, and a user known only through auth_query.
 #![allow(dead_code, clippy::unwrap_used, clippy::zombie_processes)]
 
+pub mod certs;
 pub mod wire;
+
+use certs::TestCerts;
 
 use pgsluice::app::App;
 use std::net::SocketAddr;
@@ -15,11 +21,21 @@ pub const SCRAM_USER: &str = "app";
 pub const SCRAM_PASSWORD: &str = "app-secret";
 pub const MD5_USER: &str = "legacy";
 pub const MD5_PASSWORD: &str = "legacy-secret";
+/// CloudNativePG's auth user: logs in with a client certificate (`hostssl ... cert`) and may only
+/// call `public.user_search`.
+pub const AUTH_USER: &str = "cnpg_pooler_pgbouncer";
+/// A SCRAM user pg_hba rejects over plain TCP (`hostnossl ... reject`).
+pub const TLS_ONLY_USER: &str = "tlsonly";
+pub const TLS_ONLY_PASSWORD: &str = "tlsonly-secret";
+/// A SCRAM user missing from the tests' userlist.txt, found through auth_query only.
+pub const QUERY_USER: &str = "fromquery";
+pub const QUERY_PASSWORD: &str = "fromquery-secret";
 
 pub struct Postgres {
     pub port: u16,
     pub dir: PathBuf,
     pub bindir: PathBuf,
+    pub certs: TestCerts,
 }
 
 fn bindir() -> PathBuf {
@@ -85,6 +101,9 @@ impl Postgres {
             .tempdir()
             .unwrap()
             .keep();
+        // Made before the chown below, which hands the keys to `postgres` too: PostgreSQL wants its
+        // key file owned by the user it runs as, mode 0600 (generate sets the mode).
+        let certs = TestCerts::generate(&dir.join("certs"));
         if is_root() {
             Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -109,6 +128,8 @@ impl Postgres {
             format!(
                 "local all all trust\n\
                  host all postgres 127.0.0.1/32 trust\n\
+                 hostssl all {AUTH_USER} 127.0.0.1/32 cert\n\
+                 hostnossl all {TLS_ONLY_USER} 127.0.0.1/32 reject\n\
                  host all {MD5_USER} 127.0.0.1/32 md5\n\
                  host all all 127.0.0.1/32 scram-sha-256\n"
             ),
@@ -121,12 +142,16 @@ impl Postgres {
         let script = format!(
             "{pg} -D {data} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
              -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c logging_collector=off > {dir}/postgres.log 2>&1 & pid=$!; \
+             -c logging_collector=off -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key} \
+             -c ssl_ca_file={ca} > {dir}/postgres.log 2>&1 & pid=$!; \
              while [ -d /proc/{me} ] && kill -0 $pid 2>/dev/null; do sleep 0.5; done; \
              kill -INT $pid 2>/dev/null; wait $pid; rm -rf {dir}",
             pg = bindir.join("postgres").display(),
             data = data.display(),
             dir = dir.display(),
+            cert = certs.server_cert.display(),
+            key = certs.server_key.display(),
+            ca = certs.ca.display(),
         );
         let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
@@ -141,7 +166,12 @@ impl Postgres {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         cmd.spawn().unwrap();
-        let pg = Postgres { port, dir, bindir };
+        let pg = Postgres {
+            port,
+            dir,
+            bindir,
+            certs,
+        };
         pg.wait_ready();
         pg.psql_super(&format!(
             "SET password_encryption = 'scram-sha-256';\
@@ -149,6 +179,20 @@ impl Postgres {
              SET password_encryption = 'md5';\
              CREATE ROLE {MD5_USER} LOGIN PASSWORD '{MD5_PASSWORD}';\
              GRANT ALL ON SCHEMA public TO PUBLIC;"
+        ));
+        // As CloudNativePG sets up its pooler's auth user (in database postgres).
+        pg.psql_super(&format!(
+            "SET password_encryption = 'scram-sha-256';\
+             CREATE ROLE {TLS_ONLY_USER} LOGIN PASSWORD '{TLS_ONLY_PASSWORD}';\
+             CREATE ROLE {QUERY_USER} LOGIN PASSWORD '{QUERY_PASSWORD}';\
+             CREATE ROLE cnpg_pooler_pgbouncer WITH LOGIN;\
+             GRANT CONNECT ON DATABASE postgres TO cnpg_pooler_pgbouncer;\
+             CREATE OR REPLACE FUNCTION public.user_search(uname TEXT) \
+             RETURNS TABLE (usename name, passwd text) AS \
+             'SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename=$1;' \
+             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp;\
+             REVOKE ALL ON FUNCTION public.user_search(text) FROM public;\
+             GRANT EXECUTE ON FUNCTION public.user_search(text) TO cnpg_pooler_pgbouncer;"
         ));
         pg.psql_super(&format!("CREATE DATABASE appdb OWNER {SCRAM_USER}"));
         pg
@@ -213,6 +257,18 @@ impl Postgres {
         .parse()
         .unwrap()
     }
+}
+
+/// Runs Debian's psql (`-X -A -t -w -c sql`) against any libpq connection string, e.g.
+/// `host=127.0.0.1 port=N user=app password=app-secret dbname=postgres sslmode=require`; never
+/// prompts for a password. The caller looks at the status, stdout and stderr.
+pub fn psql_conninfo(conninfo: &str, sql: &str) -> std::process::Output {
+    Command::new(bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-w", "-c", sql, "-d", conninfo])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// A pgsluice instance inside the test process, configured through a real pgbouncer.ini.

@@ -128,10 +128,10 @@ impl Postgres {
             format!(
                 "local all all trust\n\
                  host all postgres 127.0.0.1/32 trust\n\
-                 hostssl all {AUTH_USER} 127.0.0.1/32 cert\n\
-                 hostnossl all {TLS_ONLY_USER} 127.0.0.1/32 reject\n\
-                 host all {MD5_USER} 127.0.0.1/32 md5\n\
-                 host all all 127.0.0.1/32 scram-sha-256\n"
+                 hostssl all {AUTH_USER} 127.0.0.0/8 cert\n\
+                 hostnossl all {TLS_ONLY_USER} 127.0.0.0/8 reject\n\
+                 host all {MD5_USER} 127.0.0.0/8 md5\n\
+                 host all all 127.0.0.0/8 scram-sha-256\n"
             ),
         )
         .unwrap();
@@ -140,7 +140,7 @@ impl Postgres {
         // since a static is never dropped.
         let me = std::process::id();
         let script = format!(
-            "{pg} -D {data} -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
+            "{pg} -D {data} -p {port} -c listen_addresses=127.0.0.1,127.0.0.2 -c unix_socket_directories={dir} \
              -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
              -c logging_collector=off -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key} \
              -c ssl_ca_file={ca} > {dir}/postgres.log 2>&1 & pid=$!; \

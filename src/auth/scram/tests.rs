@@ -376,3 +376,5 @@ fn debug_is_redacted() {
     assert!(d.contains("<redacted>"));
     assert!(!d.contains(&format!("{:?}", ok.client_key)));
 }
+
+mod psql_transcript;

@@ -88,17 +88,15 @@ impl VerifierCache {
                 }
             }
         }
-        // PBKDF2 is deliberately slow: keep it off the async worker threads.
         let salt: [u8; 16] = rand::random();
-        let derived = tokio::task::spawn_blocking(move || {
+        let derived = super::kdf::derive(move || {
             ScramVerifier::from_password(
                 password.as_bytes(),
                 &salt,
                 crate::auth::secret::DEFAULT_ITERATIONS,
             )
         })
-        .await
-        .ok()?;
+        .await?;
         self.entries
             .insert(user.to_owned(), Arc::new((secret.clone(), derived.clone())));
         Some(derived)
@@ -213,15 +211,13 @@ pub async fn authenticate(
             }
             Some(Secret::Scram(v)) => {
                 let (given, v) = (Zeroizing::new(given.to_owned()), v.clone());
-                let derived = tokio::task::spawn_blocking(move || {
+                super::kdf::derive(move || {
                     ScramVerifier::from_password(given.as_bytes(), &v.salt, v.iterations)
                         .stored_key
                         .ct_eq(&v.stored_key)
                 })
                 .await
-                .map(bool::from)
-                .unwrap_or(false);
-                derived
+                .is_some_and(bool::from)
             }
             None => false,
         };

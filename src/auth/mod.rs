@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod hba;
+pub mod kdf;
 pub mod md5;
 pub mod query;
 pub mod scram;

@@ -200,9 +200,8 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                             Some(Secret::Plain(pw)) => {
                                 let (salt, iterations) = ScramClient::server_first_params(&body)?;
                                 let pw = pw.clone();
-                                // PBKDF2 is deliberately slow: keep it off the async worker threads.
                                 Some(
-                                    tokio::task::spawn_blocking(move || {
+                                    crate::auth::kdf::derive(move || {
                                         scram_client::salted_password(
                                             pw.as_bytes(),
                                             &salt,
@@ -210,7 +209,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                                         )
                                     })
                                     .await
-                                    .map_err(|_| BackendError::Closed)?,
+                                    .ok_or(BackendError::Closed)?,
                                 )
                             }
                             _ => None,

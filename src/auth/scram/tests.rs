@@ -378,3 +378,57 @@ fn debug_is_redacted() {
 }
 
 mod psql_transcript;
+
+#[test]
+fn plus_with_our_end_point_succeeds() {
+    let hash = vec![0xab; 32];
+    let v = verifier(b"s3cret");
+    let want = expected_client_key(b"s3cret", &v);
+    let server = ScramServer::new(v, NONCE).offered_channel_binding(Some(hash.clone()));
+    let ok = exchange(
+        server,
+        b"s3cret",
+        ChannelBinding::tls_server_end_point(hash),
+    )
+    .unwrap();
+    assert_eq!(ok.client_key, want);
+}
+
+#[test]
+fn plus_with_another_certificates_hash_fails() {
+    // A man in the middle terminates TLS with its own certificate: the hashes differ.
+    let server =
+        ScramServer::new(verifier(b"s3cret"), NONCE).offered_channel_binding(Some(vec![1; 32]));
+    let r = exchange(
+        server,
+        b"s3cret",
+        ChannelBinding::tls_server_end_point(vec![2; 32]),
+    );
+    assert!(
+        r.is_err(),
+        "binding data of another certificate was accepted"
+    );
+}
+
+#[test]
+fn plain_scram_after_plus_was_offered_is_accepted_unless_downgraded() {
+    // `n`: the client cannot bind (no TLS support for it); fine.
+    let server = ScramServer::new(verifier(b"pw"), NONCE).offered_channel_binding(None);
+    assert!(exchange(server, b"pw", ChannelBinding::unsupported()).is_ok());
+    // `y`: the client could bind and thinks we cannot, yet we offered PLUS: the offer was stripped.
+    let server = ScramServer::new(verifier(b"pw"), NONCE).offered_channel_binding(None);
+    let m = malformed(server.client_first(b"y,,n=,r=abcdef"));
+    assert!(m.contains("negotiation"), "{m}");
+}
+
+#[test]
+fn plus_selected_but_no_binding_sent_is_rejected() {
+    let server =
+        ScramServer::new(verifier(b"pw"), NONCE).offered_channel_binding(Some(vec![1; 32]));
+    let m = malformed(server.client_first(b"n,,n=,r=abcdef"));
+    assert!(m.contains("no channel binding"), "{m}");
+    let server =
+        ScramServer::new(verifier(b"pw"), NONCE).offered_channel_binding(Some(vec![1; 32]));
+    let m = malformed(server.client_first(b"p=tls-unique,,n=,r=abcdef"));
+    assert!(m.contains("unsupported"), "{m}");
+}

@@ -75,18 +75,28 @@ class Env:
         wait_port(self.pg_port); time.sleep(0.5)
         self.psql("CREATE ROLE bench LOGIN PASSWORD 'bench'")
         self.psql("CREATE DATABASE bench OWNER bench")
+        # The auth file holds the server's SCRAM verifier, not the password: both poolers then log in
+        # to PostgreSQL with the ClientKey from the client's proof, and neither derives keys per login.
+        verifier = subprocess.run([f"{self.bindir}/psql", "-X", "-qAt", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres",
+                                   "-c", "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'"],
+                                  check=True, capture_output=True, text=True).stdout.strip()
         with open(f"{self.dir}/userlist.txt", "w") as f:
-            f.write('"bench" "bench"\n')
+            f.write(f'"bench" "{verifier}"\n')
+        # One self-signed certificate for both poolers' TLS towards clients (the S4T storm).
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                        "-keyout", f"{self.dir}/server.key", "-out", f"{self.dir}/server.crt"], check=True, capture_output=True)
         common = (f"auth_type = scram-sha-256\nauth_file = {self.dir}/userlist.txt\npool_mode = transaction\n"
                   f"default_pool_size = {pool_size}\nmax_client_conn = 20000\nlisten_addr = 127.0.0.1\n"
-                  f"unix_socket_dir =\nlog_connections = 0\nlog_disconnections = 0\n")
+                  f"unix_socket_dir =\nlog_connections = 0\nlog_disconnections = 0\n"
+                  f"client_tls_sslmode = allow\nclient_tls_cert_file = {self.dir}/server.crt\nclient_tls_key_file = {self.dir}/server.key\n"
+                  f"server_tls_sslmode = disable\n")
         with open(f"{self.dir}/pgbouncer.ini", "w") as f:
             f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.bouncer_port}\n{common}")
         with open(f"{self.dir}/pgsluice.ini", "w") as f:
             f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.sluice_port}\n{common}"
                     + (f"workers = {workers}\n" if workers else ""))
         if os.geteuid() == 0:
-            for name in ("pgbouncer.ini", "userlist.txt"):
+            for name in ("pgbouncer.ini", "userlist.txt", "server.crt", "server.key"):
                 shutil.chown(f"{self.dir}/{name}", "postgres", "postgres")
         bouncer = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         self.bouncer = subprocess.Popen(as_pg([bouncer, f"{self.dir}/pgbouncer.ini"]), stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/pgbouncer.log", "w"))
@@ -129,9 +139,9 @@ class Env:
         subprocess.run(["rm", "-rf", self.dir])
 
 
-def pgbench(env, port, args, timeout):
+def pgbench(env, port, args, timeout, sslmode="disable"):
     cmd = [f"{env.bindir}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-n"] + args + ["bench"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD="bench"), timeout=timeout)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD="bench", PGSSLMODE=sslmode), timeout=timeout)
     out = r.stdout + r.stderr
     tps = re.search(r"tps = ([\d.]+) \((?:without|excluding|including)", out)
     lat = re.search(r"latency average = ([\d.]+) ms", out)
@@ -152,6 +162,7 @@ SCENARIOS = {
     "S2": ("TPC-B-like, 50 clients", ["-M", "simple", "-c", "50", "-j", "1"]),
     "S3": ("select-only, prepared, 50 clients", ["-S", "-M", "prepared", "-c", "50", "-j", "1"]),
     "S4": ("connection storm -C, SCRAM, 10 clients", ["-S", "-C", "-M", "simple", "-c", "10", "-j", "1"]),
+    "S4T": ("connection storm -C, SCRAM over TLS, 10 clients", ["-S", "-C", "-M", "simple", "-c", "10", "-j", "1"]),
     "S6": ("select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1", "-j", "1"]),
 }
 
@@ -167,7 +178,7 @@ def pgbouncer_has_prepared_statements():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=15)
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S6")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S6")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--out", default=f"{ROOT}/target/load")
     ap.add_argument("--workers", type=int, default=0, help="pgsluice runtime threads (0: one per core)")
@@ -181,8 +192,12 @@ def main():
         bouncer_prepared = pgbouncer_has_prepared_statements()
         for sid in a.scenarios.split(","):
             title, scenario_args = SCENARIOS[sid]
+            tls = sid.endswith("T")
             for name, port, pid in targets:
                 args = scenario_args
+                if tls and name == "direct":
+                    continue  # the throwaway PostgreSQL runs without TLS; the ratio is against PgBouncer
+                sslmode = "require" if tls else "disable"
                 # An older PgBouncer fails -M prepared in transaction mode: its row in S3 is then the
                 # same load with the simple protocol, the best it can do, as the reference.
                 if name == "pgbouncer" and "prepared" in args and not bouncer_prepared:
@@ -192,7 +207,7 @@ def main():
                 pgbench(env, port, args[:0] + ["-S", "-c", "4", "-T", "1"], 60)
                 cpu0 = cpu_seconds(pid) if pid else None
                 busy0, idle0 = machine_busy()
-                r = pgbench(env, port, args + ["-T", str(a.duration)], a.duration + 120)
+                r = pgbench(env, port, args + ["-T", str(a.duration)], a.duration + 120, sslmode)
                 busy1, idle1 = machine_busy()
                 if pid:
                     cpu = cpu_seconds(pid) - cpu0

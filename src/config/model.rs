@@ -516,6 +516,15 @@ impl Config {
                     .into(),
             );
         }
+        // Without a CA no client certificate is ever verified, so every cert login would fail.
+        if g.auth_type == AuthType::Cert
+            && (g.client_tls_ca_file.is_none() || g.client_tls_sslmode == SslMode::Disable)
+        {
+            return Err(ConfigError::Invalid(
+                "auth_type = cert needs client_tls_ca_file and a client_tls_sslmode other than disable"
+                    .into(),
+            ));
+        }
         let auth_hba = match &g.auth_hba_file {
             Some(path) => Some(Arc::new(load_hba_file(&resolve(source, path))?)),
             None if g.auth_type == AuthType::Hba => {

@@ -1152,3 +1152,115 @@ async fn no_password_or_fetched_secret_reaches_the_log() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. peer on the unix socket, auth_query per database with the default query
+// ---------------------------------------------------------------------------------------------
+
+/// The OS user running the tests, as `peer` sees it.
+fn os_user() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// An hba `peer` line lets a unix-socket client in when its OS user is the user name it gives, and
+/// refuses any other name with 28000; the database entry forces the server login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_admits_the_os_user_on_the_unix_socket_only() {
+    let pg = Postgres::shared();
+    let me = os_user();
+    let socket_dir = tempfile::tempdir().unwrap();
+    let f = files(&[
+        (
+            "hba.conf",
+            "local all all peer\nhost all all 127.0.0.1/32 reject\n",
+        ),
+        (
+            "users.txt",
+            userlist(&[(SCRAM_USER, SCRAM_PASSWORD)]).as_str(),
+        ),
+    ]);
+    let s = Sluice::start_exact(
+        &format!(
+            "auth_type = hba\nauth_hba_file = {}\nauth_file = {}\nunix_socket_dir = {}\n",
+            path_in(&f, "hba.conf"),
+            path_in(&f, "users.txt"),
+            socket_dir.path().display()
+        ),
+        &format!(
+            "peerdb = host=127.0.0.1 port={} dbname=appdb user={SCRAM_USER}",
+            pg.port
+        ),
+    )
+    .await;
+    let over_socket = |user: &str| {
+        format!(
+            "host={} port={} user={user} dbname=peerdb",
+            socket_dir.path().display(),
+            s.addr.port()
+        )
+    };
+    let (c, conn) = tokio_postgres::connect(&over_socket(&me), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("peer refused the OS user {me}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    assert_eq!(current_user(&c).await, SCRAM_USER);
+
+    let other = if me == MD5_USER { SCRAM_USER } else { MD5_USER };
+    let e = match tokio_postgres::connect(&over_socket(other), tokio_postgres::NoTls).await {
+        Ok(_) => panic!("peer let {other} in for OS user {me}"),
+        Err(e) => e,
+    };
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert_eq!(sqlstate(&e), Some("28000"), "{message}");
+    assert!(message.contains("peer authentication failed"), "{message}");
+    // TCP clients meet the reject line.
+    let e = match s.connect_as(&me, "unused", "peerdb").await {
+        Ok(_) => panic!("a TCP client got past the reject line"),
+        Err(e) => e,
+    };
+    assert_eq!(sqlstate(&e), Some("28000"), "{}", error_text(&e));
+}
+
+/// auth_user set on one database entry, with PgBouncer's default auth_query over pg_authid: a user
+/// the auth file lacks logs in there (SCRAM pass-through), a role whose password has expired
+/// (rolvaliduntil in the past) is refused like a wrong password, and a database without auth_user
+/// knows neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_database_auth_user_with_the_default_query_honours_valid_until() {
+    let pg = Postgres::shared();
+    let expired = unique("expired");
+    pg.psql_super(&format!(
+        "SET password_encryption = 'scram-sha-256';\
+         CREATE ROLE {expired} LOGIN PASSWORD 'expired-secret' VALID UNTIL '2001-01-01'"
+    ));
+    let s = Sluice::start_exact(
+        "auth_type = scram-sha-256\n",
+        &format!(
+            "looked = host=127.0.0.1 port={port} dbname=appdb auth_user=postgres auth_dbname=postgres\n\
+             postgres = host=127.0.0.1 port={port} dbname=postgres\n\
+             plain = host=127.0.0.1 port={port} dbname=appdb",
+            port = pg.port
+        ),
+    )
+    .await;
+    logs_in(&s, QUERY_USER, QUERY_PASSWORD, "looked").await;
+    let wrong = refusal(&s, QUERY_USER, "not-it", "looked").await;
+    assert_eq!(wrong.code, "28P01", "{wrong:?}");
+    let gone = refusal(&s, &expired, "expired-secret", "looked").await;
+    assert_eq!(
+        gone, wrong,
+        "an expired password must look like a wrong one"
+    );
+    // Without auth_user on the entry there is no lookup: the user is unknown there.
+    let unknown = refusal(&s, QUERY_USER, QUERY_PASSWORD, "plain").await;
+    assert_eq!(unknown.code, "28P01", "{unknown:?}");
+}

@@ -78,6 +78,12 @@ pub async fn bind(
     }
     let unix = match unix_socket_dir {
         Some(dir) => {
+            // With port 0 the kernel picks the TCP port; the socket takes the same number, so
+            // that a client finds both under one port.
+            let port = match (port, tcp.first()) {
+                (0, Some(l)) => l.local_addr().map_or(port, |a| a.port()),
+                _ => port,
+            };
             let path = dir.join(format!(".s.PGSQL.{port}"));
             // A stale socket from a crashed run would make bind fail.
             let _ = std::fs::remove_file(&path);

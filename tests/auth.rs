@@ -138,10 +138,13 @@ async fn connect_without_password(
 
 /// Logs in and expects it to work as `user`.
 async fn logs_in(s: &Sluice, user: &str, password: &str, db: &str) -> tokio_postgres::Client {
-    let c = s
-        .connect_as(user, password, db)
-        .await
-        .unwrap_or_else(|e| panic!("{user} could not log in to {db}: {e}"));
+    let c = s.connect_as(user, password, db).await.unwrap_or_else(|e| {
+        panic!(
+            "{user} could not log in to {db}: {} ({:?})",
+            error_text(&e),
+            sqlstate(&e)
+        )
+    });
     assert_eq!(current_user(&c).await, user);
     c
 }

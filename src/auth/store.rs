@@ -32,6 +32,8 @@ struct Fetched {
     /// `None`: the query found no such user (or a NULL secret).
     secret: Option<Secret>,
     at: Instant,
+    /// A login failed against it: ask the server again next time.
+    stale: bool,
 }
 
 #[derive(Default)]
@@ -70,7 +72,7 @@ impl SecretStore {
     /// A fresh `auth_query` answer: `Some(None)` means the query found no secret.
     pub fn fetched(&self, key: &FetchKey) -> Option<Option<Secret>> {
         let hit = self.fetched.get(key)?;
-        (hit.at.elapsed() < FETCHED_TTL).then(|| hit.secret.clone())
+        (!hit.stale && hit.at.elapsed() < FETCHED_TTL).then(|| hit.secret.clone())
     }
 
     /// The last `auth_query` answer however old, for server logins of clients already let in.
@@ -84,12 +86,46 @@ impl SecretStore {
             Fetched {
                 secret,
                 at: Instant::now(),
+                stale: false,
             },
         );
     }
 
-    /// Drops a cached answer after a failed login, so the next login asks the server again.
+    /// Marks a cached answer stale after a failed login, so the next login asks the server again.
+    /// The secret itself stays for [`SecretStore::last_fetched`]: server logins of clients let in
+    /// a moment earlier still need it, and a fresh answer replaces it.
     pub fn forget_fetched(&self, key: &FetchKey) {
-        self.fetched.remove(key);
+        if let Some(mut hit) = self.fetched.get_mut(key) {
+            hit.stale = true;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn key() -> FetchKey {
+        FetchKey {
+            host: "db".into(),
+            port: 5432,
+            user: "u".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_makes_the_answer_stale_but_keeps_it_for_server_logins() {
+        let store = SecretStore::default();
+        store.store_fetched(key(), Some(Secret::parse("pw")));
+        assert!(store.fetched(&key()).unwrap().is_some());
+        store.forget_fetched(&key());
+        // The next client login asks the server again...
+        assert!(store.fetched(&key()).is_none());
+        // ...while a server login for a client already let in still has the secret.
+        assert!(store.last_fetched(&key()).is_some());
+        store.store_fetched(key(), None);
+        assert_eq!(store.fetched(&key()).map(|s| s.is_none()), Some(true));
+        assert!(store.last_fetched(&key()).is_none());
     }
 }

@@ -281,8 +281,9 @@ pub async fn login(
         end_point: g.client_tls.end_point.as_deref(),
     };
     if let Err(e) = authenticate(stream, buf, method, &ctx).await {
-        // A changed password is fetched afresh on the next try.
-        if let Some(key) = &fetched_from {
+        // A changed password is fetched afresh on the next try. A client that merely went away
+        // says nothing about the secret.
+        if let (Some(key), AuthError::Failed(_)) = (&fetched_from, &e) {
             app.secrets.forget_fetched(key);
         }
         return Err(match e {

@@ -6,7 +6,10 @@ Starts a throwaway PostgreSQL, PgBouncer (Debian's package) and pgsluice with th
 target measures TPS, average latency, pooler CPU time per transaction (utime+stime from /proc) and
 pooler RSS, and prints the ratios pgsluice/PgBouncer and pgsluice/direct. Every loop is bounded.
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, asyncio, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import idle  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLK = os.sysconf("SC_CLK_TCK")
@@ -24,6 +27,13 @@ def pg_bindir():
 
 def as_pg(cmd):
     return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
+
+
+def drop_to_postgres():
+    if os.geteuid() == 0:
+        import pwd
+        pw = pwd.getpwnam("postgres")
+        os.setgroups([]); os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)
 
 
 def cpu_seconds(pid):
@@ -99,33 +109,21 @@ class Env:
             for name in ("pgbouncer.ini", "userlist.txt", "server.crt", "server.key"):
                 shutil.chown(f"{self.dir}/{name}", "postgres", "postgres")
         bouncer = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        self.bouncer = subprocess.Popen(as_pg([bouncer, f"{self.dir}/pgbouncer.ini"]), stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/pgbouncer.log", "w"))
+        # PgBouncer will not run as root. It drops to postgres in the child rather than through
+        # runuser, whose PAM session would cut the descriptor limit S5 needs back to 1024.
+        self.bouncer = subprocess.Popen([bouncer, f"{self.dir}/pgbouncer.ini"], stdout=subprocess.DEVNULL,
+                                        stderr=open(f"{self.dir}/pgbouncer.log", "w"), preexec_fn=drop_to_postgres)
         self.procs.append(self.bouncer)
         self.sluice = subprocess.Popen([f"{ROOT}/target/release/pgsluice", f"{self.dir}/pgsluice.ini"], stdout=subprocess.DEVNULL,
                                        stderr=open(f"{self.dir}/pgsluice.log", "w"))
         self.procs.append(self.sluice)
         wait_port(self.bouncer_port); wait_port(self.sluice_port)
-        self.bouncer_pid = self.real_pid(self.bouncer)
-
-    def real_pid(self, popen):
-        """runuser forks: the measured process is its child."""
-        if os.geteuid() != 0:
-            return popen.pid
-        for _ in range(50):
-            try:
-                kids = open(f"/proc/{popen.pid}/task/{popen.pid}/children").read().split()
-                if kids:
-                    return int(kids[0])
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return popen.pid
+        self.bouncer_pid = self.bouncer.pid
 
     def psql(self, sql):
         subprocess.run([f"{self.bindir}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-c", sql], check=True)
 
     def close(self):
-        # runuser does not pass signals on: stop the real PgBouncer process directly.
         try:
             os.kill(self.bouncer_pid, signal.SIGINT)
         except OSError:
@@ -175,14 +173,48 @@ def pgbouncer_has_prepared_statements():
     return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 21)
 
 
+def raise_fd_limit(want=65536):
+    """S5 holds 10 000 clients: this process and the poolers it starts need the descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def idle_clients(env, port, pid, n):
+    """S5: n idle SCRAM-authenticated clients; the pooler's RSS growth per client."""
+    time.sleep(1)
+    rss0 = rss_kib(pid)
+    loop = asyncio.new_event_loop()
+    r = {"ok": True, "tps": 0.0, "latency_ms": None, "xacts": 0, "failed": 0, "error": None}
+    try:
+        conns = loop.run_until_complete(idle.hold(port, "bench", "bench", "bench", n, 300))
+        time.sleep(2)
+        rss1 = rss_kib(pid)
+        r["pooler_rss_kib"] = rss1
+        r["rss_per_client_kib"] = round((rss1 - rss0) / n, 2)
+        idle.release(conns)
+        loop.run_until_complete(asyncio.sleep(1))
+    except Exception as e:  # a refused or timed-out login: reported, not fatal to the run
+        r.update(ok=False, error=str(e)[:200])
+    finally:
+        loop.close()
+    time.sleep(2)
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=15)
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S6")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S5,S6")
+    ap.add_argument("--idle", default="2000,10000", help="S5 client counts")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--out", default=f"{ROOT}/target/load")
     ap.add_argument("--workers", type=int, default=0, help="pgsluice runtime threads (0: one per core)")
     a = ap.parse_args()
+    fds = raise_fd_limit()
     env = Env(pool_size=20, workers=a.workers)
     results = []
     try:
@@ -191,6 +223,18 @@ def main():
         targets = [("pgsluice", env.sluice_port, env.sluice.pid), ("pgbouncer", env.bouncer_port, env.bouncer_pid), ("direct", env.pg_port, None)]
         bouncer_prepared = pgbouncer_has_prepared_statements()
         for sid in a.scenarios.split(","):
+            if sid == "S5":
+                for n in (int(x) for x in a.idle.split(",")):
+                    if n + 100 > fds:
+                        print(f"S5 {n} clients skipped: the descriptor limit is {fds}", flush=True)
+                        continue
+                    for name, port, pid in targets[:2]:
+                        r = idle_clients(env, port, pid, n)
+                        r.update(scenario="S5", title=f"{n} idle SCRAM clients", target=name)
+                        results.append(r)
+                        print(f"S5 {n} {name:9} rss={r.get('pooler_rss_kib')} KiB per client={r.get('rss_per_client_kib')} KiB "
+                              f"{r['error'] or ''}", flush=True)
+                continue
             title, scenario_args = SCENARIOS[sid]
             tls = sid.endswith("T")
             for name, port, pid in targets:
@@ -223,14 +267,24 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     lines = ["| scenario | target | TPS | avg latency ms | pooler CPU µs/xact | pooler RSS KiB | failed | TPS ÷ PgBouncer | CPU ÷ PgBouncer | TPS ÷ direct |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    by = {(r["scenario"], r["target"]): r for r in results}
+    by = {(r["title"], r["target"]): r for r in results}
     for r in results:
-        b = by.get((r["scenario"], "pgbouncer")) or by.get((r["scenario"], "pgbouncer -M simple")); d = by.get((r["scenario"], "direct"))
+        if r["scenario"] == "S5":
+            continue
+        b = by.get((r["title"], "pgbouncer")) or by.get((r["title"], "pgbouncer -M simple")); d = by.get((r["title"], "direct"))
         ratio = lambda x, y: f"{x / y:.2f}" if x and y else "–"
         lines.append(f"| {r['scenario']} {r['title']} | {r['target']} | {r['tps']:.0f} | {r['latency_ms']} | {r.get('pooler_cpu_us_per_xact', '–')} | "
                      f"{r.get('pooler_rss_kib', '–')} | {r['failed'] if r['error'] is None else 'ERROR'} | "
                      f"{ratio(r['tps'], b and b['ok'] and b['tps'])} | {ratio(r.get('pooler_cpu_us_per_xact'), b and b.get('pooler_cpu_us_per_xact'))} | "
                      f"{ratio(r['tps'], d and d['tps'])} |")
+    idle_rows = [r for r in results if r["scenario"] == "S5"]
+    if idle_rows:
+        lines += ["", "| S5 | target | pooler RSS KiB | RSS per idle client KiB | ÷ PgBouncer |", "|---|---|---|---|---|"]
+        for r in idle_rows:
+            b = by.get((r["title"], "pgbouncer"))
+            per, bper = r.get("rss_per_client_kib"), b and b.get("rss_per_client_kib")
+            lines.append(f"| {r['title']} | {r['target']} | {r.get('pooler_rss_kib', '–')} | {per if per is not None else 'ERROR'} | "
+                         f"{f'{per / bper:.2f}' if per and bper else '–'} |")
     table = "\n".join(lines)
     print("\n" + table)
     with open(f"{a.out}/results.md", "w") as f:

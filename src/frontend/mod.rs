@@ -27,7 +27,9 @@ pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: Strin
     let mut buf = BytesMut::with_capacity(1024);
     let config = app.config();
     let g = &config.general;
-    let login = handshake::login(app, &mut stream, &mut buf);
+    // Boxed: the login (TLS, SCRAM, auth_query) is the largest future a client ever runs, and
+    // inline it would stay part of the task's allocation for the client's whole life.
+    let login = Box::pin(handshake::login(app, &mut stream, &mut buf));
     let logged_in = match g.client_login_timeout {
         Some(t) => match tokio::time::timeout(t, login).await {
             Ok(r) => r,

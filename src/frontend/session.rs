@@ -107,7 +107,8 @@ pub async fn run(
         if let Some(sql) =
             ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
         {
-            if let Err(e) = run_simple(&mut conn.server, &sql).await {
+            // Boxed, as every rare path here: an idle client's task is as large as its largest state.
+            if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
                 tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
                 send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
                 return "server parameter sync failed".into();
@@ -289,7 +290,7 @@ async fn give_back(
     let reset = (mode == PoolMode::Session && client_left) || g.server_reset_query_always;
     if reset {
         if let Some(sql) = &g.server_reset_query {
-            if let Err(e) = run_simple(&mut conn.server, sql).await {
+            if let Err(e) = Box::pin(run_simple(&mut conn.server, sql)).await {
                 tracing::warn!(error = %e, "server reset query failed; closing server");
                 return;
             }

@@ -393,7 +393,7 @@ impl Pool {
         if server.last_used.elapsed() < settings.server_check_delay {
             return true;
         }
-        match crate::backend::query::run_simple(server, sql).await {
+        match Box::pin(crate::backend::query::run_simple(server, sql)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::info!(error = %e, "server_check_query failed; closing server");
@@ -408,7 +408,9 @@ impl Pool {
         if let Some(e) = self.recent_login_failure(Instant::now()) {
             return Err(e);
         }
-        let opened = self.open_now(settings).await;
+        // Boxed: a login (TLS, SCRAM) is a large future, and inline it would enlarge every client's
+        // task for its whole life, idle or not. Opening a server is rare enough for the allocation.
+        let opened = Box::pin(self.open_now(settings)).await;
         let mut last = self.last_login_failure.lock();
         match &opened {
             Ok(_) => *last = None,

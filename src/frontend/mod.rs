@@ -25,17 +25,37 @@ pub async fn send_error(
 /// Serves one client from its first byte to its last.
 pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: String) {
     let mut buf = BytesMut::with_capacity(1024);
-    let config = app.config();
-    let g = &config.general;
     // Boxed: the login (TLS, SCRAM, auth_query) is the largest future a client ever runs, and
     // inline it would stay part of the task's allocation for the client's whole life.
-    let login = Box::pin(handshake::login(app, &mut stream, &mut buf));
+    let Some(me) = Box::pin(login_within_timeout(app, &mut stream, &mut buf, &peer)).await else {
+        return;
+    };
+    let (db, user) = (me.database.clone(), me.user.clone());
+    let started = tokio::time::Instant::now();
+    let reason = session::run(app, &mut stream, &mut buf, me).await;
+    if app.config().general.log_disconnections {
+        let age = started.elapsed().as_secs_f64();
+        tracing::info!(peer = %peer, db = %db, user = %user, "closing because: {reason} (age={age:.0}s)");
+    }
+    let _ = Box::pin(stream.shutdown()).await;
+}
+
+/// The login, cut off at `client_login_timeout`; `None` when the client is not let in.
+async fn login_within_timeout(
+    app: &crate::app::App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    peer: &str,
+) -> Option<handshake::LoggedIn> {
+    let config = app.config();
+    let g = &config.general;
+    let login = handshake::login(app, stream, buf);
     let logged_in = match g.client_login_timeout {
         Some(t) => match tokio::time::timeout(t, login).await {
             Ok(r) => r,
             Err(_) => {
                 send_error(
-                    &mut stream,
+                    stream,
                     Severity::Fatal,
                     crate::proto::sqlstate::PROTOCOL_VIOLATION,
                     "client_login_timeout",
@@ -45,32 +65,25 @@ pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: Strin
                 if g.log_pooler_errors {
                     tracing::warn!(peer = %peer, "client_login_timeout");
                 }
-                return;
+                return None;
             }
         },
         None => login.await,
     };
     let me = match logged_in {
         Ok(me) => me,
-        Err(handshake::LoginEnd::Cancel | handshake::LoginEnd::Gone) => return,
+        Err(handshake::LoginEnd::Cancel | handshake::LoginEnd::Gone) => return None,
         Err(handshake::LoginEnd::Rejected(reason)) => {
             if g.log_pooler_errors {
                 tracing::warn!(peer = %peer, "login rejected: {reason}");
             }
-            return;
+            return None;
         }
     };
-    let (db, user) = (me.database.clone(), me.user.clone());
     if g.log_connections {
         let tls = if stream.is_tls() { "yes" } else { "no" };
+        let (db, user) = (&me.database, &me.user);
         tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls={tls}");
     }
-    let started = tokio::time::Instant::now();
-    drop(config);
-    let reason = session::run(app, &mut stream, &mut buf, me).await;
-    if app.config().general.log_disconnections {
-        let age = started.elapsed().as_secs_f64();
-        tracing::info!(peer = %peer, db = %db, user = %user, "closing because: {reason} (age={age:.0}s)");
-    }
-    let _ = stream.shutdown().await;
+    Some(me)
 }

@@ -22,67 +22,129 @@ use tokio::time::{timeout_at, Instant};
 /// Why a session ended, for the disconnect log line.
 pub type EndReason = String;
 
+/// How many bytes an idle client's read buffer gets once its next request starts to arrive.
+const REQUEST_BUFFER: usize = 2048;
+
+/// What a session keeps from one request to the next.
+struct Between {
+    me: LoggedIn,
+    shutdown: tokio::sync::watch::Receiver<Phase>,
+    scanner: Scanner,
+    /// The client's prepared statements, by its own names (transaction and statement mode).
+    statements: ClientState,
+    /// An error owed to the client: its server died between requests, so the next request gets it.
+    owed_error: Option<String>,
+}
+
 /// Serves a logged-in client until it leaves or is closed.
-pub async fn run(
-    app: &App,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    mut me: LoggedIn,
-) -> EndReason {
-    let mut shutdown = app.shutdown.watch();
-    let mut scanner = Scanner::for_client();
-    // The client's prepared statements, by its own names (transaction and statement mode).
-    let mut statements = ClientState::default();
-    // An error owed to the client: its server died between requests, so the next request gets it.
-    let mut owed_error: Option<String> = None;
+///
+/// The task's size is fixed at spawn by its largest state, and most clients spend most of their
+/// life idle. So the idle wait is small and holds no read buffer, and everything a request needs
+/// (checkout, relay, check-in) runs in a future allocated per request.
+pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, me: LoggedIn) -> EndReason {
+    let mut s = Between {
+        me,
+        shutdown: app.shutdown.watch(),
+        scanner: Scanner::for_client(),
+        statements: ClientState::default(),
+        owed_error: None,
+    };
     loop {
-        let config = app.config();
-        let g = &config.general;
-        // Idle: no server held. Wait for the next request.
-        while !has_request(buf) {
-            let idle_deadline = g.client_idle_timeout.map(|d| Instant::now() + d);
-            let read = async {
-                match idle_deadline {
-                    Some(d) => timeout_at(d, stream.read_buf(buf)).await.ok(),
-                    None => Some(stream.read_buf(buf).await),
-                }
-            };
-            tokio::select! {
-                r = read => match r {
-                    None => {
-                        send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout", None).await;
-                        return "client_idle_timeout".into();
-                    }
-                    Some(Ok(0)) | Some(Err(_)) => return "client unexpected eof".into(),
-                    Some(Ok(_)) => {}
-                },
-                _ = crate::shutdown::reached(&mut shutdown, Phase::WaitForServers) => {
-                    return close_for_shutdown(stream).await;
-                }
-            }
-            match drop_leading_noise(buf) {
-                Ok(Noise::Terminate) => return "client close request".into(),
-                Ok(Noise::None) => {}
-                Err(e) => {
-                    send_error(
-                        stream,
-                        Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &e.to_string(),
-                        None,
-                    )
-                    .await;
-                    return format!("client protocol violation: {e}");
-                }
-            }
+        if let Err(reason) = wait_for_request(app, stream, buf, &mut s.shutdown).await {
+            return reason;
         }
-        if let Some(message) = owed_error.take() {
-            if let Err(reason) = answer_with_error(stream, buf, &message).await {
+        if let Some(message) = s.owed_error.take() {
+            if let Err(reason) = Box::pin(answer_with_error(stream, buf, &message)).await {
                 return reason;
             }
             continue;
         }
+        if let Some(reason) = Box::pin(serve_request(app, stream, buf, &mut s)).await {
+            return reason;
+        }
+    }
+}
 
+/// Idle: no server held. Returns once a request has started to arrive; `Err` ends the session.
+async fn wait_for_request(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    shutdown: &mut tokio::sync::watch::Receiver<Phase>,
+) -> Result<(), EndReason> {
+    while !has_request(buf) {
+        let idle_deadline = app
+            .config()
+            .general
+            .client_idle_timeout
+            .map(|d| Instant::now() + d);
+        let read = async {
+            if buf.is_empty() {
+                // Give the buffer back while idle; a new one is allocated when bytes arrive.
+                if buf.capacity() > 0 {
+                    *buf = BytesMut::new();
+                }
+                stream.readable().await?;
+                buf.reserve(REQUEST_BUFFER);
+            }
+            stream.read_buf(buf).await
+        };
+        let read = async {
+            match idle_deadline {
+                Some(d) => timeout_at(d, read).await.ok(),
+                None => Some(read.await),
+            }
+        };
+        tokio::select! {
+            r = read => match r {
+                None => {
+                    Box::pin(send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout", None)).await;
+                    return Err("client_idle_timeout".into());
+                }
+                Some(Ok(0)) | Some(Err(_)) => return Err("client unexpected eof".into()),
+                Some(Ok(_)) => {}
+            },
+            _ = crate::shutdown::reached(shutdown, Phase::WaitForServers) => {
+                return Err(Box::pin(close_for_shutdown(stream)).await);
+            }
+        }
+        match drop_leading_noise(buf) {
+            Ok(Noise::Terminate) => return Err("client close request".into()),
+            Ok(Noise::None) => {}
+            Err(e) => {
+                Box::pin(send_error(
+                    stream,
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &e.to_string(),
+                    None,
+                ))
+                .await;
+                return Err(format!("client protocol violation: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One request: a server from the pool, the relay until the server can be released, the server
+/// back. `Some` ends the session with that reason.
+async fn serve_request(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    s: &mut Between,
+) -> Option<EndReason> {
+    let Between {
+        me,
+        shutdown,
+        scanner,
+        statements,
+        owed_error,
+    } = s;
+    let config = app.config();
+    let g = &config.general;
+    {
         // A request: get a server.
         let pool = me.pool.clone();
         let settings = pool.settings();
@@ -99,10 +161,10 @@ pub async fn run(
                         tracing::warn!(db = %me.database, user = %me.user, error = %e, "pooler error");
                     }
                     send_error(stream, Severity::Fatal, &code, &e.to_string(), None).await;
-                    return format!("{e}");
+                    return Some(format!("{e}"));
                 }
             },
-            _ = crate::shutdown::reached(&mut shutdown, Phase::Immediate) => return "pooler shutdown".into(),
+            _ = crate::shutdown::reached(shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
         };
         if let Some(sql) =
             ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
@@ -111,7 +173,7 @@ pub async fn run(
             if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
                 tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
                 send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
-                return "server parameter sync failed".into();
+                return Some("server parameter sync failed".into());
             }
         }
         me.cancel.target.attach(&conn.server.addr, conn.server.key);
@@ -119,13 +181,13 @@ pub async fn run(
             ClientSide {
                 stream,
                 buf,
-                scanner: &mut scanner,
+                scanner: scanner,
                 params: &mut me.params,
                 tracked: &g.tracked_parameters,
                 prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {
                     Prepared {
                         registry: &app.statements,
-                        state: &mut statements,
+                        state: statements,
                         stats: &pool.stats.prepared,
                         capacity: g.max_prepared_statements,
                     }
@@ -137,7 +199,7 @@ pub async fn run(
                 query: g.query_timeout,
                 idle_transaction: g.idle_transaction_timeout,
             },
-            &mut shutdown,
+            shutdown,
         )
         .await;
         me.cancel.target.detach();
@@ -146,14 +208,14 @@ pub async fn run(
                 pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
                 give_back(app, &pool, conn, mode, false).await;
                 if *shutdown.borrow() >= Phase::WaitForServers {
-                    return close_for_shutdown(stream).await;
+                    return Some(close_for_shutdown(stream).await);
                 }
             }
             Ok(Outcome::ClientGone { clean }) => {
                 if clean {
                     give_back(app, &pool, conn, mode, true).await;
                 }
-                return "client close request".into();
+                return Some("client close request".into());
             }
             Ok(Outcome::ServerLost { in_flight, message }) => {
                 drop(conn);
@@ -167,11 +229,11 @@ pub async fn run(
                         message.as_deref(),
                     )
                     .await;
-                    return "server connection lost".into();
+                    return Some("server connection lost".into());
                 }
                 if in_flight == 0 {
-                    owed_error = Some(message.unwrap_or_else(|| text.to_owned()));
-                    continue;
+                    *owed_error = Some(message.unwrap_or_else(|| text.to_owned()));
+                    return None;
                 }
                 let mut out = BytesMut::new();
                 encode::error_response(
@@ -185,7 +247,7 @@ pub async fn run(
                     encode::ready_for_query(&mut out, b'I');
                 }
                 if stream.write_all(&out).await.is_err() {
-                    return "client unexpected eof".into();
+                    return Some("client unexpected eof".into());
                 }
             }
             Ok(Outcome::TransactionInStatementMode) => {
@@ -199,7 +261,7 @@ pub async fn run(
                     None,
                 )
                 .await;
-                return m.into();
+                return Some(m.into());
             }
             Ok(Outcome::QueryTimeout) => {
                 // Closing the connection alone would leave the query running until it next writes.
@@ -214,7 +276,7 @@ pub async fn run(
                     None,
                 )
                 .await;
-                return "query_timeout".into();
+                return Some("query_timeout".into());
             }
             Ok(Outcome::IdleTransactionTimeout) => {
                 drop(conn);
@@ -226,11 +288,11 @@ pub async fn run(
                     None,
                 )
                 .await;
-                return "idle_transaction_timeout".into();
+                return Some("idle_transaction_timeout".into());
             }
             Ok(Outcome::Shutdown) => {
                 drop(conn);
-                return close_for_shutdown(stream).await;
+                return Some(close_for_shutdown(stream).await);
             }
             Err(e) => {
                 drop(conn);
@@ -257,10 +319,11 @@ pub async fn run(
                         .await
                     }
                 }
-                return e.to_string();
+                return Some(e.to_string());
             }
         }
     }
+    None
 }
 
 /// Tells the client the pooler is going away (57P01) and gives the reason for the log.

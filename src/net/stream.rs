@@ -47,6 +47,17 @@ impl Stream {
         }
     }
 
+    /// Waits until a read would find bytes (or EOF), holding no buffer meanwhile: an idle client
+    /// then costs no read buffer. TLS answers at once, since rustls may hold decrypted bytes the
+    /// socket no longer shows; a read then waits as usual.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+            Stream::Tls(_) | Stream::Closed => Ok(()),
+        }
+    }
+
     pub fn peer_description(&self) -> String {
         let tcp = match self {
             Stream::Tcp(s) => s,

@@ -181,7 +181,7 @@ async fn serve_request(
             ClientSide {
                 stream,
                 buf,
-                scanner: scanner,
+                scanner,
                 params: &mut me.params,
                 tracked: &g.tracked_parameters,
                 prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {

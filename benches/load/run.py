@@ -114,7 +114,7 @@ class Env:
         self.bouncer = subprocess.Popen([bouncer, f"{self.dir}/pgbouncer.ini"], stdout=subprocess.DEVNULL,
                                         stderr=open(f"{self.dir}/pgbouncer.log", "w"), preexec_fn=drop_to_postgres)
         self.procs.append(self.bouncer)
-        self.sluice = subprocess.Popen([f"{ROOT}/target/release/pgsluice", f"{self.dir}/pgsluice.ini"], stdout=subprocess.DEVNULL,
+        self.sluice = subprocess.Popen([os.environ.get("PGSLUICE_BIN", f"{ROOT}/target/release/pgsluice"), f"{self.dir}/pgsluice.ini"], stdout=subprocess.DEVNULL,
                                        stderr=open(f"{self.dir}/pgsluice.log", "w"))
         self.procs.append(self.sluice)
         wait_port(self.bouncer_port); wait_port(self.sluice_port)

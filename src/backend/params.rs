@@ -1,12 +1,34 @@
 //! Run-time parameters (ParameterStatus) of a server or a client, and the SET that aligns them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Stamps are drawn from one counter, so a stamp names one state of one set: two sets with the
+/// same stamp hold the same values (a clone keeps its original's stamp until either changes).
+static STAMPS: AtomicU64 = AtomicU64::new(1);
+
 /// A small ordered set of name → value; names compare case-insensitively as PostgreSQL's GUCs do.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ParamSet {
     items: Vec<(String, String)>,
+    /// Changes with every change of the values (0: empty, never changed).
+    stamp: u64,
 }
 
+impl PartialEq for ParamSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.items == other.items
+    }
+}
+
+impl Eq for ParamSet {}
+
 impl ParamSet {
+    /// Names this set's current values: equal stamps mean equal values, so a comparison made once
+    /// holds until either set changes (see [`ParamSet::sync_query`]'s caller).
+    pub fn stamp(&self) -> u64 {
+        self.stamp
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.items
             .iter()
@@ -24,10 +46,12 @@ impl ParamSet {
             Some((_, v)) if v == value => false,
             Some((_, v)) => {
                 value.clone_into(v);
+                self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => {
                 self.items.push((name.to_owned(), value.to_owned()));
+                self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
                 true
             }
         }
@@ -96,6 +120,22 @@ fn push_literal(out: &mut String, value: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stamps_change_with_values_and_follow_clones() {
+        let mut a = super::ParamSet::default();
+        let empty = a.stamp();
+        assert!(a.set("TimeZone", "UTC"));
+        assert_ne!(a.stamp(), empty);
+        let b = a.clone();
+        assert_eq!(a.stamp(), b.stamp());
+        let before = a.stamp();
+        assert!(!a.set("timezone", "UTC"), "same value: no change");
+        assert_eq!(a.stamp(), before);
+        assert!(a.set("timezone", "Europe/Paris"));
+        assert_ne!(a.stamp(), b.stamp());
+        assert_ne!(a, b);
+    }
+
     use super::*;
 
     #[test]

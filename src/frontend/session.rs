@@ -34,6 +34,8 @@ struct Between {
     statements: ClientState,
     /// An error owed to the client: its server died between requests, so the next request gets it.
     owed_error: Option<String>,
+    /// The client's and a server's parameter stamps (and the tracked list) last found to agree.
+    in_sync: Option<(u64, u64, usize)>,
 }
 
 /// Serves a logged-in client until it leaves or is closed.
@@ -48,6 +50,7 @@ pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, me: LoggedI
         scanner: Scanner::for_client(),
         statements: ClientState::default(),
         owed_error: None,
+        in_sync: None,
     };
     loop {
         if let Err(reason) = wait_for_request(app, stream, buf, &mut s.shutdown).await {
@@ -141,6 +144,7 @@ async fn serve_request(
         scanner,
         statements,
         owed_error,
+        in_sync,
     } = s;
     let config = app.config();
     let g = &config.general;
@@ -166,14 +170,26 @@ async fn serve_request(
             },
             _ = crate::shutdown::reached(shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
         };
-        if let Some(sql) =
-            ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
-        {
-            // Boxed, as every rare path here: an idle client's task is as large as its largest state.
-            if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
-                tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
-                send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
-                return Some("server parameter sync failed".into());
+        // Comparing the tracked parameters is skipped when both sets are still in the very states
+        // found equal last time: the common case of a client whose server agrees.
+        let states = (
+            me.params.stamp(),
+            conn.server.params.stamp(),
+            g.tracked_parameters.as_ptr() as usize,
+        );
+        if *in_sync != Some(states) {
+            match ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters) {
+                None => *in_sync = Some(states),
+                Some(sql) => {
+                    // Boxed, as every rare path here: an idle client's task is as large as its
+                    // largest state.
+                    if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
+                        tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
+                        send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None)
+                            .await;
+                        return Some("server parameter sync failed".into());
+                    }
+                }
             }
         }
         me.cancel.target.attach(&conn.server.addr, conn.server.key);

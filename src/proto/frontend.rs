@@ -87,6 +87,11 @@ pub enum Reset<'a> {
 
 /// Recognises a Query body that is exactly one DEALLOCATE or DISCARD ALL statement.
 pub fn reset_statement(body: &[u8]) -> Option<Reset<'_>> {
+    // Nearly every query starts with another letter: decide that before scanning the whole text.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(first, b'd' | b'D') {
+        return None;
+    }
     let (sql, _) = cstr(body, "Query").ok()?;
     let sql = sql.trim_ascii();
     let sql = sql.strip_suffix(b";").unwrap_or(sql).trim_ascii();

@@ -8,11 +8,13 @@
 
 pub mod connstr;
 pub mod ini;
+mod kinds;
 mod model;
 pub mod pgbouncer;
 pub mod toml;
 pub mod userlist;
 
+pub use kinds::*;
 pub use model::*;
 
 use std::path::{Path, PathBuf};

@@ -13,17 +13,6 @@ fn drivers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers")
 }
 
-fn python() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/drivers-venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/run, or python3 -m venv target/drivers-venv && \
-         target/drivers-venv/bin/pip install -r tests/drivers/requirements.txt",
-        p.display()
-    );
-    p
-}
-
 /// Runs one driver script against a fresh pgsluice and database; fails with its output.
 async fn run_script(program: PathBuf, script: &str, phases: Option<&str>) {
     let pg = Postgres::shared();

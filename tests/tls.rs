@@ -12,18 +12,15 @@
 mod common;
 
 use common::*;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{
-    CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme,
-    SupportedCipherSuite, SupportedProtocolVersion,
+    CipherSuite, ClientConfig, ProtocolVersion, SupportedCipherSuite, SupportedProtocolVersion,
 };
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -104,55 +101,9 @@ async fn psql_probe(conninfo: String) -> Psql {
 // ---------------------------------------------------------------------------------------------
 // Raw TLS clients with tokio-rustls
 
-/// Accepts any server certificate (the handshake signatures are still checked), for tests that
-/// look at which certificate was served rather than whether it verifies.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+// Accepts any server certificate (handshake signatures still checked): pgsluice's own verifier
+// for server_tls_sslmode = require, for tests that look at which certificate was served.
+use pgsluice::net::tls::AnyCertificate;
 
 /// How a raw client is set up.
 struct ClientSetup<'a> {
@@ -663,17 +614,6 @@ async fn psql_channel_binding_require_needs_tls_and_scram() {
         p.text
     );
     assert!(p.text.contains("channel binding"), "{}", p.text);
-}
-
-fn python() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/drivers-venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/run, or python3 -m venv target/drivers-venv && \
-         target/drivers-venv/bin/pip install -r tests/drivers/requirements.txt",
-        p.display()
-    );
-    p
 }
 
 /// Connects with psycopg 3 to the libpq conninfo in argv[1]; prints `OK user=.. ssl=.. libpq=..`.

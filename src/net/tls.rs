@@ -5,7 +5,7 @@
 mod suites;
 mod verify;
 
-pub use verify::end_point_hash;
+pub use verify::{end_point_hash, AnyCertificate};
 
 use crate::config::SslMode;
 use rustls::crypto::CryptoProvider;

@@ -468,3 +468,15 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
         .map(|d| d.message().to_owned())
         .unwrap_or_else(|| e.to_string())
 }
+
+/// The driver matrix's Python (psycopg 3, asyncpg), in the venv `.ci/run` makes.
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/drivers-venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/run, or python3 -m venv target/drivers-venv && \
+         target/drivers-venv/bin/pip install -r tests/drivers/requirements.txt",
+        p.display()
+    );
+    p
+}

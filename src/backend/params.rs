@@ -7,16 +7,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static STAMPS: AtomicU64 = AtomicU64::new(1);
 
 /// A small ordered set of name → value; names compare case-insensitively as PostgreSQL's GUCs do.
+///
+/// Every client keeps one for its whole life, so the set is one allocation: `name\0value\0…`.
+/// Neither names nor values can hold a NUL (the protocol ends them with one).
 #[derive(Debug, Clone, Default)]
 pub struct ParamSet {
-    items: Vec<(String, String)>,
+    packed: String,
     /// Changes with every change of the values (0: empty, never changed).
     stamp: u64,
 }
 
 impl PartialEq for ParamSet {
     fn eq(&self, other: &Self) -> bool {
-        self.items == other.items
+        self.packed == other.packed
     }
 }
 
@@ -30,35 +33,58 @@ impl ParamSet {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.items
-            .iter()
+        self.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// Sets a value; returns whether it changed. Allocates only when it does.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
-        match self
-            .items
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, v)) if v == value => false,
-            Some((_, v)) => {
-                value.clone_into(v);
+        if name.contains('\0') || value.contains('\0') {
+            return false;
+        }
+        match self.get(name) {
+            Some(v) if v == value => false,
+            Some(_) => {
+                let mut packed = String::with_capacity(self.packed.len() + value.len());
+                for (k, v) in self.iter() {
+                    let v = if k.eq_ignore_ascii_case(name) {
+                        value
+                    } else {
+                        v
+                    };
+                    push_pair(&mut packed, k, v);
+                }
+                self.packed = packed;
                 self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => {
-                self.items.push((name.to_owned(), value.to_owned()));
+                push_pair(&mut self.packed, name, value);
                 self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
                 true
             }
         }
     }
 
+    /// Keeps only the `names` given, and gives back the memory of the rest.
+    pub fn retain_names(&mut self, names: &[String]) {
+        let mut packed = String::new();
+        for (k, v) in self.iter() {
+            if names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                push_pair(&mut packed, k, v);
+            }
+        }
+        if packed.len() != self.packed.len() {
+            packed.shrink_to_fit();
+            self.packed = packed;
+            self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.items.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        let mut parts = self.packed.split_terminator('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
     }
 
     /// The SET statements that give `server` the client's values for the `tracked` names, or `None`
@@ -81,6 +107,13 @@ impl ParamSet {
         }
         sql
     }
+}
+
+fn push_pair(packed: &mut String, name: &str, value: &str) {
+    packed.push_str(name);
+    packed.push('\0');
+    packed.push_str(value);
+    packed.push('\0');
 }
 
 fn push_ident(out: &mut String, name: &str) {
@@ -153,6 +186,41 @@ mod tests {
         );
         server.set("application_name", "it's");
         assert_eq!(ParamSet::sync_query(&client, &server, &tracked), None);
+    }
+
+    #[test]
+    fn set_replaces_in_place_and_keeps_empty_values() {
+        let mut set = ParamSet::default();
+        set.set("a", "1");
+        set.set("b", "");
+        set.set("c", "3");
+        assert!(set.set("B", "two"));
+        assert!(set.set("a", ""));
+        let all: Vec<_> = set.iter().collect();
+        assert_eq!(all, [("a", ""), ("b", "two"), ("c", "3")]);
+        assert!(
+            !set.set("x", "nul\0inside"),
+            "a NUL would break the packing"
+        );
+        assert_eq!(set.get("x"), None);
+    }
+
+    #[test]
+    fn retain_names_keeps_tracked_values_and_restamps() {
+        let mut set = ParamSet::default();
+        set.set("TimeZone", "UTC");
+        set.set("server_version", "15.18");
+        set.set("application_name", "app");
+        let before = set.stamp();
+        set.retain_names(&["timezone".to_owned(), "application_name".to_owned()]);
+        assert_eq!(set.get("TimeZone"), Some("UTC"));
+        assert_eq!(set.get("application_name"), Some("app"));
+        assert_eq!(set.get("server_version"), None);
+        assert_ne!(
+            set.stamp(),
+            before,
+            "a changed set must not match an old comparison"
+        );
     }
 
     #[test]

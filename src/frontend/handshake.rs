@@ -18,9 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A client that is logged in and has been welcomed.
 #[derive(Debug)]
 pub struct LoggedIn {
+    /// The client's pool; its key holds the database and user names the client logged in with.
     pub pool: Arc<Pool>,
-    pub user: String,
-    pub database: String,
     pub params: ParamSet,
     pub cancel: super::cancel::CancelRegistration,
 }
@@ -336,10 +335,11 @@ pub async fn login(
     encode::backend_key_data(&mut out, cancel.pid, cancel.target_secret());
     encode::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await.map_err(|_| LoginEnd::Gone)?;
+    // From here on only the tracked parameters matter (a server is aligned to them); keeping the
+    // server's whole set would cost every idle client a copy of it (about 1 KiB).
+    shown.retain_names(&g.tracked_parameters);
     Ok(LoggedIn {
         pool,
-        user,
-        database,
         params: shown,
         cancel,
     })

@@ -30,14 +30,17 @@ pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: Strin
     let Some(me) = Box::pin(login_within_timeout(app, &mut stream, &mut buf, &peer)).await else {
         return;
     };
-    let (db, user) = (me.database.clone(), me.user.clone());
+    // What the client keeps between requests lives in one allocation of its exact size; the task
+    // itself only holds the small idle wait (see `session::run`).
+    let mut s = Box::new(session::Session::new(app, stream, buf, me));
     let started = tokio::time::Instant::now();
-    let reason = session::run(app, &mut stream, &mut buf, me).await;
+    let reason = session::run(app, &mut s).await;
     if app.config().general.log_disconnections {
         let age = started.elapsed().as_secs_f64();
-        tracing::info!(peer = %peer, db = %db, user = %user, "closing because: {reason} (age={age:.0}s)");
+        let key = &s.me.pool.key;
+        tracing::info!(peer = %peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
     }
-    let _ = Box::pin(stream.shutdown()).await;
+    let _ = Box::pin(s.stream.shutdown()).await;
 }
 
 /// The login, cut off at `client_login_timeout`; `None` when the client is not let in.
@@ -82,7 +85,7 @@ async fn login_within_timeout(
     };
     if g.log_connections {
         let tls = if stream.is_tls() { "yes" } else { "no" };
-        let (db, user) = (&me.database, &me.user);
+        let (db, user) = (&me.pool.key.database, &me.pool.key.user);
         tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls={tls}");
     }
     Some(me)

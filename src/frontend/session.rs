@@ -15,9 +15,12 @@ use crate::proto::sqlstate;
 use crate::relay::{self, ClientSide, Outcome, Prepared, RelayError, Timeouts};
 use crate::shutdown::Phase;
 use bytes::BytesMut;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
+use std::task::{ready, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 /// Why a session ended, for the disconnect log line.
 pub type EndReason = String;
@@ -25,93 +28,135 @@ pub type EndReason = String;
 /// How many bytes an idle client's read buffer gets once its next request starts to arrive.
 const REQUEST_BUFFER: usize = 2048;
 
-/// What a session keeps from one request to the next.
-struct Between {
-    me: LoggedIn,
+/// What a client keeps from one request to the next, in one allocation per client.
+pub struct Session {
+    pub stream: Stream,
+    /// Empty, with no capacity, while the client is idle.
+    buf: BytesMut,
+    pub me: LoggedIn,
     shutdown: tokio::sync::watch::Receiver<Phase>,
     scanner: Scanner,
-    /// The client's prepared statements, by its own names (transaction and statement mode).
-    statements: ClientState,
+    /// The client's prepared statements, by its own names (transaction and statement mode);
+    /// created at its first request, so a client that never sends one costs nothing here.
+    statements: Option<Box<ClientState>>,
     /// An error owed to the client: its server died between requests, so the next request gets it.
     owed_error: Option<String>,
     /// The client's and a server's parameter stamps (and the tracked list) last found to agree.
     in_sync: Option<(u64, u64, usize)>,
+    /// `client_idle_timeout`'s timer, allocated once and re-armed for every idle wait.
+    idle_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Session {
+    pub fn new(app: &App, stream: Stream, buf: BytesMut, me: LoggedIn) -> Self {
+        Self {
+            stream,
+            buf,
+            me,
+            shutdown: app.shutdown.watch(),
+            scanner: Scanner::for_client(),
+            statements: None,
+            owed_error: None,
+            in_sync: None,
+            idle_timer: None,
+        }
+    }
 }
 
 /// Serves a logged-in client until it leaves or is closed.
 ///
 /// The task's size is fixed at spawn by its largest state, and most clients spend most of their
-/// life idle. So the idle wait is small and holds no read buffer, and everything a request needs
-/// (checkout, relay, check-in) runs in a future allocated per request.
-pub async fn run(app: &App, stream: &mut Stream, buf: &mut BytesMut, me: LoggedIn) -> EndReason {
-    let mut s = Between {
-        me,
-        shutdown: app.shutdown.watch(),
-        scanner: Scanner::for_client(),
-        statements: ClientState::default(),
-        owed_error: None,
-        in_sync: None,
-    };
+/// life idle. So the session's state lives on the heap, the idle wait is small and holds no read
+/// buffer, and everything a request needs (checkout, relay, check-in) runs in a future allocated
+/// per request.
+pub async fn run(app: &App, s: &mut Session) -> EndReason {
     loop {
-        if let Err(reason) = wait_for_request(app, stream, buf, &mut s.shutdown).await {
+        if let Err(reason) = wait_for_request(app, s).await {
             return reason;
         }
         if let Some(message) = s.owed_error.take() {
-            if let Err(reason) = Box::pin(answer_with_error(stream, buf, &message)).await {
+            if let Err(reason) =
+                Box::pin(answer_with_error(&mut s.stream, &mut s.buf, &message)).await
+            {
                 return reason;
             }
             continue;
         }
-        if let Some(reason) = Box::pin(serve_request(app, stream, buf, &mut s)).await {
+        if let Some(reason) = Box::pin(serve_request(app, s)).await {
             return reason;
         }
     }
 }
 
+/// What ended an idle wait.
+enum Woke {
+    Read(std::io::Result<usize>),
+    IdleTimeout,
+    Shutdown,
+}
+
 /// Idle: no server held. Returns once a request has started to arrive; `Err` ends the session.
-async fn wait_for_request(
-    app: &App,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    shutdown: &mut tokio::sync::watch::Receiver<Phase>,
-) -> Result<(), EndReason> {
-    while !has_request(buf) {
-        let idle_deadline = app
-            .config()
-            .general
-            .client_idle_timeout
-            .map(|d| Instant::now() + d);
-        let read = async {
-            if buf.is_empty() {
-                // Give the buffer back while idle; a new one is allocated when bytes arrive.
-                if buf.capacity() > 0 {
-                    *buf = BytesMut::new();
-                }
-                stream.readable().await?;
-                buf.reserve(REQUEST_BUFFER);
+async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
+    while !has_request(&s.buf) {
+        if let Some(d) = app.config().general.client_idle_timeout {
+            let deadline = Instant::now() + d;
+            match &mut s.idle_timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => s.idle_timer = Some(Box::pin(sleep_until(deadline))),
             }
-            stream.read_buf(buf).await
-        };
-        let read = async {
-            match idle_deadline {
-                Some(d) => timeout_at(d, read).await.ok(),
-                None => Some(read.await),
-            }
-        };
-        tokio::select! {
-            r = read => match r {
-                None => {
-                    Box::pin(send_error(stream, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout", None)).await;
-                    return Err("client_idle_timeout".into());
-                }
-                Some(Ok(0)) | Some(Err(_)) => return Err("client unexpected eof".into()),
-                Some(Ok(_)) => {}
-            },
-            _ = crate::shutdown::reached(shutdown, Phase::WaitForServers) => {
-                return Err(Box::pin(close_for_shutdown(stream)).await);
-            }
+        } else {
+            s.idle_timer = None;
         }
-        match drop_leading_noise(buf) {
+        let woke = {
+            let (stream, buf, timer) = (&mut s.stream, &mut s.buf, &mut s.idle_timer);
+            let mut shutdown = pin!(crate::shutdown::reached(
+                &mut s.shutdown,
+                Phase::WaitForServers
+            ));
+            // Polled by hand rather than by `select!` over futures: this is the state an idle
+            // client's task is sized by, and readiness needs no future of its own.
+            poll_fn(|cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Shutdown);
+                }
+                if let Some(t) = timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::IdleTimeout);
+                    }
+                }
+                if buf.is_empty() {
+                    // Give the buffer back while idle; a new one is allocated when bytes arrive.
+                    if buf.capacity() > 0 {
+                        *buf = BytesMut::new();
+                    }
+                    if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                        return Poll::Ready(Woke::Read(Err(e)));
+                    }
+                    buf.reserve(REQUEST_BUFFER);
+                }
+                // `read_buf`'s future keeps no state between polls.
+                pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
+            })
+            .await
+        };
+        let stream = &mut s.stream;
+        match woke {
+            Woke::IdleTimeout => {
+                Box::pin(send_error(
+                    stream,
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "client_idle_timeout",
+                    None,
+                ))
+                .await;
+                return Err("client_idle_timeout".into());
+            }
+            Woke::Read(Ok(0) | Err(_)) => return Err("client unexpected eof".into()),
+            Woke::Read(Ok(_)) => {}
+            Woke::Shutdown => return Err(Box::pin(close_for_shutdown(stream)).await),
+        }
+        match drop_leading_noise(&mut s.buf) {
             Ok(Noise::Terminate) => return Err("client close request".into()),
             Ok(Noise::None) => {}
             Err(e) => {
@@ -132,19 +177,17 @@ async fn wait_for_request(
 
 /// One request: a server from the pool, the relay until the server can be released, the server
 /// back. `Some` ends the session with that reason.
-async fn serve_request(
-    app: &App,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    s: &mut Between,
-) -> Option<EndReason> {
-    let Between {
+async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
+    let Session {
+        stream,
+        buf,
         me,
         shutdown,
         scanner,
         statements,
         owed_error,
         in_sync,
+        idle_timer: _,
     } = s;
     let config = app.config();
     let g = &config.general;
@@ -162,7 +205,7 @@ async fn serve_request(
                         PoolError::WaitTimeout => sqlstate::PROTOCOL_VIOLATION.to_owned(),
                     };
                     if g.log_pooler_errors {
-                        tracing::warn!(db = %me.database, user = %me.user, error = %e, "pooler error");
+                        tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "pooler error");
                     }
                     send_error(stream, Severity::Fatal, &code, &e.to_string(), None).await;
                     return Some(format!("{e}"));
@@ -184,7 +227,7 @@ async fn serve_request(
                     // Boxed, as every rare path here: an idle client's task is as large as its
                     // largest state.
                     if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
-                        tracing::warn!(db = %me.database, user = %me.user, error = %e, "could not apply client parameters on server");
+                        tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "could not apply client parameters on server");
                         send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None)
                             .await;
                         return Some("server parameter sync failed".into());
@@ -203,7 +246,7 @@ async fn serve_request(
                 prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {
                     Prepared {
                         registry: &app.statements,
-                        state: statements,
+                        state: statements.get_or_insert_with(Default::default),
                         stats: &pool.stats.prepared,
                         capacity: g.max_prepared_statements,
                     }

@@ -58,6 +58,15 @@ impl Stream {
         }
     }
 
+    /// [`Stream::readable`] for a hand-written poll loop: no future, so nothing to store.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+            Stream::Tls(_) | Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
     pub fn peer_description(&self) -> String {
         let tcp = match self {
             Stream::Tcp(s) => s,

@@ -22,8 +22,16 @@ pub async fn send_error(
     let _ = stream.write_all(&out).await;
 }
 
+/// A connection just accepted, and who it is from (for the log).
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: Stream,
+    pub peer: String,
+}
+
 /// Serves one client from its first byte to its last.
-pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: String) {
+pub async fn serve_client(app: &crate::app::App, accepted: Box<Accepted>) {
+    let Accepted { mut stream, peer } = *accepted;
     let mut buf = BytesMut::with_capacity(1024);
     // Boxed: the login (TLS, SCRAM, auth_query) is the largest future a client ever runs, and
     // inline it would stay part of the task's allocation for the client's whole life.
@@ -32,13 +40,13 @@ pub async fn serve_client(app: &crate::app::App, mut stream: Stream, peer: Strin
     };
     // What the client keeps between requests lives in one allocation of its exact size; the task
     // itself only holds the small idle wait (see `session::run`).
-    let mut s = Box::new(session::Session::new(app, stream, buf, me));
+    let mut s = Box::new(session::Session::new(app, stream, buf, peer, me));
     let started = tokio::time::Instant::now();
     let reason = session::run(app, &mut s).await;
     if app.config().general.log_disconnections {
         let age = started.elapsed().as_secs_f64();
         let key = &s.me.pool.key;
-        tracing::info!(peer = %peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
+        tracing::info!(peer = %s.peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
     }
     let _ = Box::pin(s.stream.shutdown()).await;
 }

@@ -31,6 +31,8 @@ const REQUEST_BUFFER: usize = 2048;
 /// What a client keeps from one request to the next, in one allocation per client.
 pub struct Session {
     pub stream: Stream,
+    /// Who the client is, for the log.
+    pub peer: String,
     /// Empty, with no capacity, while the client is idle.
     buf: BytesMut,
     pub me: LoggedIn,
@@ -48,9 +50,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: &App, stream: Stream, buf: BytesMut, me: LoggedIn) -> Self {
+    pub fn new(app: &App, stream: Stream, buf: BytesMut, peer: String, me: LoggedIn) -> Self {
         Self {
             stream,
+            peer,
             buf,
             me,
             shutdown: app.shutdown.watch(),
@@ -92,6 +95,7 @@ pub async fn run(app: &App, s: &mut Session) -> EndReason {
 enum Woke {
     Read(std::io::Result<usize>),
     IdleTimeout,
+    PhaseChanged,
     Shutdown,
 }
 
@@ -109,35 +113,37 @@ async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
         }
         let woke = {
             let (stream, buf, timer) = (&mut s.stream, &mut s.buf, &mut s.idle_timer);
-            let mut shutdown = pin!(crate::shutdown::reached(
-                &mut s.shutdown,
-                Phase::WaitForServers
-            ));
-            // Polled by hand rather than by `select!` over futures: this is the state an idle
-            // client's task is sized by, and readiness needs no future of its own.
-            poll_fn(|cx| {
-                if shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Woke::Shutdown);
-                }
-                if let Some(t) = timer.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::IdleTimeout);
+            if *s.shutdown.borrow_and_update() >= Phase::WaitForServers {
+                Woke::Shutdown
+            } else {
+                // Polled by hand rather than by `select!` over futures: this is the state an
+                // idle client's task is sized by, and readiness needs no future of its own.
+                let mut phase_changed = pin!(s.shutdown.changed());
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = phase_changed.as_mut().poll(cx) {
+                        // A closed channel means the pooler is going away.
+                        return Poll::Ready(r.map_or(Woke::Shutdown, |()| Woke::PhaseChanged));
                     }
-                }
-                if buf.is_empty() {
-                    // Give the buffer back while idle; a new one is allocated when bytes arrive.
-                    if buf.capacity() > 0 {
-                        *buf = BytesMut::new();
+                    if let Some(t) = timer.as_mut() {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Woke::IdleTimeout);
+                        }
                     }
-                    if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-                        return Poll::Ready(Woke::Read(Err(e)));
+                    if buf.is_empty() {
+                        // Give the buffer back while idle; a new one is allocated when bytes arrive.
+                        if buf.capacity() > 0 {
+                            *buf = BytesMut::new();
+                        }
+                        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                            return Poll::Ready(Woke::Read(Err(e)));
+                        }
+                        buf.reserve(REQUEST_BUFFER);
                     }
-                    buf.reserve(REQUEST_BUFFER);
-                }
-                // `read_buf`'s future keeps no state between polls.
-                pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
-            })
-            .await
+                    // `read_buf`'s future keeps no state between polls.
+                    pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
+                })
+                .await
+            }
         };
         let stream = &mut s.stream;
         match woke {
@@ -155,6 +161,8 @@ async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
             Woke::Read(Ok(0) | Err(_)) => return Err("client unexpected eof".into()),
             Woke::Read(Ok(_)) => {}
             Woke::Shutdown => return Err(Box::pin(close_for_shutdown(stream)).await),
+            // The new phase is checked at the top of the loop.
+            Woke::PhaseChanged => continue,
         }
         match drop_leading_noise(&mut s.buf) {
             Ok(Noise::Terminate) => return Err("client close request".into()),
@@ -180,6 +188,7 @@ async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
 async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
     let Session {
         stream,
+        peer: _,
         buf,
         me,
         shutdown,

@@ -160,8 +160,11 @@ where
             continue;
         };
         let app = app.clone();
+        // Boxed before the spawn, so that the task, sized once for the client's whole life, holds a
+        // pointer rather than the stream and the peer's name.
+        let accepted = Box::new(frontend::Accepted { stream, peer });
         tokio::spawn(async move {
-            frontend::serve_client(&app, stream, peer).await;
+            frontend::serve_client(&app, accepted).await;
             drop(guard);
         });
     }

@@ -1,0 +1,253 @@
+//! Micro benchmarks of the two per-transaction costs that are not parsing: a pool checkout and
+//! check-in under contention from many tasks, and the relay loop itself.
+//!
+//! Both run over unix socket pairs inside one process, so that what is measured is pgsluice's own
+//! work (and the kernel's socket copies), not a PostgreSQL server's. The far end of each server
+//! connection is a few lines below that answer a login with AuthenticationOk and queries with a
+//! canned pgbench select-only reply; the load benchmark (benches/load) measures against the real
+//! PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+use bytes::{BufMut, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgsluice::backend::params::ParamSet;
+use pgsluice::backend::{BackendKey, Server, ServerAddr};
+use pgsluice::config::PoolMode;
+use pgsluice::net::stream::Stream;
+use pgsluice::pool::{PoolKey, PoolSettings};
+use pgsluice::proto::scan::Scanner;
+use pgsluice::relay::{self, ClientSide, Outcome, Timeouts};
+use pgsluice::shutdown::Phase;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::runtime::Runtime;
+
+fn frame(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    buf.put_u8(tag);
+    buf.put_u32(body.len() as u32 + 4);
+    buf.put_slice(body);
+}
+
+/// What PostgreSQL answers to pgbench's select-only query.
+fn select_reply() -> BytesMut {
+    let mut b = BytesMut::new();
+    frame(
+        &mut b,
+        b'T',
+        b"\0\x01abalance\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+    );
+    frame(&mut b, b'D', b"\0\x01\0\0\0\x041234");
+    frame(&mut b, b'C', b"SELECT 1\0");
+    frame(&mut b, b'Z', b"I");
+    b
+}
+
+fn select_query() -> BytesMut {
+    let mut b = BytesMut::new();
+    frame(
+        &mut b,
+        b'Q',
+        b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\0",
+    );
+    b
+}
+
+/// The far end of a server connection: answers every Query with `select_reply`, by counting the
+/// Query frames in what arrives (the benchmarks send nothing else).
+async fn answer_queries(mut sock: UnixStream) {
+    let reply = select_reply();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::new();
+    loop {
+        match sock.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
+            if buf.len() < len {
+                break;
+            }
+            let tag = buf[0];
+            let _ = buf.split_to(len);
+            if tag == b'Q' {
+                out.extend_from_slice(&reply);
+            }
+        }
+        if !out.is_empty() && sock.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// A unix socket "server" that lets anyone in (AuthenticationOk, BackendKeyData, ReadyForQuery)
+/// and then answers queries, for the pool to open its servers against.
+async fn login_server(listener: UnixListener) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut len = [0u8; 4];
+            if sock.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            if sock.read_exact(&mut startup).await.is_err() {
+                return;
+            }
+            let mut out = BytesMut::new();
+            frame(&mut out, b'R', &0u32.to_be_bytes());
+            frame(&mut out, b'K', &[0, 0, 0, 1, 0, 0, 0, 2]);
+            frame(&mut out, b'Z', b"I");
+            if sock.write_all(&out).await.is_ok() {
+                answer_queries(sock).await;
+            }
+        });
+    }
+}
+
+fn pool_contention(c: &mut Criterion) {
+    const POOL: usize = 4;
+    const TASKS: usize = 64;
+    const ROUNDS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\nbench = host={} port=5999\n[pgbouncer]\nauth_type = trust\n\
+             pool_mode = transaction\ndefault_pool_size = {POOL}\nlisten_port = 0\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = pgsluice::config::load(&ini).unwrap();
+    let app = rt.block_on(async {
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5999")).unwrap();
+        tokio::spawn(login_server(listener));
+        pgsluice::app::App::new(config)
+    });
+    let settings = PoolSettings::resolve(&app.config(), "bench", "bench", &app.secrets).unwrap();
+    let key = PoolKey {
+        database: "bench".into(),
+        user: "bench".into(),
+    };
+    let pool = app.pools.get_or_create(key, settings);
+
+    let mut g = c.benchmark_group("pool");
+    g.throughput(Throughput::Elements((TASKS * ROUNDS) as u64));
+    g.bench_function("checkout_checkin_64_tasks_pool_4", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..ROUNDS {
+                                let conn = pool.checkout().await.unwrap();
+                                tokio::task::yield_now().await;
+                                pool.checkin(conn);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+        })
+    });
+    g.finish();
+    let (_, total) = pool.counts();
+    assert!(total <= POOL, "the pool never holds more than its size");
+}
+
+fn relay_loop(c: &mut Criterion) {
+    const BATCH: usize = 64;
+    let rt: Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let query = select_query();
+    let reply = select_reply();
+    let batch: BytesMut = query.repeat(BATCH).as_slice().into();
+    let (mut app_end, mut client_stream, mut server, _shutdown, mut shutdown_rx) =
+        rt.block_on(async {
+            let (app_end, pooler_client) = UnixStream::pair().unwrap();
+            let (pooler_server, server_end) = UnixStream::pair().unwrap();
+            tokio::spawn(answer_queries(server_end));
+            let server = Server {
+                stream: Stream::from(pooler_server),
+                rbuf: BytesMut::new(),
+                params: ParamSet::default(),
+                key: BackendKey { pid: 1, secret: 2 },
+                addr: Arc::new(ServerAddr {
+                    host: "/bench".into(),
+                    port: 5432,
+                }),
+                created: tokio::time::Instant::now(),
+                last_used: tokio::time::Instant::now(),
+                id: 1,
+                statements: Default::default(),
+            };
+            let (tx, rx) = tokio::sync::watch::channel(Phase::Running);
+            (app_end, Stream::from(pooler_client), server, tx, rx)
+        });
+    let mut cbuf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = Scanner::for_client();
+    let mut params = ParamSet::default();
+    let tracked: Vec<String> = Vec::new();
+    let expected = reply.len() * BATCH;
+    let mut answers = vec![0u8; expected];
+
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Bytes((batch.len() + expected) as u64));
+    g.bench_function("64_pipelined_select_queries_one_core", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                app_end.write_all(&batch).await.unwrap();
+                // What the session loop does before attaching a server: wait for a request.
+                while cbuf.len() < batch.len() {
+                    client_stream.read_buf(&mut cbuf).await.unwrap();
+                }
+                let relaying = relay::run(
+                    ClientSide {
+                        stream: &mut client_stream,
+                        buf: &mut cbuf,
+                        scanner: &mut scanner,
+                        params: &mut params,
+                        tracked: &tracked,
+                        prepared: None,
+                    },
+                    &mut server,
+                    PoolMode::Transaction,
+                    Timeouts {
+                        query: None,
+                        idle_transaction: None,
+                    },
+                    &mut shutdown_rx,
+                );
+                let (outcome, read) = tokio::join!(relaying, app_end.read_exact(&mut answers));
+                assert!(matches!(outcome.unwrap(), Outcome::Released));
+                read.unwrap();
+            })
+        })
+    });
+    g.finish();
+    assert_eq!(
+        &answers[..reply.len()],
+        &reply[..],
+        "replies arrive unchanged"
+    );
+}
+
+criterion_group!(benches, pool_contention, relay_loop);
+criterion_main!(benches);

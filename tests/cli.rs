@@ -168,6 +168,20 @@ async fn sigint_lets_the_transaction_finish_then_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_closes_idle_clients() {
+    let mut r = start_binary("transaction");
+    let idle = client(r.port).await.unwrap();
+    idle.batch_execute("SELECT 1").await.unwrap();
+    signal(&r.child, "-INT");
+    assert!(
+        wait_exit(&mut r.child, Duration::from_secs(5)).is_some(),
+        "an idle client kept the pooler from exiting"
+    );
+    assert!(idle.batch_execute("SELECT 1").await.is_err());
+    assert!(idle.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_at_once() {
     let mut r = start_binary("session");
     let c = client(r.port).await.unwrap();

@@ -197,6 +197,7 @@ fn relay_loop(c: &mut Criterion) {
                 last_used: tokio::time::Instant::now(),
                 id: 1,
                 statements: Default::default(),
+                tracked: None,
             };
             let (tx, rx) = tokio::sync::watch::channel(Phase::Running);
             (app_end, Stream::from(pooler_client), server, tx, rx)

@@ -273,6 +273,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
         last_used: now,
         id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
         statements: Default::default(),
+        tracked: None,
     })
 }
 

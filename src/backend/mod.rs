@@ -42,9 +42,27 @@ pub struct Server {
     pub id: u64,
     /// Statements the pooler has prepared on this server (transaction and statement mode).
     pub statements: crate::prepared::ServerStatements,
+    /// The tracked parameters' projection, for the stamp of `params` and the tracked list it was
+    /// made for: compared with a client's set at every checkout.
+    pub tracked: Option<(u64, usize, ParamSet)>,
 }
 
 impl Server {
+    /// Whether this server's values of the `tracked` parameters are `client`'s (a client's set
+    /// holds only tracked names, as their projection). Made once per change of the server's set.
+    pub fn agrees_with(&mut self, client: &ParamSet, tracked: &[String]) -> bool {
+        let key = (self.params.stamp(), tracked.as_ptr() as usize);
+        match &self.tracked {
+            Some((stamp, list, p)) if (*stamp, *list) == key => p == client,
+            _ => {
+                let p = self.params.project(tracked);
+                let agrees = p == *client;
+                self.tracked = Some((key.0, key.1, p));
+                agrees
+            }
+        }
+    }
+
     /// A healthy idle server has sent nothing: EOF means it closed, bytes mean it sent an
     /// unexpected message (typically a FATAL before closing). Either way it must not be reused.
     pub fn is_healthy_idle(&self) -> bool {

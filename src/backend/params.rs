@@ -67,24 +67,42 @@ impl ParamSet {
         }
     }
 
-    /// Keeps only the `names` given, and gives back the memory of the rest.
+    /// Keeps only the `names` given, in their order and spelling (see [`ParamSet::project`]), and
+    /// gives back the memory of the rest.
     pub fn retain_names(&mut self, names: &[String]) {
+        let kept = self.project(names);
+        if kept != *self {
+            *self = kept;
+        }
+    }
+
+    /// The values of `names` that this set holds, in the order and spelling of `names`: two sets
+    /// agree on those names exactly when their projections are equal, which makes "does this
+    /// server already have the client's parameters" one string comparison.
+    pub fn project(&self, names: &[String]) -> ParamSet {
         let mut packed = String::new();
-        for (k, v) in self.iter() {
-            if names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                push_pair(&mut packed, k, v);
+        for n in names {
+            if let Some(v) = self.get(n) {
+                push_pair(&mut packed, n, v);
             }
         }
-        if packed.len() != self.packed.len() {
-            packed.shrink_to_fit();
-            self.packed = packed;
-            self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
+        packed.shrink_to_fit();
+        ParamSet {
+            packed,
+            stamp: STAMPS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut parts = self.packed.split_terminator('\0');
-        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+        let mut rest = self.packed.as_str();
+        // NUL is ASCII, so splitting at it always falls on a character boundary.
+        let mut next = move || {
+            let end = rest.as_bytes().iter().position(|&b| b == 0)?;
+            let part = &rest[..end];
+            rest = &rest[end + 1..];
+            Some(part)
+        };
+        std::iter::from_fn(move || Some((next()?, next()?)))
     }
 
     /// The SET statements that give `server` the client's values for the `tracked` names, or `None`
@@ -221,6 +239,28 @@ mod tests {
             before,
             "a changed set must not match an old comparison"
         );
+    }
+
+    #[test]
+    fn projections_are_equal_exactly_when_the_names_agree() {
+        let tracked = vec!["TimeZone".to_owned(), "application_name".to_owned()];
+        let mut server = ParamSet::default();
+        server.set("application_name", "app");
+        server.set("server_version", "15.18");
+        server.set("timezone", "UTC");
+        let mut client = ParamSet::default();
+        client.set("TIMEZONE", "UTC");
+        client.set("application_name", "app");
+        client.retain_names(&tracked);
+        assert_eq!(client.project(&tracked), server.project(&tracked));
+        assert_eq!(
+            client,
+            server.project(&tracked),
+            "a retained set is its own projection"
+        );
+        server.set("TimeZone", "Europe/Paris");
+        assert_ne!(client, server.project(&tracked));
+        assert!(ParamSet::sync_query(&client, &server, &tracked).is_some());
     }
 
     #[test]

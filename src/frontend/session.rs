@@ -223,12 +223,16 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             _ = crate::shutdown::reached(shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
         };
         // Comparing the tracked parameters is skipped when both sets are still in the very states
-        // found equal last time: the common case of a client whose server agrees.
+        // found equal last time, and is one string comparison when the server's projection of
+        // them is the client's set: the common case of a client whose server agrees.
         let states = (
             me.params.stamp(),
             conn.server.params.stamp(),
             g.tracked_parameters.as_ptr() as usize,
         );
+        if *in_sync != Some(states) && conn.server.agrees_with(&me.params, &g.tracked_parameters) {
+            *in_sync = Some(states);
+        }
         if *in_sync != Some(states) {
             match ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters) {
                 None => *in_sync = Some(states),

@@ -53,17 +53,18 @@ struct LoginFailure {
     message: String,
 }
 
-/// What a waiter is handed: a ready server, or the right to open one. Moved once per hand-off;
-/// boxing the server would cost an allocation per checkout instead.
-#[allow(clippy::large_enum_variant)]
+/// What a waiter is handed: a ready server, or the right to open one.
 enum Grant {
-    Server(Server),
+    Server(Box<Server>),
     Slot(Slot),
 }
 
 #[derive(Default)]
 struct Inner {
-    idle: Vec<Server>,
+    /// Boxed once when opened: a server changes hands at every checkout and check-in, and a
+    /// pointer moves where the whole connection state (several hundred bytes) would be copied.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<Server>>,
     /// Servers counted against the pool: idle, checked out, and being opened.
     total: usize,
     waiters: VecDeque<oneshot::Sender<Grant>>,
@@ -123,7 +124,7 @@ impl Drop for Slot {
 
 /// A checked-out server. Return it with [`Pool::checkin`]; dropping it closes the server.
 pub struct Conn {
-    pub server: Server,
+    pub server: Box<Server>,
     slot: Slot,
 }
 
@@ -404,7 +405,7 @@ impl Pool {
 
     /// Opens a server, unless logging in failed less than `server_login_retry` ago: then clients get
     /// that failure at once, as from PgBouncer, instead of each waiting for a connect of its own.
-    async fn open(&self, settings: &PoolSettings) -> Result<Server, BackendError> {
+    async fn open(&self, settings: &PoolSettings) -> Result<Box<Server>, BackendError> {
         if let Some(e) = self.recent_login_failure(Instant::now()) {
             return Err(e);
         }
@@ -425,7 +426,7 @@ impl Pool {
         opened
     }
 
-    async fn open_now(&self, settings: &PoolSettings) -> Result<Server, BackendError> {
+    async fn open_now(&self, settings: &PoolSettings) -> Result<Box<Server>, BackendError> {
         let login = &settings.login;
         let (secret, client_key) = login.credentials();
         let params = LoginParams {
@@ -439,7 +440,7 @@ impl Pool {
         };
         let server = connect::connect(&params, settings.server_connect_timeout).await?;
         *self.welcome.lock() = Some(server.params.clone());
-        Ok(server)
+        Ok(Box::new(server))
     }
 
     /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
@@ -485,7 +486,7 @@ impl Pool {
 
     /// Removes idle servers for which `expired` says so; they are closed outside the lock.
     pub fn evict_idle(self: &Arc<Self>, mut expired: impl FnMut(&Server, usize) -> bool) -> usize {
-        let evicted: Vec<Server> = {
+        let evicted: Vec<Box<Server>> = {
             let mut inner = self.inner.lock();
             let total = inner.total;
             let mut out = Vec::new();

@@ -315,6 +315,72 @@ async fn a_stale_pooler_copy_is_healed_without_an_error() {
     assert_eq!(rows[0].len(), 2);
 }
 
+/// The tracker fuzz crash fuzz/corpus/prepared_tracker/stale_copy_mid_batch, on PostgreSQL: a
+/// statement prepared after a migration, used inside a transaction block on a server whose copy was
+/// planned before it. The copy's check cannot heal there (a Sync of the pooler's own would end the
+/// transaction), so the copy is prepared afresh before it is checked; the client must not see
+/// "cached plan must not change result type", which PostgreSQL would not give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooler_copy_inside_a_transaction_is_prepared_afresh_without_an_error() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_heal_tx");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=2", pg.port),
+    )
+    .await;
+    // Server 1 gets the pooler's copy of SELECT * FROM t, described with one column.
+    let old = s.connect(&db).await;
+    old.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let before = old.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(old.query(&before, &[]).await.unwrap()[0].len(), 1);
+    // Server 1 is held in a transaction, so the migration and the new client's Parse use server 2.
+    let mut pin = s.connect(&db).await;
+    let tx = pin.transaction().await.unwrap();
+    tx.batch_execute("SELECT 1").await.unwrap();
+    let ddl = s.connect(&db).await;
+    ddl.batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let mut new = s.connect(&db).await;
+    let after = new.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(after.columns().len(), 2);
+    tx.commit().await.unwrap();
+    // Wait for server 1's checkin, so that it is the one the next checkout takes (see above).
+    let pool = s.app.pools.all()[0].clone();
+    for _ in 0..200 {
+        if pool.counts() == (2, 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let parses_before = pool
+        .stats
+        .prepared
+        .server_parses
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // BEGIN takes server 1; the Bind then comes inside the block, on the stale copy.
+    let tx = new.transaction().await.unwrap();
+    let rows = tx.query(&after, &[]).await.unwrap();
+    assert_eq!((rows[0].len(), rows[0].get::<_, i32>(1)), (2, 7));
+    tx.commit().await.unwrap();
+    let parses = pool
+        .stats
+        .prepared
+        .server_parses
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        parses - parses_before,
+        1,
+        "the Bind did not land on the stale copy: the test missed its case"
+    );
+    // The old client's statement still fails, as it would on a direct connection.
+    let err = old.query(&before, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("0A000"), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_discard_all_keeps_the_clients_statements() {
     let pg = Postgres::shared();

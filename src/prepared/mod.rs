@@ -261,6 +261,11 @@ impl ServerStatements {
         self.shapes.get(&id).copied()
     }
 
+    /// The copy of `id` is prepared afresh: its columns are not known any more.
+    pub fn forget_shape(&mut self, id: u64) {
+        self.shapes.remove(&id);
+    }
+
     pub fn set_shape(&mut self, id: u64, shape: u64) {
         if self.prepared.contains_key(&id) {
             self.shapes.insert(id, shape);

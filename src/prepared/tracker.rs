@@ -372,14 +372,26 @@ impl Tracker {
         write: impl FnOnce(&mut BytesMut),
     ) {
         let client_shape = ctx.client.shape(name);
-        let server_has = ctx.server.touch(stmt.id);
+        let mut server_has = ctx.server.touch(stmt.id);
         let check = self.shape_check(
+            stmt.id,
             client_shape,
             server_has,
             ctx.server.shape(stmt.id),
             ctx.stats,
         );
         let opened = self.queue.is_empty() && self.status == b'I';
+        if server_has && !opened && matches!(check, verify::BindCheck::Hold(_)) {
+            // A copy of unknown or other columns may have been planned before a schema change (for
+            // another client, or another name of this one's with the same query), and describing it
+            // would fail with 0A000. Mid-batch the pooler cannot recover from that with a Sync of its
+            // own (verify.rs), and the error would reach a client whose statement PostgreSQL would
+            // run: one prepared after the change, elsewhere. So the copy is closed and prepared
+            // afresh first; a fresh copy has the columns of now, which is what PostgreSQL compares
+            // the client's statement with.
+            ctx.server.mark_stale(stmt.id);
+            server_has = false;
+        }
         if server_has {
             PreparedStats::bump(&ctx.stats.hits);
             if may_heal && client_shape.is_none() {

@@ -10,10 +10,13 @@
 //! of unknown or other shape) it and what follows are held: the pooler prepares (if needed) and
 //! describes the copy first, with a Flush and no Sync. A copy whose plan went stale fails that
 //! Describe with 0A000; it is closed and prepared afresh (after a Sync of the pooler's own) and
-//! described again. Then the held messages go. If the shapes differ, a Parse that cannot parse goes
-//! first: the server fails exactly where PostgreSQL would have (rolling back, or aborting the
-//! transaction block, and skipping to the Sync), and its error reaches the client as 0A000.
-//! One check at a time: a statement held behind another's check goes unchecked (counted).
+//! described again. Mid-batch, where that Sync would end the client's transaction, a copy already
+//! there is closed and prepared afresh before the Describe instead. Then the held messages go. If
+//! the shapes differ, a Parse that cannot parse goes first: the server fails exactly where
+//! PostgreSQL would have (rolling back, or aborting the transaction block, and skipping to the
+//! Sync), and its error reaches the client as 0A000. One check at a time: a statement held behind
+//! another's check goes unchecked (counted), unless it is the checked copy and the client was shown
+//! the columns that check expects.
 
 use super::{Entry, Local, Reply, Tracker};
 use crate::prepared::{shape_of, PreparedStats, Statement};
@@ -63,10 +66,11 @@ impl Tracker {
         matches!(self.verify, Verify::Holding { .. })
     }
 
-    /// Decides what a Bind or Describe of a statement the client was shown `client_shape` for (if it
-    /// asked) needs.
+    /// Decides what a Bind or Describe of statement `id`, which the client was shown `client_shape`
+    /// for (if it asked), needs.
     pub(super) fn shape_check(
         &self,
+        id: u64,
         client_shape: Option<u64>,
         server_has: bool,
         server_shape: Option<u64>,
@@ -74,6 +78,18 @@ impl Tracker {
     ) -> BindCheck {
         let Some(expected) = client_shape else {
             return BindCheck::Go;
+        };
+        // Behind a check of this very copy (for another of the client's names for the same query),
+        // the columns recorded for it are in doubt: the check may find it stale and prepare it
+        // afresh, with the columns of now. What follows the check runs only if the copy has the
+        // columns the check expects, so those are the ones to compare with.
+        let server_shape = match &self.verify {
+            Verify::Holding {
+                statement,
+                expected: checked,
+                ..
+            } if statement.id == id => Some(*checked),
+            _ => server_shape,
         };
         match (server_has, server_shape) {
             (true, Some(s)) if s == expected => BindCheck::Go,
@@ -113,6 +129,7 @@ impl Tracker {
             expected,
             // Re-preparing needs a Sync of the pooler's own, which would end (or, in a block, find
             // aborted) a transaction the client's earlier messages are part of: only at a batch's start.
+            // Elsewhere the copy was prepared afresh just now (use_statement), so it is not stale.
             reprepared: !opened,
         };
     }
@@ -234,8 +251,10 @@ impl Tracker {
         });
         self.queue.push_front(own(Reply::Close));
         self.queue.push_front(own(Reply::Ready));
-        ctx.server.forget(id);
-        let _ = ctx.server.insert(id, usize::MAX);
+        // The fresh copy takes the old one's place ahead of the held messages, which were counted
+        // in when they were held (one may close this very copy, to evict it): only what was known
+        // of its columns goes.
+        ctx.server.forget_shape(id);
         PreparedStats::bump(&ctx.stats.healed);
         PreparedStats::bump(&ctx.stats.server_parses);
         true

@@ -6,27 +6,8 @@ use bytes::{BufMut, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use pgsluice::proto::scan::{Event, Scanner};
 
-fn frame(buf: &mut BytesMut, tag: u8, body: &[u8]) {
-    buf.put_u8(tag);
-    buf.put_u32(body.len() as u32 + 4);
-    buf.put_slice(body);
-}
-
-/// What a server sends for a pgbench select-only transaction, repeated.
-fn select_reply(times: usize) -> BytesMut {
-    let mut b = BytesMut::new();
-    for _ in 0..times {
-        frame(
-            &mut b,
-            b'T',
-            b"\0\x01abalance\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
-        );
-        frame(&mut b, b'D', b"\0\x01\0\0\0\x041234");
-        frame(&mut b, b'C', b"SELECT 1\0");
-        frame(&mut b, b'Z', b"I");
-    }
-    b
-}
+mod common;
+use common::{frame, select_reply};
 
 fn scanning(c: &mut Criterion) {
     let reply = select_reply(64);

@@ -8,7 +8,7 @@
 //! PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgsluice::backend::params::ParamSet;
 use pgsluice::backend::{BackendKey, Server, ServerAddr};
@@ -23,25 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Runtime;
 
-fn frame(buf: &mut BytesMut, tag: u8, body: &[u8]) {
-    buf.put_u8(tag);
-    buf.put_u32(body.len() as u32 + 4);
-    buf.put_slice(body);
-}
-
-/// What PostgreSQL answers to pgbench's select-only query.
-fn select_reply() -> BytesMut {
-    let mut b = BytesMut::new();
-    frame(
-        &mut b,
-        b'T',
-        b"\0\x01abalance\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
-    );
-    frame(&mut b, b'D', b"\0\x01\0\0\0\x041234");
-    frame(&mut b, b'C', b"SELECT 1\0");
-    frame(&mut b, b'Z', b"I");
-    b
-}
+mod common;
+use common::{frame, select_reply};
 
 fn select_query() -> BytesMut {
     let mut b = BytesMut::new();
@@ -56,7 +39,7 @@ fn select_query() -> BytesMut {
 /// The far end of a server connection: answers every Query with `select_reply`, by counting the
 /// Query frames in what arrives (the benchmarks send nothing else).
 async fn answer_queries(mut sock: UnixStream) {
-    let reply = select_reply();
+    let reply = select_reply(1);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::new();
     loop {
@@ -177,7 +160,7 @@ fn relay_loop(c: &mut Criterion) {
         .build()
         .unwrap();
     let query = select_query();
-    let reply = select_reply();
+    let reply = select_reply(1);
     let batch: BytesMut = query.repeat(BATCH).as_slice().into();
     let (mut app_end, mut client_stream, mut server, _shutdown, mut shutdown_rx) =
         rt.block_on(async {

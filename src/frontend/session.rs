@@ -43,8 +43,6 @@ pub struct Session {
     statements: Option<Box<ClientState>>,
     /// An error owed to the client: its server died between requests, so the next request gets it.
     owed_error: Option<String>,
-    /// The client's and a server's parameter stamps (and the tracked list) last found to agree.
-    in_sync: Option<(u64, u64, usize)>,
     /// `client_idle_timeout`'s timer, allocated once and re-armed for every idle wait.
     idle_timer: Option<Pin<Box<Sleep>>>,
 }
@@ -60,7 +58,6 @@ impl Session {
             scanner: Scanner::for_client(),
             statements: None,
             owed_error: None,
-            in_sync: None,
             idle_timer: None,
         }
     }
@@ -195,7 +192,6 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         scanner,
         statements,
         owed_error,
-        in_sync,
         idle_timer: _,
     } = s;
     let config = app.config();
@@ -222,29 +218,18 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             },
             _ = crate::shutdown::reached(shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
         };
-        // Comparing the tracked parameters is skipped when both sets are still in the very states
-        // found equal last time, and is one string comparison when the server's projection of
-        // them is the client's set: the common case of a client whose server agrees.
-        let states = (
-            me.params.stamp(),
-            conn.server.params.stamp(),
-            g.tracked_parameters.as_ptr() as usize,
-        );
-        if *in_sync != Some(states) && conn.server.agrees_with(&me.params, &g.tracked_parameters) {
-            *in_sync = Some(states);
-        }
-        if *in_sync != Some(states) {
-            match ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters) {
-                None => *in_sync = Some(states),
-                Some(sql) => {
-                    // Boxed, as every rare path here: an idle client's task is as large as its
-                    // largest state.
-                    if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
-                        tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "could not apply client parameters on server");
-                        send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None)
-                            .await;
-                        return Some("server parameter sync failed".into());
-                    }
+        // One string comparison in the common case: the server's projection of the tracked
+        // parameters (cached until its set changes) is the client's set.
+        if !conn.server.agrees_with(&me.params, &g.tracked_parameters) {
+            if let Some(sql) =
+                ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
+            {
+                // Boxed, as every rare path here: an idle client's task is as large as its
+                // largest state.
+                if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
+                    tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "could not apply client parameters on server");
+                    send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
+                    return Some("server parameter sync failed".into());
                 }
             }
         }

@@ -47,18 +47,9 @@ impl Stream {
         }
     }
 
-    /// Waits until a read would find bytes (or EOF), holding no buffer meanwhile: an idle client
-    /// then costs no read buffer. TLS answers at once, since rustls may hold decrypted bytes the
-    /// socket no longer shows; a read then waits as usual.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.readable().await,
-            Stream::Unix(s) => s.readable().await,
-            Stream::Tls(_) | Stream::Closed => Ok(()),
-        }
-    }
-
-    /// [`Stream::readable`] for a hand-written poll loop: no future, so nothing to store.
+    /// Readiness to read (or EOF), for the idle wait's hand-written poll loop: no future to store,
+    /// and no buffer needed until bytes are there. TLS answers at once, since rustls may hold
+    /// decrypted bytes the socket no longer shows; a read then waits as usual.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),

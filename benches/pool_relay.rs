@@ -17,7 +17,6 @@ use pgsluice::net::stream::Stream;
 use pgsluice::pool::{PoolKey, PoolSettings};
 use pgsluice::proto::scan::Scanner;
 use pgsluice::relay::{self, ClientSide, Outcome, Timeouts};
-use pgsluice::shutdown::Phase;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -162,29 +161,27 @@ fn relay_loop(c: &mut Criterion) {
     let query = select_query();
     let reply = select_reply(1);
     let batch: BytesMut = query.repeat(BATCH).as_slice().into();
-    let (mut app_end, mut client_stream, mut server, _shutdown, mut shutdown_rx) =
-        rt.block_on(async {
-            let (app_end, pooler_client) = UnixStream::pair().unwrap();
-            let (pooler_server, server_end) = UnixStream::pair().unwrap();
-            tokio::spawn(answer_queries(server_end));
-            let server = Server {
-                stream: Stream::from(pooler_server),
-                rbuf: BytesMut::new(),
-                params: ParamSet::default(),
-                key: BackendKey { pid: 1, secret: 2 },
-                addr: Arc::new(ServerAddr {
-                    host: "/bench".into(),
-                    port: 5432,
-                }),
-                created: tokio::time::Instant::now(),
-                last_used: tokio::time::Instant::now(),
-                id: 1,
-                statements: Default::default(),
-                tracked: None,
-            };
-            let (tx, rx) = tokio::sync::watch::channel(Phase::Running);
-            (app_end, Stream::from(pooler_client), server, tx, rx)
-        });
+    let (mut app_end, mut client_stream, mut server) = rt.block_on(async {
+        let (app_end, pooler_client) = UnixStream::pair().unwrap();
+        let (pooler_server, server_end) = UnixStream::pair().unwrap();
+        tokio::spawn(answer_queries(server_end));
+        let server = Server {
+            stream: Stream::from(pooler_server),
+            rbuf: BytesMut::new(),
+            params: ParamSet::default(),
+            key: BackendKey { pid: 1, secret: 2 },
+            addr: Arc::new(ServerAddr {
+                host: "/bench".into(),
+                port: 5432,
+            }),
+            created: tokio::time::Instant::now(),
+            last_used: tokio::time::Instant::now(),
+            id: 1,
+            statements: Default::default(),
+            tracked: None,
+        };
+        (app_end, Stream::from(pooler_client), server)
+    });
     let mut cbuf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::for_client();
     let mut params = ParamSet::default();
@@ -217,7 +214,8 @@ fn relay_loop(c: &mut Criterion) {
                         query: None,
                         idle_transaction: None,
                     },
-                    &mut shutdown_rx,
+                    // No shutdown during the bench.
+                    std::future::pending(),
                 );
                 let (outcome, read) = tokio::join!(relaying, app_end.read_exact(&mut answers));
                 assert!(matches!(outcome.unwrap(), Outcome::Released));

@@ -17,12 +17,11 @@ use crate::proto::backend as msg;
 use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::scan::{Event, Scanner};
 use crate::proto::ProtoError;
-use crate::shutdown::Phase;
 use bytes::BytesMut;
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 /// Why the relay handed control back.
@@ -160,7 +159,7 @@ pub async fn run(
     server: &mut Server,
     mode: PoolMode,
     timeouts: Timeouts,
-    shutdown: &mut watch::Receiver<Phase>,
+    stop: impl Future<Output = ()>,
 ) -> Result<Outcome, RelayError> {
     let ClientSide {
         stream: cstream,
@@ -198,7 +197,6 @@ pub async fn run(
     let (mut sread, mut swrite) = server.stream.split();
     let mut server_error: Option<String> = None;
     let mut timer: Option<Pin<Box<Sleep>>> = None;
-    let stop = crate::shutdown::reached(shutdown, Phase::Immediate);
     tokio::pin!(stop);
     loop {
         if to_server.is_empty() && to_client.is_empty() {

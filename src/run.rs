@@ -38,6 +38,16 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
             }
         })
     };
+    // Client tasks read the phase from an atomic and wait on their own nudge (see `shutdown`).
+    let nudger = {
+        let app = app.clone();
+        let mut phase = app.shutdown.watch();
+        tokio::spawn(async move {
+            while phase.changed().await.is_ok() {
+                app.cancels.wake_all();
+            }
+        })
+    };
     let accept = tokio::spawn(listener::serve(app.clone(), listeners));
     let mut phase = app.shutdown.watch();
     crate::shutdown::reached(&mut phase, Phase::WaitForClients).await;
@@ -50,6 +60,9 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     janitor.abort();
     stats.abort();
     statements.abort();
+    nudger.abort();
+    // The broadcaster may be aborted before it saw the last change.
+    app.cancels.wake_all();
     tracing::info!("shutdown complete");
     Ok(())
 }

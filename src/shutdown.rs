@@ -5,12 +5,20 @@
 //! - a second SIGINT/SIGTERM, or SIGQUIT: close everything now.
 //!
 //! Clients are counted by drop guards, so "no client left" cannot drift from the truth.
+//!
+//! The phase is mirrored in an atomic for the hot path: a client task checks it and leaves its
+//! waker in its own [`Nudge`], and one broadcaster wakes every client's nudge when the phase moves.
+//! A watch channel would do the same, but each wait would register with it under a shared lock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use atomic_waker::AtomicWaker;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::{watch, Notify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Phase {
     Running,
     /// SIGTERM: no new clients; the connected ones carry on until they leave.
@@ -21,9 +29,22 @@ pub enum Phase {
     Immediate,
 }
 
+impl Phase {
+    fn from_u8(n: u8) -> Self {
+        match n {
+            0 => Self::Running,
+            1 => Self::WaitForClients,
+            2 => Self::WaitForServers,
+            _ => Self::Immediate,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Shutdown {
     phase: watch::Sender<Phase>,
+    /// The phase again, readable without a lock.
+    current: AtomicU8,
     clients: AtomicUsize,
     all_gone: Notify,
 }
@@ -32,6 +53,7 @@ impl Default for Shutdown {
     fn default() -> Self {
         Self {
             phase: watch::Sender::new(Phase::Running),
+            current: AtomicU8::new(Phase::Running as u8),
             clients: AtomicUsize::new(0),
             all_gone: Notify::new(),
         }
@@ -52,7 +74,7 @@ impl Drop for ClientGuard {
 
 impl Shutdown {
     pub fn phase(&self) -> Phase {
-        *self.phase.borrow()
+        Phase::from_u8(self.current.load(Ordering::SeqCst))
     }
 
     pub fn watch(&self) -> watch::Receiver<Phase> {
@@ -60,6 +82,7 @@ impl Shutdown {
     }
 
     /// Moves to a later phase (never back); a repeated request escalates to `Immediate`.
+    /// Watchers of [`Self::watch`] are told at once; client nudges by whoever broadcasts changes.
     pub fn request(&self, wanted: Phase) {
         self.phase.send_modify(|p| {
             *p = if *p != Phase::Running && wanted != Phase::Running {
@@ -67,6 +90,8 @@ impl Shutdown {
             } else {
                 (*p).max(wanted)
             };
+            // Stored before any watcher is told, so a woken client reads the new phase.
+            self.current.store(*p as u8, Ordering::SeqCst);
         });
     }
 
@@ -96,6 +121,37 @@ impl Shutdown {
     }
 }
 
+/// One client task's waker, left for the shutdown broadcaster.
+#[derive(Debug, Default)]
+pub struct Nudge(AtomicWaker);
+
+impl Nudge {
+    /// Ready once the phase is at least `phase`; otherwise the task is woken when it moves.
+    /// Cheap when polled again: an unchanged waker is not stored twice.
+    pub fn poll_reached(
+        &self,
+        cx: &mut Context<'_>,
+        shutdown: &Shutdown,
+        phase: Phase,
+    ) -> Poll<()> {
+        // Registered before the phase is read: a change stored after the read wakes this waker.
+        self.0.register(cx.waker());
+        if shutdown.phase() >= phase {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    pub async fn reached(&self, shutdown: &Shutdown, phase: Phase) {
+        poll_fn(|cx| self.poll_reached(cx, shutdown, phase)).await
+    }
+
+    pub fn wake(&self) {
+        self.0.wake();
+    }
+}
+
 /// Resolves once the phase is at least `phase` (or the sender is gone). Unlike `wait_for`, holds no
 /// borrow of the channel afterwards, so it can sit in a `select!` inside a `Send` future.
 pub async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
@@ -113,6 +169,27 @@ mod tests {
         assert_eq!(s.phase(), Phase::WaitForClients);
         s.request(Phase::WaitForServers);
         assert_eq!(s.phase(), Phase::Immediate);
+    }
+
+    #[tokio::test]
+    async fn a_nudged_task_sees_the_new_phase() {
+        let s = Arc::new(Shutdown::default());
+        let nudge = Arc::new(Nudge::default());
+        let waiter = tokio::spawn({
+            let (s, nudge) = (s.clone(), nudge.clone());
+            async move { nudge.reached(&s, Phase::WaitForServers).await }
+        });
+        tokio::task::yield_now().await;
+        s.request(Phase::WaitForClients);
+        nudge.wake();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "woke before its phase");
+        s.request(Phase::WaitForServers);
+        nudge.wake();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the nudge did not wake the task")
+            .unwrap();
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Cancel requests: each client gets its own BackendKeyData from the pooler; a CancelRequest carrying
 //! it is forwarded, over a new connection, to the server that client holds at that moment.
+//!
+//! The map is thereby the registry of logged-in clients, so it also carries each client's
+//! [`Nudge`]: shutdown wakes them all from here.
 
 use crate::backend::{BackendKey, ServerAddr};
+use crate::shutdown::Nudge;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -11,6 +15,8 @@ use std::sync::Arc;
 pub struct CancelTarget {
     secret: u32,
     server: Mutex<Option<(Arc<ServerAddr>, BackendKey)>>,
+    /// The client task's waker, for shutdown.
+    pub nudge: Nudge,
 }
 
 impl CancelTarget {
@@ -57,6 +63,7 @@ impl CancelMap {
             let target = Arc::new(CancelTarget {
                 secret: rand::random(),
                 server: Mutex::new(None),
+                nudge: Nudge::default(),
             });
             if let dashmap::Entry::Vacant(v) = self.clients.entry(pid) {
                 v.insert(target.clone());
@@ -66,6 +73,13 @@ impl CancelMap {
                     target,
                 };
             }
+        }
+    }
+
+    /// Wakes every logged-in client's task, after a shutdown phase change.
+    pub fn wake_all(&self) {
+        for entry in self.clients.iter() {
+            entry.nudge.wake();
         }
     }
 

@@ -40,7 +40,7 @@ pub async fn serve_client(app: &crate::app::App, accepted: Box<Accepted>) {
     };
     // What the client keeps between requests lives in one allocation of its exact size; the task
     // itself only holds the small idle wait (see `session::run`).
-    let mut s = Box::new(session::Session::new(app, stream, buf, peer, me));
+    let mut s = Box::new(session::Session::new(stream, buf, peer, me));
     let started = tokio::time::Instant::now();
     let reason = session::run(app, &mut s).await;
     if app.config().general.log_disconnections {

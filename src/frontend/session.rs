@@ -36,7 +36,6 @@ pub struct Session {
     /// Empty, with no capacity, while the client is idle.
     buf: BytesMut,
     pub me: LoggedIn,
-    shutdown: tokio::sync::watch::Receiver<Phase>,
     scanner: Scanner,
     /// The client's prepared statements, by its own names (transaction and statement mode);
     /// created at its first request, so a client that never sends one costs nothing here.
@@ -48,13 +47,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: &App, stream: Stream, buf: BytesMut, peer: String, me: LoggedIn) -> Self {
+    pub fn new(stream: Stream, buf: BytesMut, peer: String, me: LoggedIn) -> Self {
         Self {
             stream,
             peer,
             buf,
             me,
-            shutdown: app.shutdown.watch(),
             scanner: Scanner::for_client(),
             statements: None,
             owed_error: None,
@@ -92,7 +90,6 @@ pub async fn run(app: &App, s: &mut Session) -> EndReason {
 enum Woke {
     Read(std::io::Result<usize>),
     IdleTimeout,
-    PhaseChanged,
     Shutdown,
 }
 
@@ -110,37 +107,35 @@ async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
         }
         let woke = {
             let (stream, buf, timer) = (&mut s.stream, &mut s.buf, &mut s.idle_timer);
-            if *s.shutdown.borrow_and_update() >= Phase::WaitForServers {
-                Woke::Shutdown
-            } else {
-                // Polled by hand rather than by `select!` over futures: this is the state an
-                // idle client's task is sized by, and readiness needs no future of its own.
-                let mut phase_changed = pin!(s.shutdown.changed());
-                poll_fn(|cx| {
-                    if let Poll::Ready(r) = phase_changed.as_mut().poll(cx) {
-                        // A closed channel means the pooler is going away.
-                        return Poll::Ready(r.map_or(Woke::Shutdown, |()| Woke::PhaseChanged));
+            let nudge = &s.me.cancel.target.nudge;
+            // Polled by hand rather than by `select!` over futures: this is the state an idle
+            // client's task is sized by, and readiness needs no future of its own.
+            poll_fn(|cx| {
+                if nudge
+                    .poll_reached(cx, &app.shutdown, Phase::WaitForServers)
+                    .is_ready()
+                {
+                    return Poll::Ready(Woke::Shutdown);
+                }
+                if let Some(t) = timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::IdleTimeout);
                     }
-                    if let Some(t) = timer.as_mut() {
-                        if t.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Woke::IdleTimeout);
-                        }
+                }
+                if buf.is_empty() {
+                    // Give the buffer back while idle; a new one is allocated when bytes arrive.
+                    if buf.capacity() > 0 {
+                        *buf = BytesMut::new();
                     }
-                    if buf.is_empty() {
-                        // Give the buffer back while idle; a new one is allocated when bytes arrive.
-                        if buf.capacity() > 0 {
-                            *buf = BytesMut::new();
-                        }
-                        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-                            return Poll::Ready(Woke::Read(Err(e)));
-                        }
-                        buf.reserve(REQUEST_BUFFER);
+                    if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                        return Poll::Ready(Woke::Read(Err(e)));
                     }
-                    // `read_buf`'s future keeps no state between polls.
-                    pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
-                })
-                .await
-            }
+                    buf.reserve(REQUEST_BUFFER);
+                }
+                // `read_buf`'s future keeps no state between polls.
+                pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
+            })
+            .await
         };
         let stream = &mut s.stream;
         match woke {
@@ -158,8 +153,6 @@ async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
             Woke::Read(Ok(0) | Err(_)) => return Err("client unexpected eof".into()),
             Woke::Read(Ok(_)) => {}
             Woke::Shutdown => return Err(Box::pin(close_for_shutdown(stream)).await),
-            // The new phase is checked at the top of the loop.
-            Woke::PhaseChanged => continue,
         }
         match drop_leading_noise(&mut s.buf) {
             Ok(Noise::Terminate) => return Err("client close request".into()),
@@ -188,7 +181,6 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         peer: _,
         buf,
         me,
-        shutdown,
         scanner,
         statements,
         owed_error,
@@ -216,7 +208,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     return Some(format!("{e}"));
                 }
             },
-            _ = crate::shutdown::reached(shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
+            () = me.cancel.target.nudge.reached(&app.shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
         };
         // One string comparison in the common case: the server's projection of the tracked
         // parameters (cached until its set changes) is the client's set.
@@ -256,7 +248,10 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 query: g.query_timeout,
                 idle_transaction: g.idle_transaction_timeout,
             },
-            shutdown,
+            me.cancel
+                .target
+                .nudge
+                .reached(&app.shutdown, Phase::Immediate),
         )
         .await;
         me.cancel.target.detach();
@@ -264,7 +259,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             Ok(Outcome::Released) => {
                 pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
                 give_back(app, &pool, conn, mode, false).await;
-                if *shutdown.borrow() >= Phase::WaitForServers {
+                if app.shutdown.phase() >= Phase::WaitForServers {
                     return Some(close_for_shutdown(stream).await);
                 }
             }

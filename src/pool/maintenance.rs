@@ -1,5 +1,6 @@
 //! The janitor: once a second it closes idle servers past `server_idle_timeout` or
-//! `server_lifetime`, and opens servers up to `min_pool_size`.
+//! `server_lifetime`, and opens servers up to `min_pool_size`; ten times a second it tends the
+//! clients queued for a server (their timeouts and the reserve pool).
 
 use super::registry::Registry;
 use super::Pool;
@@ -7,16 +8,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-const PERIOD: Duration = Duration::from_secs(1);
+/// How late `query_wait_timeout` and `reserve_pool_timeout` may act.
+const WAITER_TICK: Duration = Duration::from_millis(100);
+/// Idle servers and `min_pool_size` are tended every this many waiter ticks.
+const TIDY_EVERY: u32 = 10;
 
 pub async fn run(registry: Arc<Registry>) {
-    let mut tick = tokio::time::interval(PERIOD);
+    let mut tick = tokio::time::interval(WAITER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
     loop {
         tick.tick().await;
+        let now = Instant::now();
         for pool in registry.all() {
-            tidy(&pool);
+            pool.tend_waiters(now);
+            if n % TIDY_EVERY == 0 {
+                tidy(&pool);
+            }
         }
+        n = n.wrapping_add(1);
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::oneshot;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
@@ -53,10 +53,20 @@ struct LoginFailure {
     message: String,
 }
 
-/// What a waiter is handed: a ready server, or the right to open one.
+/// What a waiter is handed: a ready server, the right to open one, or the end of its wait.
 enum Grant {
     Server(Box<Server>),
     Slot(Slot),
+    /// `query_wait_timeout` passed.
+    Expired,
+}
+
+/// A client queued for a server. Its deadlines are kept here and enforced by the janitor's tick
+/// ([`Pool::tend_waiters`]), so a wait arms no timer of its own: in a busy pool most checkouts wait.
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    deadline: Option<Instant>,
+    reserve_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -67,7 +77,7 @@ struct Inner {
     idle: Vec<Box<Server>>,
     /// Servers counted against the pool: idle, checked out, and being opened.
     total: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<Waiter>,
 }
 
 /// Counters for the stats line and, later, the admin console and metrics.
@@ -194,7 +204,7 @@ impl Pool {
             .lock()
             .waiters
             .iter()
-            .filter(|w| !w.is_closed())
+            .filter(|w| !w.tx.is_closed())
             .count()
     }
 
@@ -249,20 +259,59 @@ impl Pool {
         inner.total = inner.total.saturating_sub(1);
         self.db_limit.release();
         self.user_limit.release();
+        self.grant_free_slots(&mut inner, &settings);
+    }
+
+    /// Hands free capacity to the oldest waiters.
+    fn grant_free_slots(self: &Arc<Self>, inner: &mut Inner, settings: &PoolSettings) {
         while inner.waiters.front().is_some() {
-            let Ok(slot) = self.try_take_slot(&mut inner, &settings, false) else {
+            let Ok(slot) = self.try_take_slot(inner, settings, false) else {
                 break;
             };
-            let Some(tx) = inner.waiters.pop_front() else {
+            let Some(w) = inner.waiters.pop_front() else {
                 break;
             };
-            if let Err(Grant::Slot(slot)) = tx.send(Grant::Slot(slot)) {
-                // That waiter is gone; undo the count without recursing into this function.
-                slot.disarm();
-                inner.total -= 1;
-                self.db_limit.release();
-                self.user_limit.release();
+            self.grant_slot(inner, w, slot);
+        }
+    }
+
+    fn grant_slot(&self, inner: &mut Inner, w: Waiter, slot: Slot) {
+        if let Err(Grant::Slot(slot)) = w.tx.send(Grant::Slot(slot)) {
+            // That waiter is gone; undo the count without recursing into `release_slot`.
+            slot.disarm();
+            inner.total -= 1;
+            self.db_limit.release();
+            self.user_limit.release();
+        }
+    }
+
+    /// The janitor's tick for queued clients: ends waits past `query_wait_timeout`, opens the
+    /// reserve pool to those waiting longer than `reserve_pool_timeout`, and grants capacity that
+    /// no release announced (a reload that raised `pool_size`, a limit freed while a client was
+    /// between its try and its wait).
+    pub fn tend_waiters(self: &Arc<Self>, now: Instant) {
+        let settings = self.settings();
+        let mut inner = self.inner.lock();
+        if inner.waiters.is_empty() {
+            return;
+        }
+        self.grant_free_slots(&mut inner, &settings);
+        let queued = std::mem::take(&mut inner.waiters);
+        for w in queued {
+            if w.tx.is_closed() {
+                continue;
             }
+            if w.deadline.is_some_and(|d| now >= d) {
+                let _ = w.tx.send(Grant::Expired);
+                continue;
+            }
+            if w.reserve_at.is_some_and(|r| now >= r) {
+                if let Ok(slot) = self.try_take_slot(&mut inner, &settings, true) {
+                    self.grant_slot(&mut inner, w, slot);
+                    continue;
+                }
+            }
+            inner.waiters.push_back(w);
         }
     }
 
@@ -292,7 +341,11 @@ impl Pool {
                                 blocked = why;
                                 if waiter.is_none() {
                                     let (tx, rx) = oneshot::channel();
-                                    inner.waiters.push_back(tx);
+                                    inner.waiters.push_back(Waiter {
+                                        tx,
+                                        deadline: wait_deadline,
+                                        reserve_at,
+                                    });
                                     waiter = Some(rx);
                                 }
                                 None
@@ -335,37 +388,25 @@ impl Pool {
                     self.note_wait(started);
                     return Ok(Conn { server, slot });
                 }
+                Some(Grant::Expired) => return Err(PoolError::WaitTimeout),
                 None => {}
             }
             let Some(rx) = waiter.as_mut() else { continue };
-            let reserve_timer = reserve_at.filter(|r| Instant::now() < *r);
-            // A limit freed between our try and this wait would be missed by `notified()`; a short
-            // re-check bounds that race.
-            let recheck = Instant::now() + std::time::Duration::from_millis(200);
-            let next_timer = [wait_deadline, reserve_timer]
-                .into_iter()
-                .flatten()
-                .fold(recheck, Instant::min);
+            // The queue hands over released servers and slots, and the janitor's tick covers
+            // deadlines (see `Waiter`). Blocked by a limit shared with other pools, the wait also
+            // ends on that limit's releases, and on a short re-check: another pool's server going
+            // idle frees nothing, but closing it would.
+            let shared_limit = blocked != Blocked::Pool;
+            let recheck = std::time::Duration::from_millis(200);
             tokio::select! {
                 g = rx => {
                     waiter = None;
                     handed = g.ok();
                 }
-                _ = self.db_limit.freed.notified() => {}
-                _ = self.user_limit.freed.notified() => {}
-                _ = sleep_until(next_timer) => {
-                    if wait_deadline.is_some_and(|d| Instant::now() >= d) {
-                        // Stop further hand-offs, then keep one that raced with the deadline.
-                        if let Some(mut rx) = waiter.take() {
-                            rx.close();
-                            if let Ok(g) = rx.try_recv() {
-                                handed = Some(g);
-                                continue;
-                            }
-                        }
-                        return Err(PoolError::WaitTimeout);
-                    }
-                }
+                _ = self.db_limit.freed.notified(), if blocked == Blocked::Database => {}
+                _ = self.user_limit.freed.notified(), if blocked == Blocked::User => {}
+                // Not evaluated unless `shared_limit`, so an ordinary wait arms no timer.
+                _ = tokio::time::sleep(recheck), if shared_limit => {}
             }
         }
     }
@@ -458,8 +499,8 @@ impl Pool {
         slot.disarm();
         let mut inner = self.inner.lock();
         let mut grant = Grant::Server(server);
-        while let Some(tx) = inner.waiters.pop_front() {
-            match tx.send(grant) {
+        while let Some(w) = inner.waiters.pop_front() {
+            match w.tx.send(grant) {
                 Ok(()) => return,
                 Err(g) => grant = g,
             }

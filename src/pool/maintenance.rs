@@ -22,7 +22,7 @@ pub async fn run(registry: Arc<Registry>) {
         let now = Instant::now();
         for pool in registry.all() {
             pool.tend_waiters(now);
-            if n % TIDY_EVERY == 0 {
+            if n.is_multiple_of(TIDY_EVERY) {
                 tidy(&pool);
             }
         }

@@ -199,6 +199,11 @@ pub async fn run(
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     tokio::pin!(stop);
     loop {
+        if cbuf.capacity() == 0 && to_server.is_empty() {
+            // The request moved to `to_server` whole (`take_front`); its buffer, written out,
+            // takes the client's next bytes.
+            std::mem::swap(cbuf, &mut to_server);
+        }
         if to_server.is_empty() && to_client.is_empty() {
             if t.terminated {
                 return Ok(Outcome::ClientGone {
@@ -402,7 +407,7 @@ fn scan_client(
         if let Some(e) = bad {
             return Err(RelayError::ClientProto(e));
         }
-        let mut prefix = cbuf.split_to(scanned.forward);
+        let mut prefix = take_front(cbuf, scanned.forward);
         let Some(len) = cut else {
             out.unsplit(prefix);
             return Ok(out);
@@ -414,6 +419,17 @@ fn scan_client(
         if t.terminated {
             return Ok(out);
         }
+    }
+}
+
+/// The first `n` bytes of `buf`. All of it, the usual case, moves as it is: splitting a buffer fresh
+/// from the allocator would allocate the header its two halves share. The relay hands the spent
+/// write buffer back to the reader (see [`run`]).
+fn take_front(buf: &mut BytesMut, n: usize) -> BytesMut {
+    if n == buf.len() {
+        std::mem::take(buf)
+    } else {
+        buf.split_to(n)
     }
 }
 
@@ -437,7 +453,7 @@ fn scan_client_plain(
             }
         })
         .map_err(RelayError::ClientProto)?;
-    let out = cbuf.split_to(scanned.forward - terminate_len);
+    let out = take_front(cbuf, scanned.forward - terminate_len);
     if terminate_len > 0 {
         let _ = cbuf.split_to(terminate_len);
     }

@@ -41,6 +41,11 @@ impl App {
         self.config.read().clone()
     }
 
+    /// Reads the configuration in place, without bumping the reference count every thread shares.
+    pub fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        f(&self.config.read())
+    }
+
     /// Re-reads the configuration file. Listeners are kept (a changed listen address needs a
     /// restart, as in PgBouncer); pools take their new settings at once.
     pub fn reload(&self) -> Result<(), crate::config::ConfigError> {

@@ -131,6 +131,8 @@ struct Track {
     statement_violation: bool,
     busy_since: Option<Instant>,
     idle_since: Instant,
+    /// A timeout is configured: only then are `busy_since` and `idle_since` kept (a clock read each).
+    timed: bool,
     /// Syncs sent into a copy-in are ignored by the server: no ReadyForQuery for them.
     copy: CopyInSyncs,
 }
@@ -182,6 +184,7 @@ pub async fn run(
         statement_violation: false,
         busy_since: None,
         idle_since: Instant::now(),
+        timed: timeouts.query.is_some() || timeouts.idle_transaction.is_some(),
         copy: CopyInSyncs::default(),
     };
     let mut to_client = BytesMut::new();
@@ -312,7 +315,7 @@ fn note_request(t: &mut Track, tag: u8) {
     }
     match tag {
         b'Q' | b'S' | b'F' => {
-            if t.pending == 0 {
+            if t.pending == 0 && t.timed {
                 t.busy_since = Some(Instant::now());
             }
             t.pending += 1;
@@ -513,7 +516,7 @@ fn scan_server(
                             Ok(s) => {
                                 t.status = s;
                                 t.pending = t.pending.saturating_sub(1);
-                                if t.pending == 0 {
+                                if t.pending == 0 && t.timed {
                                     t.busy_since = None;
                                     t.idle_since = Instant::now();
                                 }

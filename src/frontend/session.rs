@@ -96,7 +96,7 @@ enum Woke {
 /// Idle: no server held. Returns once a request has started to arrive; `Err` ends the session.
 async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
     while !has_request(&s.buf) {
-        if let Some(d) = app.config().general.client_idle_timeout {
+        if let Some(d) = app.with_config(|c| c.general.client_idle_timeout) {
             let deadline = Instant::now() + d;
             match &mut s.idle_timer {
                 Some(t) => t.as_mut().reset(deadline),
@@ -191,8 +191,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
     {
         // A request: get a server.
         let pool = me.pool.clone();
-        let settings = pool.settings();
-        let mode = settings.mode;
+        let mode = pool.with_settings(|s| s.mode);
         let mut conn = tokio::select! {
             r = pool.checkout() => match r {
                 Ok(c) => c,
@@ -258,14 +257,14 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         match outcome {
             Ok(Outcome::Released) => {
                 pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
-                give_back(app, &pool, conn, mode, false).await;
+                give_back(g, &pool, conn, mode, false).await;
                 if app.shutdown.phase() >= Phase::WaitForServers {
                     return Some(close_for_shutdown(stream).await);
                 }
             }
             Ok(Outcome::ClientGone { clean }) => {
                 if clean {
-                    give_back(app, &pool, conn, mode, true).await;
+                    give_back(g, &pool, conn, mode, true).await;
                 }
                 return Some("client close request".into());
             }
@@ -394,14 +393,12 @@ async fn close_for_shutdown(stream: &mut Stream) -> EndReason {
 /// Returns a server after use. In session mode (or with `server_reset_query_always`) the reset query
 /// runs first; a server it fails on is closed.
 async fn give_back(
-    app: &App,
+    g: &crate::config::General,
     pool: &std::sync::Arc<crate::pool::Pool>,
     mut conn: Conn,
     mode: PoolMode,
     client_left: bool,
 ) {
-    let config = app.config();
-    let g = &config.general;
     let reset = (mode == PoolMode::Session && client_left) || g.server_reset_query_always;
     if reset {
         if let Some(sql) = &g.server_reset_query {

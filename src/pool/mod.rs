@@ -169,6 +169,11 @@ impl Pool {
         self.settings.lock().clone()
     }
 
+    /// Reads the settings in place: no reference count to bump on a line every thread shares.
+    pub fn with_settings<R>(&self, f: impl FnOnce(&PoolSettings) -> R) -> R {
+        f(&self.settings.lock())
+    }
+
     pub fn update_settings(&self, s: PoolSettings) {
         *self.settings.lock() = Arc::new(s);
     }
@@ -325,6 +330,8 @@ impl Pool {
             (settings.reserve_pool_size > 0).then(|| started + settings.reserve_pool_timeout);
         let mut waiter: Option<oneshot::Receiver<Grant>> = None;
         let mut handed: Option<Grant> = None;
+        // Whether the client queued: the clock is read again only then.
+        let mut waited = false;
         loop {
             let mut blocked = Blocked::Pool;
             let grant = match handed.take() {
@@ -347,6 +354,7 @@ impl Pool {
                                         reserve_at,
                                     });
                                     waiter = Some(rx);
+                                    waited = true;
                                 }
                                 None
                             }
@@ -374,10 +382,10 @@ impl Pool {
                             pool: Some(self.clone()),
                         },
                     };
-                    if self.reusable(&conn.server, &settings)
-                        && Self::checked(&mut conn.server, &settings).await
+                    if self.reusable(&conn.server, &settings, started)
+                        && Self::checked(&mut conn.server, &settings, started).await
                     {
-                        self.note_wait(started);
+                        self.note_wait(started, waited);
                         return Ok(conn);
                     }
                     drop(conn);
@@ -385,7 +393,7 @@ impl Pool {
                 }
                 Some(Grant::Slot(slot)) => {
                     let server = self.open(&settings).await?;
-                    self.note_wait(started);
+                    self.note_wait(started, waited);
                     return Ok(Conn { server, slot });
                 }
                 Some(Grant::Expired) => return Err(PoolError::WaitTimeout),
@@ -411,16 +419,20 @@ impl Pool {
         }
     }
 
-    fn note_wait(&self, started: Instant) {
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.wait_us.fetch_add(us, Ordering::Relaxed);
+    /// Counts a checkout, and the time it spent queued; one served at once waited for nothing.
+    fn note_wait(&self, started: Instant, waited: bool) {
+        if waited {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.stats.wait_us.fetch_add(us, Ordering::Relaxed);
+        }
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn reusable(&self, s: &Server, settings: &PoolSettings) -> bool {
+    /// `now` is the checkout's start: a server's age is told to the request, not to the microsecond.
+    fn reusable(&self, s: &Server, settings: &PoolSettings, now: Instant) -> bool {
         if settings
             .server_lifetime
-            .is_some_and(|l| s.created.elapsed() >= l)
+            .is_some_and(|l| now.saturating_duration_since(s.created) >= l)
         {
             return false;
         }
@@ -428,11 +440,11 @@ impl Pool {
     }
 
     /// Runs `server_check_query` on a server idle for longer than `server_check_delay`.
-    async fn checked(server: &mut Server, settings: &PoolSettings) -> bool {
+    async fn checked(server: &mut Server, settings: &PoolSettings, now: Instant) -> bool {
         let Some(sql) = &settings.server_check_query else {
             return true;
         };
-        if server.last_used.elapsed() < settings.server_check_delay {
+        if now.saturating_duration_since(server.last_used) < settings.server_check_delay {
             return true;
         }
         match Box::pin(crate::backend::query::run_simple(server, sql)).await {
@@ -486,16 +498,17 @@ impl Pool {
 
     /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
     pub fn checkin(self: &Arc<Self>, conn: Conn) {
-        let settings = self.settings();
-        if settings
-            .server_lifetime
-            .is_some_and(|l| conn.server.created.elapsed() >= l)
-            || settings.closing
-        {
+        let now = Instant::now();
+        let expired = self.with_settings(|s| {
+            s.closing
+                || s.server_lifetime
+                    .is_some_and(|l| now.saturating_duration_since(conn.server.created) >= l)
+        });
+        if expired {
             return;
         }
         let Conn { mut server, slot } = conn;
-        server.last_used = Instant::now();
+        server.last_used = now;
         slot.disarm();
         let mut inner = self.inner.lock();
         let mut grant = Grant::Server(server);

@@ -407,3 +407,34 @@ async fn psql_through_pgsluice() {
     );
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["42", SCRAM_USER]);
 }
+
+/// Clients that log in alike share one copy of their parameters; one that logs in differently, or
+/// changes a value later, must still see only its own values, on whichever server it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_stay_each_clients_own() {
+    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
+    let mut clients = Vec::new();
+    for name in ["alike", "alike", "unlike", "alike"] {
+        let cs = format!(
+            "{} application_name={name}",
+            s.conn_str(SCRAM_USER, SCRAM_PASSWORD, "appdb")
+        );
+        let (c, conn) = tokio_postgres::connect(&cs, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        clients.push((name, c));
+    }
+    clients[1]
+        .1
+        .batch_execute("SET application_name = 'changed'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        for (i, (name, c)) in clients.iter().enumerate() {
+            let want = if i == 1 { "changed" } else { name };
+            let got = c.simple_query("SHOW application_name").await.unwrap();
+            assert_eq!(first_value(&got).as_deref(), Some(want), "client {i}");
+        }
+    }
+}

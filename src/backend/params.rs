@@ -8,18 +8,20 @@ static STAMPS: AtomicU64 = AtomicU64::new(1);
 
 /// A small ordered set of name → value; names compare case-insensitively as PostgreSQL's GUCs do.
 ///
-/// Every client keeps one for its whole life, so the set is one allocation: `name\0value\0…`.
+/// Every client keeps one for its whole life, so the set is one allocation: `name\0value\0…`,
+/// shared by clones (clients of one pool mostly log in with the same values; see
+/// [`crate::pool::Pool::share_client_params`]) and replaced, never edited, when a value changes.
 /// Neither names nor values can hold a NUL (the protocol ends them with one).
 #[derive(Debug, Clone, Default)]
 pub struct ParamSet {
-    packed: String,
+    packed: std::sync::Arc<str>,
     /// Changes with every change of the values (0: empty, never changed).
     stamp: u64,
 }
 
 impl PartialEq for ParamSet {
     fn eq(&self, other: &Self) -> bool {
-        self.packed == other.packed
+        std::sync::Arc::ptr_eq(&self.packed, &other.packed) || self.packed == other.packed
     }
 }
 
@@ -55,12 +57,16 @@ impl ParamSet {
                     };
                     push_pair(&mut packed, k, v);
                 }
-                self.packed = packed;
+                self.packed = packed.into();
                 self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => {
-                push_pair(&mut self.packed, name, value);
+                let mut packed =
+                    String::with_capacity(self.packed.len() + name.len() + value.len() + 2);
+                packed.push_str(&self.packed);
+                push_pair(&mut packed, name, value);
+                self.packed = packed.into();
                 self.stamp = STAMPS.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -86,15 +92,14 @@ impl ParamSet {
                 push_pair(&mut packed, n, v);
             }
         }
-        packed.shrink_to_fit();
         ParamSet {
-            packed,
+            packed: packed.into(),
             stamp: STAMPS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut rest = self.packed.as_str();
+        let mut rest: &str = &self.packed;
         // NUL is ASCII, so splitting at it always falls on a character boundary.
         let mut next = move || {
             let end = rest.as_bytes().iter().position(|&b| b == 0)?;

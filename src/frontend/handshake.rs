@@ -338,9 +338,10 @@ pub async fn login(
     // From here on only the tracked parameters matter (a server is aligned to them); keeping the
     // server's whole set would cost every idle client a copy of it (about 1 KiB).
     shown.retain_names(&g.tracked_parameters);
+    let shared = pool.share_client_params(shown);
     Ok(LoggedIn {
         pool,
-        params: shown,
+        params: shared,
         cancel,
     })
 }

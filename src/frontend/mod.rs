@@ -30,25 +30,42 @@ pub struct Accepted {
 }
 
 /// Serves one client from its first byte to its last.
+///
+/// The task is sized once, by its largest state, for the client's whole life: so the login runs
+/// boxed and hands over a boxed session, and the task itself holds little more than the idle wait.
 pub async fn serve_client(app: &crate::app::App, accepted: Box<Accepted>) {
-    let Accepted { mut stream, peer } = *accepted;
-    let mut buf = BytesMut::with_capacity(1024);
-    // Boxed: the login (TLS, SCRAM, auth_query) is the largest future a client ever runs, and
-    // inline it would stay part of the task's allocation for the client's whole life.
-    let Some(me) = Box::pin(login_within_timeout(app, &mut stream, &mut buf, &peer)).await else {
+    let Some(s) = Box::pin(log_in(app, accepted)).await else {
         return;
     };
-    // What the client keeps between requests lives in one allocation of its exact size; the task
-    // itself only holds the small idle wait (see `session::run`).
-    let mut s = Box::new(session::Session::new(stream, buf, peer, me));
-    let started = tokio::time::Instant::now();
-    let reason = session::run(app, &mut s).await;
-    if app.config().general.log_disconnections {
-        let age = started.elapsed().as_secs_f64();
-        let key = &s.me.pool.key;
-        tracing::info!(peer = %s.peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
+    run_session(app, s).await;
+}
+
+/// The login; the session it opens, in one allocation of its exact size.
+async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<Box<session::Session>> {
+    let Accepted { mut stream, peer } = *accepted;
+    let mut buf = BytesMut::with_capacity(1024);
+    let me = login_within_timeout(app, &mut stream, &mut buf, &peer).await?;
+    Some(Box::new(session::Session::new(stream, buf, peer, me)))
+}
+
+// Written as a function returning an `async move` block, as the session's other idle-time
+// futures are: an `async fn` keeps its arguments twice in its state, once as passed and once as
+// locals, and this state is part of every client's task.
+#[allow(clippy::manual_async_fn)] // the `async move` form halves the arguments' room in the state
+fn run_session(
+    app: &crate::app::App,
+    mut s: Box<session::Session>,
+) -> impl std::future::Future<Output = ()> + Send + '_ {
+    async move {
+        let started = tokio::time::Instant::now();
+        let reason = session::run(app, &mut s).await;
+        if app.config().general.log_disconnections {
+            let age = started.elapsed().as_secs_f64();
+            let key = &s.me.pool.key;
+            tracing::info!(peer = %s.peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
+        }
+        let _ = Box::pin(s.stream.shutdown()).await;
     }
-    let _ = Box::pin(s.stream.shutdown()).await;
 }
 
 /// The login, cut off at `client_login_timeout`; `None` when the client is not let in.

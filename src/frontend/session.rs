@@ -32,7 +32,7 @@ const REQUEST_BUFFER: usize = 2048;
 pub struct Session {
     pub stream: Stream,
     /// Who the client is, for the log.
-    pub peer: String,
+    pub peer: Box<str>,
     /// Empty, with no capacity, while the client is idle.
     buf: BytesMut,
     pub me: LoggedIn,
@@ -41,7 +41,7 @@ pub struct Session {
     /// created at its first request, so a client that never sends one costs nothing here.
     statements: Option<Box<ClientState>>,
     /// An error owed to the client: its server died between requests, so the next request gets it.
-    owed_error: Option<String>,
+    owed_error: Option<Box<str>>,
     /// `client_idle_timeout`'s timer, allocated once and re-armed for every idle wait.
     idle_timer: Option<Pin<Box<Sleep>>>,
 }
@@ -50,7 +50,7 @@ impl Session {
     pub fn new(stream: Stream, buf: BytesMut, peer: String, me: LoggedIn) -> Self {
         Self {
             stream,
-            peer,
+            peer: peer.into_boxed_str(),
             buf,
             me,
             scanner: Scanner::for_client(),
@@ -67,21 +67,25 @@ impl Session {
 /// life idle. So the session's state lives on the heap, the idle wait is small and holds no read
 /// buffer, and everything a request needs (checkout, relay, check-in) runs in a future allocated
 /// per request.
-pub async fn run(app: &App, s: &mut Session) -> EndReason {
-    loop {
-        if let Err(reason) = wait_for_request(app, s).await {
-            return reason;
-        }
-        if let Some(message) = s.owed_error.take() {
-            if let Err(reason) =
-                Box::pin(answer_with_error(&mut s.stream, &mut s.buf, &message)).await
-            {
+#[allow(clippy::manual_async_fn)] // the `async move` form halves the arguments' room in the state
+pub fn run<'a>(app: &'a App, s: &'a mut Session) -> impl Future<Output = EndReason> + Send + 'a {
+    // An `async move` block rather than an `async fn`, which would hold `app` and `s` twice.
+    async move {
+        loop {
+            if let Err(reason) = wait_for_request(app, s).await {
                 return reason;
             }
-            continue;
-        }
-        if let Some(reason) = Box::pin(serve_request(app, s)).await {
-            return reason;
+            if let Some(message) = s.owed_error.take() {
+                if let Err(reason) =
+                    Box::pin(answer_with_error(&mut s.stream, &mut s.buf, &message)).await
+                {
+                    return reason;
+                }
+                continue;
+            }
+            if let Some(reason) = Box::pin(serve_request(app, s)).await {
+                return reason;
+            }
         }
     }
 }
@@ -94,83 +98,89 @@ enum Woke {
 }
 
 /// Idle: no server held. Returns once a request has started to arrive; `Err` ends the session.
-async fn wait_for_request(app: &App, s: &mut Session) -> Result<(), EndReason> {
-    while !has_request(&s.buf) {
-        if let Some(d) = app.with_config(|c| c.general.client_idle_timeout) {
-            let deadline = Instant::now() + d;
-            match &mut s.idle_timer {
-                Some(t) => t.as_mut().reset(deadline),
-                None => s.idle_timer = Some(Box::pin(sleep_until(deadline))),
-            }
-        } else {
-            s.idle_timer = None;
-        }
-        let woke = {
-            let (stream, buf, timer) = (&mut s.stream, &mut s.buf, &mut s.idle_timer);
-            let nudge = &s.me.cancel.target.nudge;
-            // Polled by hand rather than by `select!` over futures: this is the state an idle
-            // client's task is sized by, and readiness needs no future of its own.
-            poll_fn(|cx| {
-                if nudge
-                    .poll_reached(cx, &app.shutdown, Phase::WaitForServers)
-                    .is_ready()
-                {
-                    return Poll::Ready(Woke::Shutdown);
+#[allow(clippy::manual_async_fn)] // the `async move` form halves the arguments' room in the state
+fn wait_for_request<'a>(
+    app: &'a App,
+    s: &'a mut Session,
+) -> impl Future<Output = Result<(), EndReason>> + Send + 'a {
+    async move {
+        while !has_request(&s.buf) {
+            if let Some(d) = app.with_config(|c| c.general.client_idle_timeout) {
+                let deadline = Instant::now() + d;
+                match &mut s.idle_timer {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => s.idle_timer = Some(Box::pin(sleep_until(deadline))),
                 }
-                if let Some(t) = timer.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::IdleTimeout);
-                    }
-                }
-                if buf.is_empty() {
-                    // Give the buffer back while idle; a new one is allocated when bytes arrive.
-                    if buf.capacity() > 0 {
-                        *buf = BytesMut::new();
-                    }
-                    if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-                        return Poll::Ready(Woke::Read(Err(e)));
-                    }
-                    buf.reserve(REQUEST_BUFFER);
-                }
-                // `read_buf`'s future keeps no state between polls.
-                pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
-            })
-            .await
-        };
-        let stream = &mut s.stream;
-        match woke {
-            Woke::IdleTimeout => {
-                Box::pin(send_error(
-                    stream,
-                    Severity::Fatal,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "client_idle_timeout",
-                    None,
-                ))
-                .await;
-                return Err("client_idle_timeout".into());
+            } else {
+                s.idle_timer = None;
             }
-            Woke::Read(Ok(0) | Err(_)) => return Err("client unexpected eof".into()),
-            Woke::Read(Ok(_)) => {}
-            Woke::Shutdown => return Err(Box::pin(close_for_shutdown(stream)).await),
-        }
-        match drop_leading_noise(&mut s.buf) {
-            Ok(Noise::Terminate) => return Err("client close request".into()),
-            Ok(Noise::None) => {}
-            Err(e) => {
-                Box::pin(send_error(
-                    stream,
-                    Severity::Fatal,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &e.to_string(),
-                    None,
-                ))
-                .await;
-                return Err(format!("client protocol violation: {e}"));
+            let woke = {
+                let (stream, buf, timer) = (&mut s.stream, &mut s.buf, &mut s.idle_timer);
+                let nudge = &s.me.cancel.target.nudge;
+                // Polled by hand rather than by `select!` over futures: this is the state an idle
+                // client's task is sized by, and readiness needs no future of its own.
+                poll_fn(|cx| {
+                    if nudge
+                        .poll_reached(cx, &app.shutdown, Phase::WaitForServers)
+                        .is_ready()
+                    {
+                        return Poll::Ready(Woke::Shutdown);
+                    }
+                    if let Some(t) = timer.as_mut() {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Woke::IdleTimeout);
+                        }
+                    }
+                    if buf.is_empty() {
+                        // Give the buffer back while idle; a new one is allocated when bytes arrive.
+                        if buf.capacity() > 0 {
+                            *buf = BytesMut::new();
+                        }
+                        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                            return Poll::Ready(Woke::Read(Err(e)));
+                        }
+                        buf.reserve(REQUEST_BUFFER);
+                    }
+                    // `read_buf`'s future keeps no state between polls.
+                    pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
+                })
+                .await
+            };
+            let stream = &mut s.stream;
+            match woke {
+                Woke::IdleTimeout => {
+                    Box::pin(send_error(
+                        stream,
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "client_idle_timeout",
+                        None,
+                    ))
+                    .await;
+                    return Err("client_idle_timeout".into());
+                }
+                Woke::Read(Ok(0) | Err(_)) => return Err("client unexpected eof".into()),
+                Woke::Read(Ok(_)) => {}
+                Woke::Shutdown => return Err(Box::pin(close_for_shutdown(stream)).await),
+            }
+            match drop_leading_noise(&mut s.buf) {
+                Ok(Noise::Terminate) => return Err("client close request".into()),
+                Ok(Noise::None) => {}
+                Err(e) => {
+                    Box::pin(send_error(
+                        stream,
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &e.to_string(),
+                        None,
+                    ))
+                    .await;
+                    return Err(format!("client protocol violation: {e}"));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One request: a server from the pool, the relay until the server can be released, the server
@@ -283,7 +293,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     return Some("server connection lost".into());
                 }
                 if in_flight == 0 {
-                    *owed_error = Some(message.unwrap_or_else(|| text.to_owned()));
+                    *owed_error = Some(message.unwrap_or_else(|| text.to_owned()).into());
                     return None;
                 }
                 let mut out = BytesMut::new();

@@ -98,6 +98,9 @@ pub struct Pool {
     user_limit: Arc<Limit>,
     /// Server parameters from the latest login, shown to clients when they log in.
     welcome: Mutex<Option<ParamSet>>,
+    /// The tracked parameters of the latest client to log in, shared with the next one whose
+    /// values are the same (see [`Pool::share_client_params`]).
+    client_params: Mutex<ParamSet>,
     /// When and how opening a server last failed, for `server_login_retry`.
     last_login_failure: Mutex<Option<LoginFailure>>,
     pub stats: PoolStats,
@@ -160,6 +163,7 @@ impl Pool {
             db_limit,
             user_limit,
             welcome: Mutex::new(None),
+            client_params: Mutex::default(),
             last_login_failure: Mutex::new(None),
             stats: PoolStats::default(),
         }
@@ -192,6 +196,18 @@ impl Pool {
             code: f.code.clone(),
             last: f.message.clone(),
         })
+    }
+
+    /// A logging-in client's tracked parameters, as a clone of the previous client's set when the
+    /// values are the same: most clients of one pool log in alike, and then share one allocation.
+    pub fn share_client_params(&self, params: ParamSet) -> ParamSet {
+        let mut last = self.client_params.lock();
+        if *last == params {
+            last.clone()
+        } else {
+            *last = params.clone();
+            params
+        }
     }
 
     pub fn welcome_params(&self) -> Option<ParamSet> {

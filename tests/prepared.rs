@@ -280,16 +280,13 @@ async fn a_stale_pooler_copy_is_healed_without_an_error() {
     let new = s.connect(&db).await;
     let after = new.prepare("SELECT * FROM t").await.unwrap();
     assert_eq!(after.columns().len(), 2);
-    tx.commit().await.unwrap();
-    // The pooler checks server 1 in just after the client sees COMMIT's reply: wait for it, so that
-    // it is the most recently returned server, the one the next checkout takes.
+    // The pooler checks a server in just after its client sees the reply. Server 2 must be back
+    // before server 1 is, so that server 1 is the most recently returned, the one the next
+    // checkout takes: wait for each in turn.
     let pool = s.app.pools.all()[0].clone();
-    for _ in 0..200 {
-        if pool.counts() == (2, 2) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    pool_settles(&pool, (1, 2)).await;
+    tx.commit().await.unwrap();
+    pool_settles(&pool, (2, 2)).await;
     // The next Bind lands on server 1, whose copy is stale: on a direct connection this client would
     // never see "cached plan must not change result type", and through pgsluice it does not either.
     let rows = new.query(&after, &[]).await.unwrap();
@@ -347,15 +344,12 @@ async fn a_stale_pooler_copy_inside_a_transaction_is_prepared_afresh_without_an_
     let mut new = s.connect(&db).await;
     let after = new.prepare("SELECT * FROM t").await.unwrap();
     assert_eq!(after.columns().len(), 2);
-    tx.commit().await.unwrap();
-    // Wait for server 1's checkin, so that it is the one the next checkout takes (see above).
+    // Server 2 back first, then server 1, so that server 1 is the one the next checkout takes
+    // (see above).
     let pool = s.app.pools.all()[0].clone();
-    for _ in 0..200 {
-        if pool.counts() == (2, 2) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    pool_settles(&pool, (1, 2)).await;
+    tx.commit().await.unwrap();
+    pool_settles(&pool, (2, 2)).await;
     let parses_before = pool
         .stats
         .prepared

@@ -480,3 +480,18 @@ pub fn python() -> PathBuf {
     );
     p
 }
+
+/// Waits (at most 2 s) until a pool holds `want` = (idle, total) servers. A server is checked in
+/// just after its client sees the reply, so a test that needs a known checkin order waits here.
+pub async fn pool_settles(pool: &pgsluice::pool::Pool, want: (usize, usize)) {
+    for _ in 0..200 {
+        if pool.counts() == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the pool never reached (idle, total) = {want:?}: {:?}",
+        pool.counts()
+    );
+}

@@ -5,7 +5,9 @@
 //! refused without TLS, and a user known only through auth_query.
 #![allow(dead_code, clippy::unwrap_used, clippy::zombie_processes)]
 
+pub mod auth;
 pub mod certs;
+pub mod tls;
 pub mod wire;
 
 use certs::TestCerts;

@@ -3,6 +3,9 @@
 pub mod cancel;
 pub mod handshake;
 pub mod session;
+pub mod task;
+
+pub use task::ClientTask;
 
 use crate::net::stream::Stream;
 use crate::proto::encode::{self, Severity};
@@ -29,43 +32,12 @@ pub struct Accepted {
     pub peer: String,
 }
 
-/// Serves one client from its first byte to its last.
-///
-/// The task is sized once, by its largest state, for the client's whole life: so the login runs
-/// boxed and hands over a boxed session, and the task itself holds little more than the idle wait.
-pub async fn serve_client(app: &crate::app::App, accepted: Box<Accepted>) {
-    let Some(s) = Box::pin(log_in(app, accepted)).await else {
-        return;
-    };
-    run_session(app, s).await;
-}
-
-/// The login; the session it opens, in one allocation of its exact size.
-async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<Box<session::Session>> {
+/// The login; the session it opens.
+async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<session::Session> {
     let Accepted { mut stream, peer } = *accepted;
     let mut buf = BytesMut::with_capacity(1024);
     let me = login_within_timeout(app, &mut stream, &mut buf, &peer).await?;
-    Some(Box::new(session::Session::new(stream, buf, peer, me)))
-}
-
-// Written as a function returning an `async move` block, as the session's other idle-time
-// futures are: an `async fn` keeps its arguments twice in its state, once as passed and once as
-// locals, and this state is part of every client's task.
-#[allow(clippy::manual_async_fn)] // the `async move` form halves the arguments' room in the state
-fn run_session(
-    app: &crate::app::App,
-    mut s: Box<session::Session>,
-) -> impl std::future::Future<Output = ()> + Send + '_ {
-    async move {
-        let started = tokio::time::Instant::now();
-        let reason = session::run(app, &mut s).await;
-        if app.config().general.log_disconnections {
-            let age = started.elapsed().as_secs_f64();
-            let key = &s.me.pool.key;
-            tracing::info!(peer = %s.peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
-        }
-        let _ = Box::pin(s.stream.shutdown()).await;
-    }
+    Some(session::Session::new(stream, buf, peer, me))
 }
 
 /// The login, cut off at `client_login_timeout`; `None` when the client is not let in.

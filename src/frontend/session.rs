@@ -15,10 +15,10 @@ use crate::proto::sqlstate;
 use crate::relay::{self, ClientSide, Outcome, Prepared, RelayError, Timeouts};
 use crate::shutdown::Phase;
 use bytes::BytesMut;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant, Sleep};
 
@@ -28,7 +28,8 @@ pub type EndReason = String;
 /// How many bytes an idle client's read buffer gets once its next request starts to arrive.
 const REQUEST_BUFFER: usize = 2048;
 
-/// What a client keeps from one request to the next, in one allocation per client.
+/// What a client keeps from one request to the next; held by its task while idle (see
+/// [`super::task`]) and moved into each request's future.
 pub struct Session {
     pub stream: Stream,
     /// Who the client is, for the log.
@@ -44,6 +45,8 @@ pub struct Session {
     owed_error: Option<Box<str>>,
     /// `client_idle_timeout`'s timer, allocated once and re-armed for every idle wait.
     idle_timer: Option<Pin<Box<Sleep>>>,
+    /// When the client logged in, for the age in the disconnect line.
+    pub started: Instant,
 }
 
 impl Session {
@@ -57,129 +60,134 @@ impl Session {
             statements: None,
             owed_error: None,
             idle_timer: None,
-        }
-    }
-}
-
-/// Serves a logged-in client until it leaves or is closed.
-///
-/// The task's size is fixed at spawn by its largest state, and most clients spend most of their
-/// life idle. So the session's state lives on the heap, the idle wait is small and holds no read
-/// buffer, and everything a request needs (checkout, relay, check-in) runs in a future allocated
-/// per request.
-#[allow(clippy::manual_async_fn)] // the `async move` form halves the arguments' room in the state
-pub fn run<'a>(app: &'a App, s: &'a mut Session) -> impl Future<Output = EndReason> + Send + 'a {
-    // An `async move` block rather than an `async fn`, which would hold `app` and `s` twice.
-    async move {
-        loop {
-            if let Err(reason) = wait_for_request(app, s).await {
-                return reason;
-            }
-            if let Some(message) = s.owed_error.take() {
-                if let Err(reason) =
-                    Box::pin(answer_with_error(&mut s.stream, &mut s.buf, &message)).await
-                {
-                    return reason;
-                }
-                continue;
-            }
-            if let Some(reason) = Box::pin(serve_request(app, s)).await {
-                return reason;
-            }
+            started: Instant::now(),
         }
     }
 }
 
 /// What ended an idle wait.
-enum Woke {
-    Read(std::io::Result<usize>),
-    IdleTimeout,
-    Shutdown,
+pub enum Woke {
+    /// A request has started to arrive.
+    Request,
+    End(Farewell),
 }
 
-/// Idle: no server held. Returns once a request has started to arrive; `Err` ends the session.
-#[allow(clippy::manual_async_fn)] // the `async move` form halves the arguments' room in the state
-fn wait_for_request<'a>(
-    app: &'a App,
-    s: &'a mut Session,
-) -> impl Future<Output = Result<(), EndReason>> + Send + 'a {
-    async move {
-        while !has_request(&s.buf) {
-            if let Some(d) = app.with_config(|c| c.general.client_idle_timeout) {
-                let deadline = Instant::now() + d;
-                match &mut s.idle_timer {
-                    Some(t) => t.as_mut().reset(deadline),
-                    None => s.idle_timer = Some(Box::pin(sleep_until(deadline))),
-                }
-            } else {
-                s.idle_timer = None;
-            }
-            let woke = {
-                let (stream, buf, timer) = (&mut s.stream, &mut s.buf, &mut s.idle_timer);
-                let nudge = &s.me.cancel.target.nudge;
-                // Polled by hand rather than by `select!` over futures: this is the state an idle
-                // client's task is sized by, and readiness needs no future of its own.
-                poll_fn(|cx| {
-                    if nudge
-                        .poll_reached(cx, &app.shutdown, Phase::WaitForServers)
-                        .is_ready()
-                    {
-                        return Poll::Ready(Woke::Shutdown);
-                    }
-                    if let Some(t) = timer.as_mut() {
-                        if t.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Woke::IdleTimeout);
-                        }
-                    }
-                    if buf.is_empty() {
-                        // Give the buffer back while idle; a new one is allocated when bytes arrive.
-                        if buf.capacity() > 0 {
-                            *buf = BytesMut::new();
-                        }
-                        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-                            return Poll::Ready(Woke::Read(Err(e)));
-                        }
-                        buf.reserve(REQUEST_BUFFER);
-                    }
-                    // `read_buf`'s future keeps no state between polls.
-                    pin!(stream.read_buf(&mut *buf)).poll(cx).map(Woke::Read)
-                })
-                .await
-            };
-            let stream = &mut s.stream;
-            match woke {
-                Woke::IdleTimeout => {
-                    Box::pin(send_error(
-                        stream,
-                        Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "client_idle_timeout",
-                        None,
-                    ))
-                    .await;
-                    return Err("client_idle_timeout".into());
-                }
-                Woke::Read(Ok(0) | Err(_)) => return Err("client unexpected eof".into()),
-                Woke::Read(Ok(_)) => {}
-                Woke::Shutdown => return Err(Box::pin(close_for_shutdown(stream)).await),
-            }
-            match drop_leading_noise(&mut s.buf) {
-                Ok(Noise::Terminate) => return Err("client close request".into()),
-                Ok(Noise::None) => {}
-                Err(e) => {
-                    Box::pin(send_error(
-                        stream,
-                        Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &e.to_string(),
-                        None,
-                    ))
-                    .await;
-                    return Err(format!("client protocol violation: {e}"));
-                }
+/// Why a session ends, and what the client is told of it (see [`farewell`]).
+pub enum Farewell {
+    IdleTimeout,
+    Eof,
+    Shutdown,
+    Terminate,
+    ProtocolViolation(String),
+    /// A request ended the session and has told the client what it had to.
+    Ended(EndReason),
+}
+
+/// Starts an idle wait: `client_idle_timeout` counts from here.
+pub fn arm_idle_timer(app: &App, s: &mut Session) {
+    if let Some(d) = app.with_config(|c| c.general.client_idle_timeout) {
+        let deadline = Instant::now() + d;
+        match &mut s.idle_timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => s.idle_timer = Some(Box::pin(sleep_until(deadline))),
+        }
+    } else {
+        s.idle_timer = None;
+    }
+}
+
+/// Idle: no server held. Ready once a request has started to arrive, or the session must end.
+/// Polled by the task itself rather than through a future: this is the state an idle client's
+/// task is sized by, and readiness needs no future of its own.
+pub fn poll_idle(app: &App, s: &mut Session, cx: &mut Context<'_>) -> Poll<Woke> {
+    loop {
+        if has_request(&s.buf) {
+            return Poll::Ready(Woke::Request);
+        }
+        if s.me
+            .cancel
+            .target
+            .nudge
+            .poll_reached(cx, &app.shutdown, Phase::WaitForServers)
+            .is_ready()
+        {
+            return Poll::Ready(Woke::End(Farewell::Shutdown));
+        }
+        if let Some(t) = s.idle_timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::End(Farewell::IdleTimeout));
             }
         }
-        Ok(())
+        let buf = &mut s.buf;
+        if buf.is_empty() {
+            // Give the buffer back while idle; a new one is allocated when bytes arrive.
+            if buf.capacity() > 0 {
+                *buf = BytesMut::new();
+            }
+            if ready!(s.stream.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(Woke::End(Farewell::Eof));
+            }
+            buf.reserve(REQUEST_BUFFER);
+        }
+        // `read_buf`'s future keeps no state between polls.
+        match ready!(pin!(s.stream.read_buf(&mut *buf)).poll(cx)) {
+            Ok(0) | Err(_) => return Poll::Ready(Woke::End(Farewell::Eof)),
+            Ok(_) => {}
+        }
+        match drop_leading_noise(buf) {
+            Ok(Noise::Terminate) => return Poll::Ready(Woke::End(Farewell::Terminate)),
+            Ok(Noise::None) => {}
+            Err(e) => {
+                return Poll::Ready(Woke::End(Farewell::ProtocolViolation(e.to_string())));
+            }
+        }
+        if !has_request(&s.buf) {
+            // Part of a frame header: the wait starts over, as it would with nothing read.
+            arm_idle_timer(app, s);
+        }
+    }
+}
+
+/// One request, or the error owed from the last one. `Some` ends the session with that reason.
+pub async fn serve(app: &App, s: &mut Session) -> Option<EndReason> {
+    if let Some(message) = s.owed_error.take() {
+        return answer_with_error(&mut s.stream, &mut s.buf, &message)
+            .await
+            .err();
+    }
+    serve_request(app, s).await
+}
+
+/// Tells the client why its session ends, where it should be told; the reason, for the log.
+pub async fn farewell(s: &mut Session, why: Farewell) -> EndReason {
+    let stream = &mut s.stream;
+    match why {
+        Farewell::IdleTimeout => {
+            send_error(
+                stream,
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_idle_timeout",
+                None,
+            )
+            .await;
+            "client_idle_timeout".into()
+        }
+        Farewell::Eof => "client unexpected eof".into(),
+        Farewell::Shutdown => close_for_shutdown(stream).await,
+        Farewell::Terminate => "client close request".into(),
+        Farewell::ProtocolViolation(e) => {
+            send_error(
+                stream,
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                &e,
+                None,
+            )
+            .await;
+            format!("client protocol violation: {e}")
+        }
+        Farewell::Ended(reason) => reason,
     }
 }
 
@@ -195,6 +203,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         statements,
         owed_error,
         idle_timer: _,
+        started: _,
     } = s;
     let config = app.config();
     let g = &config.general;

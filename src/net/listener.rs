@@ -163,9 +163,6 @@ where
         // Boxed before the spawn, so that the task, sized once for the client's whole life, holds a
         // pointer rather than the stream and the peer's name.
         let accepted = Box::new(frontend::Accepted { stream, peer });
-        tokio::spawn(async move {
-            frontend::serve_client(&app, accepted).await;
-            drop(guard);
-        });
+        tokio::spawn(frontend::ClientTask::new(app, accepted, guard));
     }
 }

@@ -1,8 +1,8 @@
 //! pgsluice: a PostgreSQL connection pooler.
 //!
 //! How one query travels:
-//! listener ([`net::listener`]) → startup and login ([`frontend::handshake`], [`auth`]) → the client's
-//! session loop ([`frontend::session`]) → at the start of a transaction a server is checked out of its
+//! listener ([`net::listener`]) → the client's task ([`frontend::task`]) → startup and login
+//! ([`frontend::handshake`], [`auth`]) → idle and requests ([`frontend::session`]) → at the start of a transaction a server is checked out of its
 //! pool ([`pool`], opened by [`backend::connect`] when none is idle) → bytes are relayed both ways
 //! unchanged ([`relay`]) while the scanner ([`proto::scan`]) watches for ReadyForQuery → the server goes
 //! back to the pool when it is idle and clean (transaction and statement mode) or when the client leaves

@@ -203,6 +203,43 @@ async fn query_wait_timeout_ends_the_wait_with_an_error() {
     );
 }
 
+/// The wait the stats line reports (`avg wait`) counts the time clients spent queued for a server,
+/// and only that: a checkout served at once adds nothing to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reported_wait_is_the_time_spent_queued() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("lim_wait_stat");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let c = s.connect(&db).await;
+    for _ in 0..20 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    let pool = s.app.pools.all()[0].clone();
+    let wait_us =
+        |p: &pgsluice::pool::Pool| p.stats.wait_us.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        wait_us(&pool),
+        0,
+        "one client alone never queues, so no wait may be counted"
+    );
+    let holder = s.connect(&db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let before = wait_us(&pool);
+    let queued = tokio::spawn(async move { c.simple_query("SELECT 2").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    queued.await.unwrap().unwrap();
+    let counted = wait_us(&pool) - before;
+    assert!(
+        (250_000..5_000_000).contains(&counted),
+        "a client queued for about 300 ms, but {counted} µs of wait were counted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_pool_size_keeps_servers_open() {
     let pg = Postgres::shared();

@@ -415,14 +415,9 @@ async fn startup_parameters_stay_each_clients_own() {
     let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
     let mut clients = Vec::new();
     for name in ["alike", "alike", "unlike", "alike"] {
-        let cs = format!(
-            "{} application_name={name}",
-            s.conn_str(SCRAM_USER, SCRAM_PASSWORD, "appdb")
-        );
-        let (c, conn) = tokio_postgres::connect(&cs, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let c = s
+            .connect_with("appdb", &format!("application_name={name}"))
+            .await;
         clients.push((name, c));
     }
     clients[1]

@@ -154,14 +154,7 @@ async fn unsupported_startup_parameter_unless_ignored() {
         "",
     )
     .await;
-    let conn = format!(
-        "{} options='-c geqo=off'",
-        s.conn_str(SCRAM_USER, SCRAM_PASSWORD, "appdb")
-    );
-    let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let c = s.connect_with("appdb", "options='-c geqo=off'").await;
     c.simple_query("SELECT 1").await.unwrap();
 }
 

@@ -340,6 +340,21 @@ impl Sluice {
             .expect("connect through pgsluice")
     }
 
+    /// Connects as the SCRAM user to `db` with more connection-string options (`application_name=x`).
+    pub async fn connect_with(&self, db: &str, options: &str) -> tokio_postgres::Client {
+        let cs = format!(
+            "{} {options}",
+            self.conn_str(SCRAM_USER, SCRAM_PASSWORD, db)
+        );
+        let (client, conn) = tokio_postgres::connect(&cs, tokio_postgres::NoTls)
+            .await
+            .expect("connect through pgsluice");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
     pub async fn connect_as(
         &self,
         user: &str,

@@ -11,13 +11,13 @@ use crate::backend::params::ParamSet;
 use crate::backend::Server;
 use crate::config::PoolMode;
 use crate::net::stream::Stream;
-use crate::prepared::tracker::{ClientAction, Ctx, Tracker};
+use crate::prepared::tracker::{ClientAction, Ctx, HeadAction, Tracker};
 use crate::prepared::{ClientState, PreparedStats, Registry, ServerStatements};
 use crate::proto::backend as msg;
 use crate::proto::copy_in::CopyInSyncs;
-use crate::proto::scan::{Event, Scanner};
+use crate::proto::scan::{Event, Inspect, Scanner};
 use crate::proto::ProtoError;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -83,6 +83,8 @@ pub struct Prepared<'a> {
     pub stats: &'a PreparedStats,
     /// `max_prepared_statements`.
     pub capacity: usize,
+    /// `max_held_message`.
+    pub max_held: usize,
 }
 
 type Tracking<'a> = Prepared<'a>;
@@ -101,6 +103,7 @@ impl Prepared<'_> {
                 server,
                 stats: self.stats,
                 capacity: self.capacity,
+                max_held: self.max_held,
             },
             &mut state.tracker,
             &mut state.replacement,
@@ -327,15 +330,31 @@ fn note_request(t: &mut Track, tag: u8) {
     }
 }
 
-/// Frames a tracked client sends that must be whole: those that name statements, Terminate, the
-/// small ones a batch may be replayed with (Execute, Flush, Sync), and queries short enough to be a
-/// DEALLOCATE or DISCARD ALL.
-fn tracked_client_inspects(tag: u8, total: usize) -> bool {
-    match tag {
-        b'P' | b'B' | b'D' | b'C' | b'X' => true,
-        b'E' | b'H' | b'S' => total <= 64,
-        b'Q' => total <= 256,
-        _ => false,
+/// How much of a large frame's body a tracked client's scan holds: enough for a Bind's portal and
+/// statement names, or a Parse's statement name.
+const HEAD: usize = crate::config::MIN_HELD_MESSAGE;
+
+/// What a tracked client's frames need: whole, those that name statements, Terminate, the small
+/// ones a batch may be replayed with (Execute, Flush, Sync), and queries short enough to be a
+/// DEALLOCATE or DISCARD ALL; every frame while the tracker `hold`s the client's messages. Nothing
+/// over `max_held` is held whole: of a Parse or Bind (or anything held) only the head is read, and
+/// the scanner refuses the rest (a Describe or Close that large is no real one).
+fn tracked_client_inspects(tag: u8, total: usize, hold: bool, max_held: usize) -> Inspect {
+    let whole = hold
+        || match tag {
+            b'P' | b'B' | b'D' | b'C' | b'X' => true,
+            b'E' | b'H' | b'S' => total <= 64,
+            b'Q' => total <= 256,
+            _ => false,
+        };
+    if !whole {
+        Inspect::Pass
+    } else if total <= max_held {
+        Inspect::Whole
+    } else if hold || matches!(tag, b'P' | b'B') {
+        Inspect::Head(HEAD)
+    } else {
+        Inspect::Whole
     }
 }
 
@@ -355,19 +374,54 @@ fn scan_client(
     };
     let mut out = BytesMut::new();
     loop {
-        // Length of a frame at the end of the scanned bytes that must not be forwarded as is.
+        // Length of a frame (or a frame's head) at the end of the scanned bytes that must not be
+        // forwarded as is.
         let mut cut: Option<usize> = None;
         let mut bad: Option<ProtoError> = None;
+        // The rest of the frame whose head was cut goes nowhere.
+        let mut discard = false;
         // While the tracker holds messages it needs every frame whole.
         let hold = std::cell::Cell::new(k.tracker().holds_client());
+        let max_held = k.max_held;
         let scanned = cscan
             .scan(
                 cbuf,
-                |tag, total| hold.get() || tracked_client_inspects(tag, total),
+                |tag, total| tracked_client_inspects(tag, total, hold.get(), max_held),
                 |e| {
                     let (tag, body) = match e {
                         Event::Whole { tag, body } => (tag, Some(body)),
                         Event::Passing { tag } => (tag, None),
+                        Event::Head { tag, head, total } => {
+                            let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
+                            let r = tracker.on_client_head(
+                                tag,
+                                head,
+                                total,
+                                &mut ctx,
+                                replacement,
+                                to_client,
+                            );
+                            hold.set(tracker.holds_client());
+                            let replaced = !replacement.is_empty();
+                            return match r {
+                                Ok(HeadAction::Forward) => {
+                                    note_request(t, tag);
+                                    true
+                                }
+                                Ok(a) => {
+                                    if replaced {
+                                        note_request(t, tag);
+                                    }
+                                    discard = a == HeadAction::Discard;
+                                    cut = Some(5 + head.len());
+                                    false
+                                }
+                                Err(e) => {
+                                    bad = Some(e);
+                                    false
+                                }
+                            };
+                        }
                     };
                     let len = body.map(|b| 5 + b.len());
                     if tag == b'X' {
@@ -410,7 +464,11 @@ fn scan_client(
         if let Some(e) = bad {
             return Err(RelayError::ClientProto(e));
         }
-        let mut prefix = take_front(cbuf, scanned.forward);
+        if discard {
+            cscan.discard_rest();
+        }
+        cbuf.advance(scanned.skip);
+        let mut prefix = take_front(cbuf, scanned.forward - scanned.skip);
         let Some(len) = cut else {
             out.unsplit(prefix);
             return Ok(out);
@@ -428,9 +486,15 @@ fn scan_client(
 /// The first `n` bytes of `buf`. All of it, the usual case, moves as it is: splitting a buffer fresh
 /// from the allocator would allocate the header its two halves share. The relay hands the spent
 /// write buffer back to the reader (see [`run`]).
+///
+/// Nothing at all is a new empty buffer, never `split_to(0)`: that would leave `buf` shared with an
+/// empty handle, and each read into a shared buffer copies all it holds. With a large frame held
+/// whole for the tracker, every read would copy the frame again: quadratic in its size.
 fn take_front(buf: &mut BytesMut, n: usize) -> BytesMut {
     if n == buf.len() {
         std::mem::take(buf)
+    } else if n == 0 {
+        BytesMut::new()
     } else {
         buf.split_to(n)
     }
@@ -450,7 +514,7 @@ fn scan_client_plain(
                 t.terminated = true;
                 false
             }
-            Event::Whole { tag, .. } | Event::Passing { tag } => {
+            Event::Whole { tag, .. } | Event::Passing { tag } | Event::Head { tag, .. } => {
                 note_request(t, tag);
                 true
             }
@@ -501,7 +565,7 @@ fn scan_server(
             .scan(rbuf, inspect, |e| {
                 let (tag, body) = match e {
                     Event::Whole { tag, body } => (tag, Some(body)),
-                    Event::Passing { tag } => (tag, None),
+                    Event::Passing { tag } | Event::Head { tag, .. } => (tag, None),
                 };
                 let mut go_on = true;
                 // What the bookkeeping was before this frame, for a ReadyForQuery the tracker keeps.
@@ -574,7 +638,13 @@ fn scan_server(
             rbuf.clear();
             return Ok((out, Some(message)));
         }
-        let mut prefix = rbuf.split_to(scanned.forward);
+        // Nothing to forward yet (a frame held whole is still arriving) must leave `rbuf` unshared:
+        // see `take_front`.
+        let mut prefix = if scanned.forward == 0 {
+            BytesMut::new()
+        } else {
+            rbuf.split_to(scanned.forward)
+        };
         if let Some(len) = cut {
             prefix.truncate(prefix.len() - len);
         }

@@ -1,8 +1,9 @@
 #![no_main]
 //! The relay's frame scanner over arbitrary bytes arriving in arbitrary pieces: never panics, never
-//! forwards more than it was given, and reports whole frames only when they are complete.
+//! forwards more than it was given, reports whole frames only when they are complete and heads no
+//! longer than asked, and skips only bytes of a frame it was told to drop.
 use libfuzzer_sys::fuzz_target;
-use pgsluice::proto::scan::{Event, Scanner};
+use pgsluice::proto::scan::{Event, Inspect, Scanner};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mask, rest)) = data.split_first() else {
@@ -10,19 +11,35 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut scanner = Scanner::default();
     let mut buf = bytes::BytesMut::new();
+    // Tags with bit 0 and bit 1 of the mask: whole, head, or passing; some heads drop their rest.
+    let inspect = |tag: u8, _total: usize| match (tag ^ mask) & 3 {
+        0 => Inspect::Whole,
+        1 => Inspect::Head((mask >> 2) as usize),
+        _ => Inspect::Pass,
+    };
     for chunk in rest.chunks(1 + (mask as usize % 64)) {
         buf.extend_from_slice(chunk);
-        let inspect = |tag: u8, _total: usize| tag & mask & 1 == 0;
         let len = buf.len();
+        let mut discard = false;
         match scanner.scan(&buf, inspect, |e| {
-            if let Event::Whole { body, .. } = e {
-                assert!(body.len() + 5 <= len);
+            match e {
+                Event::Whole { body, .. } => assert!(body.len() + 5 <= len),
+                Event::Head { head, total, .. } => {
+                    assert!(head.len() <= (mask >> 2) as usize);
+                    assert!(head.len() + 5 <= total.min(len));
+                    discard = mask & 0x80 != 0;
+                    return !discard;
+                }
+                Event::Passing { .. } => {}
             }
             true
         }) {
             Ok(s) => {
-                assert!(s.forward <= buf.len());
+                assert!(s.skip <= s.forward && s.forward <= buf.len());
                 let _ = buf.split_to(s.forward);
+                if discard {
+                    scanner.discard_rest();
+                }
             }
             Err(_) => return,
         }

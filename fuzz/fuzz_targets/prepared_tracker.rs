@@ -11,7 +11,7 @@
 use arbitrary::Arbitrary;
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use pgsluice::prepared::tracker::{ClientAction, Ctx, Tracker};
+use pgsluice::prepared::tracker::{ClientAction, Ctx, HeadAction, Tracker};
 use pgsluice::prepared::{ClientStatements, PreparedStats, Registry, ServerStatements};
 use pgsluice::proto::{encode, frontend, take_frame};
 use std::collections::HashMap;
@@ -53,6 +53,9 @@ struct Input {
     capacity: u8,
     /// Deliver each message to the server as soon as it is sent (else once per Sync).
     eager: bool,
+    /// Binds arrive as too large to hold: only their head (the names) is shown to the tracker,
+    /// and the rest streams after what it writes.
+    streamed_binds: bool,
     ops: Vec<Op>,
 }
 
@@ -254,6 +257,7 @@ struct Pooled {
     seen: Vec<Reply>,
     /// The schema version the servers are at.
     version: u8,
+    streamed_binds: bool,
 }
 
 impl Pooled {
@@ -266,12 +270,16 @@ impl Pooled {
                 server: statements,
                 stats: &self.stats,
                 capacity: self.capacity,
+                max_held: 1 << 20,
             },
             &mut self.tracker,
         )
     }
 
     fn send(&mut self, tag: u8, body: &[u8]) {
+        if tag == b'B' && self.streamed_binds {
+            return self.send_head(tag, body);
+        }
         let mut replacement = BytesMut::new();
         let mut local = BytesMut::new();
         let (mut ctx, tracker) = self.ctx();
@@ -287,6 +295,36 @@ impl Pooled {
             ClientAction::Replace => self.wire.extend_from_slice(&replacement),
             // Held by the tracker: it sends them itself later.
             ClientAction::Held => {}
+        }
+        replies_of(&mut local, &mut self.seen);
+    }
+
+    /// Sends a frame the relay would report by its head: the portal and statement names.
+    fn send_head(&mut self, tag: u8, body: &[u8]) {
+        let names = body
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == 0)
+            .nth(1)
+            .map_or(body.len(), |(i, _)| i + 1);
+        let (head, rest) = body.split_at(names);
+        let mut replacement = BytesMut::new();
+        let mut local = BytesMut::new();
+        let (mut ctx, tracker) = self.ctx();
+        let action = tracker
+            .on_client_head(tag, head, body.len() + 5, &mut ctx, &mut replacement, &mut local)
+            .expect("well-formed client frames are accepted");
+        match action {
+            HeadAction::Forward => {
+                self.wire.put_u8(tag);
+                self.wire.put_u32(body.len() as u32 + 4);
+                self.wire.put_slice(body);
+            }
+            HeadAction::Replace => {
+                self.wire.extend_from_slice(&replacement);
+                self.wire.extend_from_slice(rest);
+            }
+            HeadAction::Discard => self.wire.extend_from_slice(&replacement),
         }
         replies_of(&mut local, &mut self.seen);
     }
@@ -334,6 +372,7 @@ fuzz_target!(|input: Input| {
         wire: BytesMut::new(),
         seen: Vec::new(),
         version: 0,
+        streamed_binds: input.streamed_binds,
     };
     // Whether the client has extended-protocol messages out since its last Sync or Query.
     let mut unsynced = false;

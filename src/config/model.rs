@@ -30,6 +30,8 @@ pub struct RawGeneral {
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
     pub max_prepared_statements: usize,
+    /// pgsluice only: the largest client message held in memory whole (see [`General`]).
+    pub max_held_message: usize,
     pub server_check_query: String,
     pub server_check_delay: f64,
     pub server_connect_timeout: f64,
@@ -93,6 +95,7 @@ impl Default for RawGeneral {
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             max_prepared_statements: 200,
+            max_held_message: 1 << 20,
             server_check_query: "select 1".into(),
             server_check_delay: 30.0,
             server_connect_timeout: 15.0,
@@ -236,6 +239,10 @@ pub struct User {
     pub max_user_connections: Option<usize>,
 }
 
+/// The floor of `max_held_message`: the head of a streamed Bind (its names) must fit, and so must
+/// the Parse of any ordinary query.
+pub const MIN_HELD_MESSAGE: usize = 8 << 10;
+
 fn secs(s: f64) -> Option<Duration> {
     (s > 0.0).then(|| Duration::from_secs_f64(s))
 }
@@ -258,6 +265,10 @@ pub struct General {
     pub server_reset_query: Option<String>,
     pub server_reset_query_always: bool,
     pub max_prepared_statements: usize,
+    /// The largest client message held whole for the prepared-statement tracker. A larger Bind or
+    /// unnamed Parse streams through with only its head read; a larger named Parse is refused
+    /// with 54000. Per-client buffered protocol state stays within a few times this.
+    pub max_held_message: usize,
     pub server_check_query: Option<String>,
     pub server_check_delay: Duration,
     pub server_connect_timeout: Option<Duration>,
@@ -431,6 +442,8 @@ impl Config {
                 .then_some(g.server_reset_query),
             server_reset_query_always: g.server_reset_query_always,
             max_prepared_statements: g.max_prepared_statements,
+            // Below a few KiB even a Parse of an ordinary query would be refused.
+            max_held_message: g.max_held_message.max(MIN_HELD_MESSAGE),
             server_check_query: (!g.server_check_query.trim().is_empty())
                 .then_some(g.server_check_query),
             server_check_delay: Duration::from_secs_f64(g.server_check_delay),

@@ -135,6 +135,7 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "server_reset_query" => g.server_reset_query = v.to_owned(),
         "server_reset_query_always" => set!(server_reset_query_always, parse_bool),
         "max_prepared_statements" => set!(max_prepared_statements, parse_num),
+        "max_held_message" => set!(max_held_message, parse_num),
         "server_check_query" => g.server_check_query = v.to_owned(),
         "server_check_delay" => set!(server_check_delay, parse_seconds),
         "server_connect_timeout" => set!(server_connect_timeout, parse_seconds),

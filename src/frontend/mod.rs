@@ -37,7 +37,8 @@ async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<sessio
     let Accepted { mut stream, peer } = *accepted;
     let mut buf = BytesMut::with_capacity(1024);
     let me = login_within_timeout(app, &mut stream, &mut buf, &peer).await?;
-    Some(session::Session::new(stream, buf, peer, me))
+    let max_held = app.with_config(|c| c.general.max_held_message);
+    Some(session::Session::new(stream, buf, peer, me, max_held))
 }
 
 /// The login, cut off at `client_login_timeout`; `None` when the client is not let in.

@@ -10,11 +10,11 @@ use crate::net::stream::Stream;
 use crate::pool::{Conn, PoolError};
 use crate::prepared::ClientState;
 use crate::proto::encode::{self, Severity};
-use crate::proto::scan::{self, Scanner};
+use crate::proto::scan::{self, Inspect, Scanner};
 use crate::proto::sqlstate;
 use crate::relay::{self, ClientSide, Outcome, Prepared, RelayError, Timeouts};
 use crate::shutdown::Phase;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
@@ -50,13 +50,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(stream: Stream, buf: BytesMut, peer: String, me: LoggedIn) -> Self {
+    /// `max_held`: the largest frame the client's scanner may hold whole (`max_held_message`).
+    pub fn new(stream: Stream, buf: BytesMut, peer: String, me: LoggedIn, max_held: usize) -> Self {
         Self {
             stream,
             peer: peer.into_boxed_str(),
             buf,
             me,
-            scanner: Scanner::for_client(),
+            scanner: Scanner::for_client_holding_at_most(max_held),
             statements: None,
             owed_error: None,
             idle_timer: None,
@@ -257,6 +258,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                         state: statements.get_or_insert_with(Default::default),
                         stats: &pool.stats.prepared,
                         capacity: g.max_prepared_statements,
+                        max_held: g.max_held_message,
                     }
                 }),
             },
@@ -460,33 +462,39 @@ fn drop_leading_noise(buf: &mut BytesMut) -> Result<Noise, crate::proto::ProtoEr
 }
 
 /// Answers the client's next request with `message` (08006) instead of running it: the messages up
-/// to and including the request's Query or Sync are read and dropped.
+/// to and including the request's Query or Sync are read and dropped, streaming (a large one is
+/// never held).
 async fn answer_with_error(
     stream: &mut Stream,
     buf: &mut BytesMut,
     message: &str,
 ) -> Result<(), EndReason> {
+    let mut scanner = Scanner::default();
+    let mut found = false;
     loop {
-        let mut found = false;
-        let scanned = Scanner::default()
-            .scan(
-                buf,
-                |_, _| true,
-                |e| {
-                    found = matches!(
-                        e,
-                        scan::Event::Whole {
-                            tag: b'Q' | b'S',
-                            ..
-                        }
-                    );
-                    !found
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        let _ = buf.split_to(scanned.forward);
+        if !found {
+            let scanned = scanner
+                .scan(
+                    buf,
+                    |tag, _| match tag {
+                        b'Q' | b'S' => Inspect::Head(0),
+                        _ => Inspect::Pass,
+                    },
+                    |e| {
+                        found = matches!(e, scan::Event::Head { .. });
+                        !found
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            buf.advance(scanned.forward);
+        }
         if found {
-            break;
+            // The rest of the request itself, and nothing after it.
+            let n = scanner.pass_rest(buf.len());
+            buf.advance(n);
+            if scanner.at_boundary() {
+                break;
+            }
         }
         if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
             return Err("client unexpected eof".into());

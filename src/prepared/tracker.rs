@@ -24,6 +24,8 @@ pub struct Ctx<'a> {
     pub stats: &'a PreparedStats,
     /// `max_prepared_statements`: how many statements one server keeps.
     pub capacity: usize,
+    /// `max_held_message`: the most client bytes a shape check may hold back (verify.rs).
+    pub max_held: usize,
 }
 
 /// The reply a message expects from the server.
@@ -70,8 +72,9 @@ enum Entry {
         statement: u64,
         of: verify::ShapeOf,
     },
-    /// The pooler's own failing Parse, whose error becomes the client's 0A000 (verify.rs).
-    Forced,
+    /// The pooler's own failing Parse, whose error the client hears as this reply instead: 0A000
+    /// for a stale shape (verify.rs), 54000 for a named Parse too large to hold (large.rs).
+    Forced(Local),
     /// A reply the pooler gives itself, once every reply before it has gone out.
     Local(Local),
 }
@@ -82,7 +85,7 @@ impl Entry {
         match self {
             Entry::Server { reply, .. } => Some(*reply),
             Entry::Describe { .. } => Some(Reply::Describe),
-            Entry::Forced => Some(Reply::Parse),
+            Entry::Forced(_) => Some(Reply::Parse),
             Entry::Local(_) => None,
         }
     }
@@ -101,6 +104,17 @@ enum Local {
     Deallocate(Option<Box<[u8]>>),
     /// 0A000 for a Bind of a statement whose columns changed since the client prepared it.
     StaleStatement,
+    /// 54000 for a named Parse of `size` bytes, over `max_held_message`.
+    TooLarge { size: usize, max: usize },
+}
+
+/// The message [`Tracker::use_statement`] readies a statement for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Describe,
+    Bind,
+    /// A Bind too large to hold: its head is rewritten and the rest streams (large.rs).
+    StreamedBind,
 }
 
 /// What the relay does with a client frame.
@@ -206,6 +220,11 @@ impl Tracker {
             replacement,
             from,
         )?;
+        if self.replay.len() > ctx.max_held {
+            // Holding more than a message's worth for a check: it goes now, unchecked.
+            PreparedStats::bump(&ctx.stats.unchecked_shapes);
+            self.release(replacement);
+        }
         Ok(if held {
             ClientAction::Held
         } else {
@@ -243,7 +262,7 @@ impl Tracker {
                 match known {
                     Some(stmt) => {
                         // A statement described before (its columns known) is checked like a Bind.
-                        self.use_statement(&stmt, d.name, ctx, replacement, false, |to| {
+                        self.use_statement(&stmt, d.name, ctx, replacement, Use::Describe, |to| {
                             encode::statement_target(to, b'D', &stmt.server_name)
                         });
                         self.queue.push_back(Entry::Describe {
@@ -346,7 +365,7 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         };
         PreparedStats::bump(&ctx.stats.binds);
-        self.use_statement(&stmt, b.statement, ctx, out, true, |to| {
+        self.use_statement(&stmt, b.statement, ctx, out, Use::Bind, |to| {
             encode::bind_message(to, b.portal, &stmt.server_name, b.rest)
         });
         self.queue.push_back(Entry::Server {
@@ -360,26 +379,32 @@ impl Tracker {
 
     /// Gets `stmt` (the client's `name`) ready on this server for a message that uses it, a Bind or
     /// a statement Describe, and writes that message with `write`: into `out`, or into the held
-    /// bytes when the statement's columns must be checked first (verify.rs). `may_heal`: a batch
-    /// opening with it may be replayed after a stale plan (heal.rs).
+    /// bytes when the statement's columns must be checked first (verify.rs). A batch opening with
+    /// a Bind may be replayed after a stale plan (heal.rs); a streamed Bind is neither held nor
+    /// replayed, since its bytes are not kept.
     fn use_statement(
         &mut self,
         stmt: &Arc<Statement>,
         name: &[u8],
         ctx: &mut Ctx<'_>,
         out: &mut BytesMut,
-        may_heal: bool,
+        kind: Use,
         write: impl FnOnce(&mut BytesMut),
     ) {
         let client_shape = ctx.client.shape(name);
         let mut server_has = ctx.server.touch(stmt.id);
-        let check = self.shape_check(
+        let mut check = self.shape_check(
             stmt.id,
             client_shape,
             server_has,
             ctx.server.shape(stmt.id),
             ctx.stats,
         );
+        if kind == Use::StreamedBind && matches!(check, verify::BindCheck::Hold(_)) {
+            PreparedStats::bump(&ctx.stats.unchecked_shapes);
+            check = verify::BindCheck::Go;
+        }
+        let may_heal = kind == Use::Bind;
         let opened = self.queue.is_empty() && self.status == b'I';
         if server_has && !opened && matches!(check, verify::BindCheck::Hold(_)) {
             // A copy of unknown or other columns may have been planned before a schema change (for
@@ -504,7 +529,7 @@ impl Tracker {
                 )
             }
             (b'E', _) if self.holding() && self.verify_failed(body, ctx, to_server) => true,
-            (b'E', _) if matches!(self.queue.front(), Some(Entry::Forced)) => {
+            (b'E', _) if matches!(self.queue.front(), Some(Entry::Forced(_))) => {
                 self.forced_error(ctx);
                 true
             }
@@ -557,6 +582,7 @@ impl Tracker {
             match local {
                 Local::CloseComplete { .. } => encode::close_complete(to_client),
                 Local::StaleStatement => Self::stale_error(to_client),
+                Local::TooLarge { size, max } => large::too_large_error(to_client, size, max),
                 Local::Deallocate(name) => self.deallocate(name.as_deref(), ctx, to_client),
             }
         }
@@ -564,6 +590,8 @@ impl Tracker {
 }
 
 mod heal;
+mod large;
+pub use large::HeadAction;
 mod recovery;
 mod resets;
 mod verify;

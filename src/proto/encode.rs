@@ -192,6 +192,23 @@ pub fn bind_message(buf: &mut BytesMut, portal: &[u8], name: &[u8], rest: &[u8])
     });
 }
 
+/// The start of a Bind whose parameters are not held: its length word counts `streamed` more bytes
+/// that follow `head_rest` on the wire, unchanged from the client's Bind.
+pub fn bind_head(
+    buf: &mut BytesMut,
+    portal: &[u8],
+    name: &[u8],
+    head_rest: &[u8],
+    streamed: usize,
+) {
+    let start = buf.len();
+    bind_message(buf, portal, name, head_rest);
+    let written = buf.len() - start - 1;
+    // The client's frame was within MAX_CLIENT_MESSAGE; the pooler's name adds a few bytes.
+    let len = u32::try_from(written + streamed).unwrap_or(u32::MAX);
+    buf[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
 /// Describe (`kind` b'D') or Close (`kind` b'C') of statement `name`.
 pub fn statement_target(buf: &mut BytesMut, tag: u8, name: &[u8]) {
     framed(buf, tag, |b| {

@@ -34,6 +34,11 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtoError> {
     Ok(Parse { name, definition })
 }
 
+/// The statement name at the start of a Parse whose body is not all here.
+pub fn parse_name(head: &[u8]) -> Result<&[u8], ProtoError> {
+    cstr(head, "Parse").map(|(name, _)| name)
+}
+
 /// Bind: portal and statement names, then the parameters (passed on untouched).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Bind<'a> {

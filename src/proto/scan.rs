@@ -3,7 +3,9 @@
 //! The relay forwards bytes as soon as it knows where they belong. A frame the pooler does not need to
 //! inspect (DataRow, CopyData, ...) streams through even when it is larger than the buffer: the scanner
 //! remembers how many of its bytes are still to come. A frame it must inspect (ReadyForQuery,
-//! ParameterStatus, ...) is held until it is complete, up to [`super::MAX_INSPECTED_MESSAGE`].
+//! ParameterStatus, ...) is held until it is complete, up to [`super::MAX_INSPECTED_MESSAGE`]. A frame
+//! the pooler must see the start of but not hold (a large Bind, whose statement name it rewrites) is
+//! held only up to its head: the head is reported, and the rest streams through, or is dropped.
 
 use super::ProtoError;
 
@@ -32,6 +34,27 @@ pub fn header(buf: &[u8]) -> Result<Option<Header>, ProtoError> {
     Ok(Some(Header { tag, total }))
 }
 
+/// How much of a frame the caller must see before any of it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspect {
+    /// Nothing: the frame streams through, only its tag is reported.
+    Pass,
+    /// All of it, held until complete.
+    Whole,
+    /// Its first `n` body bytes (fewer if the body is shorter); the rest streams through.
+    Head(usize),
+}
+
+impl From<bool> for Inspect {
+    fn from(whole: bool) -> Self {
+        if whole {
+            Inspect::Whole
+        } else {
+            Inspect::Pass
+        }
+    }
+}
+
 /// What the caller must know about one frame found by [`Scanner::scan`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -39,6 +62,13 @@ pub enum Event<'a> {
     Whole { tag: u8, body: &'a [u8] },
     /// The start of a frame that streams through; only its tag is known.
     Passing { tag: u8 },
+    /// The head of a frame the caller asked to see the start of: `head` is the start of the body
+    /// (excluding tag and length), `total` the whole frame's size. Its other bytes are still to come.
+    Head {
+        tag: u8,
+        head: &'a [u8],
+        total: usize,
+    },
 }
 
 /// Finds frame boundaries in one direction of a connection.
@@ -46,15 +76,21 @@ pub enum Event<'a> {
 pub struct Scanner {
     /// Bytes of a streaming frame that are still to come from the peer.
     remaining: usize,
+    /// The bytes still to come of the current frame are dropped, not forwarded (see
+    /// [`Scanner::discard_rest`]).
+    discarding: bool,
     /// Largest frame accepted at all, streaming or not (`None`: no limit).
     max_frame: Option<usize>,
     /// Largest frame held whole for inspection (`None`: [`super::MAX_INSPECTED_MESSAGE`]).
     max_inspected: Option<usize>,
 }
 
-/// Result of one scan: how many leading bytes of the buffer may be forwarded now.
+/// Result of one scan: how many leading bytes of the buffer are done with. The first `skip` of them
+/// belong to a frame being discarded and must be dropped; the rest, up to `forward`, may be
+/// forwarded now. `skip` is 0 unless [`Scanner::discard_rest`] was called.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Scanned {
+    pub skip: usize,
     pub forward: usize,
 }
 
@@ -65,9 +101,33 @@ impl Scanner {
     pub fn for_client() -> Self {
         Self {
             remaining: 0,
+            discarding: false,
             max_frame: Some(super::MAX_CLIENT_MESSAGE),
             max_inspected: Some(super::MAX_CLIENT_MESSAGE),
         }
+    }
+
+    /// A client scanner that holds no frame whole above `max_inspected` bytes: a larger frame asked
+    /// for whole is a protocol violation. Frames asked for by head are not affected.
+    pub fn for_client_holding_at_most(max_inspected: usize) -> Self {
+        Self {
+            max_inspected: Some(max_inspected),
+            ..Self::for_client()
+        }
+    }
+
+    /// Passes over up to `available` bytes of the frame in progress, and never into the next one;
+    /// returns how many.
+    pub fn pass_rest(&mut self, available: usize) -> usize {
+        let n = self.remaining.min(available);
+        self.remaining -= n;
+        n
+    }
+
+    /// Drops the rest of the frame whose head was just reported, instead of forwarding it: the
+    /// next scans report those bytes in [`Scanned::skip`].
+    pub fn discard_rest(&mut self) {
+        self.discarding = self.remaining > 0;
     }
 
     /// True when no frame is half-forwarded, i.e. the stream is at a message boundary.
@@ -75,46 +135,72 @@ impl Scanner {
         self.remaining == 0
     }
 
-    /// Scans `buf` from the start. `inspect(tag, total)` says which frames (by tag and whole size) must be complete before they are
-    /// forwarded; `on_event` sees every frame start. Returns how many bytes may be forwarded; bytes after
-    /// that belong to an incomplete frame and stay in the buffer. Scanning stops early, right after a
-    /// frame, when `on_event` returns `false` (the caller wants to act before more is forwarded).
-    pub fn scan(
+    /// Scans `buf` from the start. `inspect(tag, total)` says how much of each frame (by tag and
+    /// whole size) must be here before any of it is forwarded; `on_event` sees every frame start.
+    /// Returns how many bytes may be forwarded; bytes after that belong to an incomplete frame and
+    /// stay in the buffer. Scanning stops early, right after a frame (or a frame's head), when
+    /// `on_event` returns `false`: the caller wants to act before more is forwarded.
+    pub fn scan<I: Into<Inspect>>(
         &mut self,
         buf: &[u8],
-        inspect: impl Fn(u8, usize) -> bool,
+        inspect: impl Fn(u8, usize) -> I,
         mut on_event: impl FnMut(Event<'_>) -> bool,
     ) -> Result<Scanned, ProtoError> {
         let mut pos = self.remaining.min(buf.len());
         self.remaining -= pos;
+        let skip = if self.discarding { pos } else { 0 };
+        self.discarding &= self.remaining > 0;
         while self.remaining == 0 {
             let Some(rest) = buf.get(pos..) else { break };
             let Some(h) = header(rest)? else { break };
             if let Some(max) = self.max_frame.filter(|&m| h.total > m) {
                 return Err(ProtoError::TooLarge { len: h.total, max });
             }
-            if inspect(h.tag, h.total) {
-                let max = self.max_inspected.unwrap_or(super::MAX_INSPECTED_MESSAGE);
-                if h.total > max {
-                    return Err(ProtoError::TooLarge { len: h.total, max });
+            match inspect(h.tag, h.total).into() {
+                Inspect::Whole => {
+                    let max = self.max_inspected.unwrap_or(super::MAX_INSPECTED_MESSAGE);
+                    if h.total > max {
+                        return Err(ProtoError::TooLarge { len: h.total, max });
+                    }
+                    let Some(body) = rest.get(5..h.total) else {
+                        break;
+                    };
+                    pos += h.total;
+                    if !on_event(Event::Whole { tag: h.tag, body }) {
+                        break;
+                    }
                 }
-                let Some(body) = rest.get(5..h.total) else {
-                    break;
-                };
-                pos += h.total;
-                if !on_event(Event::Whole { tag: h.tag, body }) {
-                    break;
+                Inspect::Head(n) => {
+                    let end = 5 + n.min(h.total - 5);
+                    let Some(head) = rest.get(5..end) else {
+                        break;
+                    };
+                    pos += end;
+                    self.remaining = h.total - end;
+                    let event = Event::Head {
+                        tag: h.tag,
+                        head,
+                        total: h.total,
+                    };
+                    if !on_event(event) {
+                        break;
+                    }
+                    // Going on: what is here of the rest streams now, as for a passing frame.
+                    let here = self.remaining.min(rest.len() - end);
+                    pos += here;
+                    self.remaining -= here;
                 }
-            } else {
-                let here = h.total.min(rest.len());
-                pos += here;
-                self.remaining = h.total - here;
-                if !on_event(Event::Passing { tag: h.tag }) {
-                    break;
+                Inspect::Pass => {
+                    let here = h.total.min(rest.len());
+                    pos += here;
+                    self.remaining = h.total - here;
+                    if !on_event(Event::Passing { tag: h.tag }) {
+                        break;
+                    }
                 }
             }
         }
-        Ok(Scanned { forward: pos })
+        Ok(Scanned { skip, forward: pos })
     }
 }
 

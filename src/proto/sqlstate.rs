@@ -17,3 +17,4 @@ pub const INTERNAL_ERROR: &str = "XX000";
 pub const UNDEFINED_PSTATEMENT: &str = "26000";
 pub const IN_FAILED_TRANSACTION: &str = "25P02";
 pub const DUPLICATE_PSTATEMENT: &str = "42P05";
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";

@@ -46,6 +46,14 @@ impl Tracker {
         }
     }
 
+    /// A frame that is not kept went to the server: no batch around it can be replayed.
+    pub(super) fn stop_recording(&mut self) {
+        if matches!(self.heal, Heal::Recording(_) | Heal::Armed(_)) {
+            self.heal = Heal::Off;
+            self.replay.clear();
+        }
+    }
+
     /// Records one client frame as it goes to the server (`sent`: the bytes that went, or `None` for
     /// the frame unchanged, which `body` holds).
     pub(super) fn record(&mut self, tag: u8, body: Option<&[u8]>, sent: Option<&[u8]>) {

@@ -86,7 +86,7 @@ impl Tracker {
                 ctx.client.put(&name, s);
                 return;
             }
-            Entry::Local(_) | Entry::Describe { .. } | Entry::Forced => return,
+            Entry::Local(_) | Entry::Describe { .. } | Entry::Forced(_) => return,
         };
         match undo {
             Undo::Nothing => {}

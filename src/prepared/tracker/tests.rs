@@ -27,6 +27,7 @@ struct World {
     server: ServerStatements,
     stats: PreparedStats,
     capacity: usize,
+    max_held: usize,
 }
 
 impl World {
@@ -37,6 +38,7 @@ impl World {
             server: ServerStatements::default(),
             stats: PreparedStats::default(),
             capacity,
+            max_held: 1 << 20,
         }
     }
     fn ctx(&mut self) -> Ctx<'_> {
@@ -46,6 +48,7 @@ impl World {
             server: &mut self.server,
             stats: &self.stats,
             capacity: self.capacity,
+            max_held: self.max_held,
         }
     }
     /// Feeds one client frame; returns (action, replacement tags, local reply tags).
@@ -452,4 +455,5 @@ fn no_replay_inside_a_transaction_block() {
     assert!(t.is_idle());
 }
 
+mod large;
 mod shapes;

@@ -58,8 +58,9 @@ pub(super) enum BindCheck {
 pub(super) const STALE_MESSAGE: &str = "cached plan must not change result type";
 
 /// A Parse that fails on every server (a syntax error), named so that it can clash with nothing.
-const FORCED_ERROR_NAME: &[u8] = b"PGSLUICE_STALE";
-const FORCED_ERROR_QUERY: &[u8] = b"pgsluice: cached plan must not change result type\0\0\0";
+pub(super) const FORCED_ERROR_NAME: &[u8] = b"PGSLUICE_STALE";
+pub(super) const FORCED_ERROR_QUERY: &[u8] =
+    b"pgsluice: cached plan must not change result type\0\0\0";
 
 impl Tracker {
     pub(super) fn holding(&self) -> bool {
@@ -284,16 +285,18 @@ impl Tracker {
         encode::parse_message(to_server, FORCED_ERROR_NAME, FORCED_ERROR_QUERY);
         to_server.extend_from_slice(&self.replay);
         self.replay.clear();
-        self.queue.push_front(Entry::Forced);
+        self.queue.push_front(Entry::Forced(Local::StaleStatement));
     }
 
-    /// The pooler's failing Parse failed: the client hears 0A000 instead, and the server now skips
-    /// the held messages to the Sync, as after any error.
+    /// The pooler's failing Parse failed: the client hears the forced reply (0A000, 54000)
+    /// instead, and the server now skips what follows to the Sync, as after any error.
     pub(super) fn forced_error(&mut self, ctx: &mut super::Ctx<'_>) {
-        self.queue.pop_front();
+        let Some(Entry::Forced(reply)) = self.queue.pop_front() else {
+            return;
+        };
         self.skip_to_sync(ctx);
         self.skipping = self.queue.is_empty();
-        self.queue.push_front(Entry::Local(Local::StaleStatement));
+        self.queue.push_front(Entry::Local(reply));
     }
 
     /// The 0A000 a stale statement gets, as PostgreSQL sends it: drivers recognise it by the source

@@ -140,3 +140,99 @@ fn client_scanner_refuses_frames_over_postgres_limit() {
         .scan(&big, |_, _| false, |_| true)
         .is_ok());
 }
+
+#[test]
+fn a_head_is_reported_once_and_the_rest_streams() {
+    let body = vec![7u8; 100];
+    let buf = frame(b'B', &body);
+    let mut s = Scanner::default();
+    let mut heads = Vec::new();
+    let inspect = |tag: u8, _| {
+        if tag == b'B' {
+            Inspect::Head(10)
+        } else {
+            Inspect::Pass
+        }
+    };
+    // Not even the head yet: nothing forwarded, nothing reported.
+    let out = s.scan(&buf[..12], inspect, |_| true).unwrap();
+    assert_eq!(out.forward, 0);
+    let out = s
+        .scan(&buf[..40], inspect, |e| {
+            if let Event::Head { tag, head, total } = e {
+                heads.push((tag, head.len(), total));
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(heads, vec![(b'B', 10, 105)]);
+    assert_eq!(out.forward, 40);
+    assert!(!s.at_boundary());
+    // The remaining 65 bytes stream through without another report.
+    let out = s.scan(&buf[40..], inspect, |_| panic!("no event")).unwrap();
+    assert_eq!((out.skip, out.forward), (0, 65));
+    assert!(s.at_boundary());
+}
+
+#[test]
+fn a_head_longer_than_the_body_is_the_whole_body() {
+    let buf = frame(b'B', b"abc");
+    let mut seen = None;
+    let out = Scanner::default()
+        .scan(
+            &buf,
+            |_, _| Inspect::Head(1000),
+            |e| {
+                if let Event::Head { head, total, .. } = e {
+                    seen = Some((head.to_vec(), total));
+                }
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(out.forward, buf.len());
+    assert_eq!(seen, Some((b"abc".to_vec(), 8)));
+}
+
+#[test]
+fn the_rest_of_a_discarded_frame_is_skipped_across_reads() {
+    let mut buf = frame(b'P', &[1u8; 50]);
+    buf.extend(frame(b'S', b""));
+    let mut s = Scanner::default();
+    let inspect = |tag: u8, _| {
+        if tag == b'P' {
+            Inspect::Head(4)
+        } else {
+            Inspect::Whole
+        }
+    };
+    let out = s
+        .scan(&buf[..20], inspect, |e| !matches!(e, Event::Head { .. }))
+        .unwrap();
+    assert_eq!((out.skip, out.forward), (0, 9));
+    s.discard_rest();
+    // 11 of the 46 bytes left arrive, then the other 35 and the Sync.
+    let out = s.scan(&buf[9..20], inspect, |_| true).unwrap();
+    assert_eq!((out.skip, out.forward), (11, 11));
+    let mut tags = Vec::new();
+    let out = s
+        .scan(&buf[20..], inspect, |e| {
+            if let Event::Whole { tag, .. } = e {
+                tags.push(tag);
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!((out.skip, out.forward), (35, 40));
+    assert_eq!(tags, vec![b'S']);
+    assert!(s.at_boundary());
+}
+
+#[test]
+fn a_frame_held_whole_above_the_client_cap_is_refused() {
+    let buf = frame(b'D', &[0u8; 200]);
+    let err = Scanner::for_client_holding_at_most(100)
+        .scan(&buf, |_, _| true, |_| true)
+        .unwrap_err();
+    assert_eq!(err, ProtoError::TooLarge { len: 205, max: 100 });
+}

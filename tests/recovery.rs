@@ -1,4 +1,6 @@
-//! PostgreSQL going away and coming back, simulated with a TCP forwarder that can be cut.
+//! PostgreSQL going away and coming back, simulated with a TCP forwarder that can be cut: clients
+//! that wait for a server are never failed by a connect that fails, only by `query_wait_timeout`;
+//! what they hear never names the server's address or an OS error.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -14,6 +16,8 @@ struct Forwarder {
     up: Arc<AtomicBool>,
     /// Connections refused while cut.
     refused: Arc<AtomicUsize>,
+    /// Connections forwarded.
+    accepted: Arc<AtomicUsize>,
     conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -24,7 +28,8 @@ impl Forwarder {
         let up = Arc::new(AtomicBool::new(true));
         let conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let refused = Arc::new(AtomicUsize::new(0));
-        let (u, c, r) = (up.clone(), conns.clone(), refused.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (u, c, r, a) = (up.clone(), conns.clone(), refused.clone(), accepted.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -34,6 +39,7 @@ impl Forwarder {
                     r.fetch_add(1, Ordering::SeqCst);
                     continue; // dropped: the connection is closed at once
                 }
+                a.fetch_add(1, Ordering::SeqCst);
                 c.lock().push(tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -45,6 +51,7 @@ impl Forwarder {
             port,
             up,
             refused,
+            accepted,
             conns,
         }
     }
@@ -61,12 +68,73 @@ impl Forwarder {
     }
 }
 
+/// The text of a client-facing error must not carry where the server is or what the OS said.
+fn assert_client_safe(text: &str, port: u16) {
+    for leak in [
+        "127.0.0.1".to_owned(),
+        port.to_string(),
+        "os error".to_owned(),
+        "Connection refused".to_owned(),
+        "connection reset".to_owned(),
+    ] {
+        assert!(
+            !text.contains(&leak),
+            "the client was told {leak:?}: {text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_down_gives_a_clear_error_and_the_pool_recovers() {
+async fn clients_waiting_while_postgres_is_down_are_served_when_it_returns() {
     let pg = Postgres::shared();
     let fwd = Forwarder::start(pg.port).await;
     let s = Sluice::start(
-        "pool_mode = transaction\nserver_connect_timeout = 1\nserver_login_retry = 0",
+        "pool_mode = transaction\nserver_connect_timeout = 1\nquery_wait_timeout = 20",
+        &format!(
+            "flaky = host=127.0.0.1 port={} dbname=appdb pool_size=3",
+            fwd.port
+        ),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let c = s.connect("flaky").await;
+        c.simple_query("SELECT 1").await.unwrap();
+        clients.push(c);
+    }
+    fwd.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every client asks for a server while none can be opened.
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                let r = c.simple_query("SELECT 1").await;
+                (r.map(|_| ()).map_err(|e| error_text(&e)), c)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tried = fwd.refused.load(Ordering::SeqCst);
+    assert!(tried >= 1, "the pool kept trying");
+    assert!(
+        tried <= 12,
+        "{tried} connects in 1.5 s: the pool stormed the server instead of backing off"
+    );
+    fwd.restore();
+    for t in tasks {
+        let (r, c) = t.await.unwrap();
+        assert_eq!(r, Ok(()), "a client that was waiting got an error");
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_past_query_wait_timeout_gives_a_clear_safe_error_and_the_pool_recovers() {
+    let pg = Postgres::shared();
+    let fwd = Forwarder::start(pg.port).await;
+    let s = Sluice::start(
+        "pool_mode = transaction\nserver_connect_timeout = 1\nquery_wait_timeout = 2",
         &format!("flaky = host=127.0.0.1 port={} dbname=appdb", fwd.port),
     )
     .await;
@@ -77,30 +145,18 @@ async fn postgres_down_gives_a_clear_error_and_the_pool_recovers() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = tokio::time::Instant::now();
     let err = c.simple_query("SELECT 1").await.unwrap_err();
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "error took {:?}",
-        started.elapsed()
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "the error came after {took:?}, not at query_wait_timeout"
     );
+    assert_eq!(sqlstate(&err), Some("08006"), "{err:?}");
+    let text = error_text(&err);
     assert!(
-        err.code().is_some(),
-        "expected a PostgreSQL-style error, got {err:?}"
+        text.contains("could not be reached"),
+        "unclear error: {text}"
     );
-    // A new client either fails to log in or fails its first query, quickly and clearly (the
-    // pool may still know the server's parameters and let it log in, as PgBouncer does).
-    let err = match s.connect_as(SCRAM_USER, SCRAM_PASSWORD, "flaky").await {
-        Err(e) => e,
-        Ok(fresh) => fresh.simple_query("SELECT 1").await.unwrap_err(),
-    };
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "error took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        format!("{err:?}").contains("server"),
-        "unclear error: {err:?}"
-    );
+    assert_client_safe(&text, fwd.port);
 
     fwd.restore();
     // Both a new client and the old one are served again, without restarting anything.
@@ -112,31 +168,28 @@ async fn postgres_down_gives_a_clear_error_and_the_pool_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn within_server_login_retry_clients_get_the_failure_at_once_without_a_new_attempt() {
+async fn a_refused_login_reaches_clients_at_once_and_is_not_retried_within_server_login_retry() {
     let pg = Postgres::shared();
     let fwd = Forwarder::start(pg.port).await;
     let s = Sluice::start(
-        "pool_mode = transaction\nserver_connect_timeout = 2\nserver_login_retry = 30",
-        &format!("flaky = host=127.0.0.1 port={} dbname=appdb", fwd.port),
+        "pool_mode = transaction\nserver_login_retry = 30",
+        &format!(
+            "wrongpw = host=127.0.0.1 port={} dbname=appdb user={SCRAM_USER} password=not-the-password",
+            fwd.port
+        ),
     )
     .await;
-    let c = s.connect("flaky").await;
-    c.simple_query("SELECT 1").await.unwrap();
-    fwd.cut();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The held server is gone, then a login is tried and fails.
-    for _ in 0..2 {
-        if c.is_closed() {
-            break;
-        }
-        let _ = c.simple_query("SELECT 1").await;
-    }
-    let fresh = || s.connect_as(SCRAM_USER, SCRAM_PASSWORD, "flaky");
+    let fresh = || s.connect_as(SCRAM_USER, SCRAM_PASSWORD, "wrongpw");
     let first = match fresh().await {
         Err(e) => e,
         Ok(f) => f.simple_query("SELECT 1").await.unwrap_err(),
     };
-    let tried = fwd.refused.load(Ordering::SeqCst);
+    assert_eq!(
+        sqlstate(&first),
+        Some("28P01"),
+        "PostgreSQL's own code: {first:?}"
+    );
+    let tried = fwd.accepted.load(Ordering::SeqCst);
     assert!(tried >= 1, "a login was tried: {first:?}");
     // Within server_login_retry, the next clients hear of the failure at once, with no new attempt.
     for _ in 0..3 {
@@ -146,11 +199,106 @@ async fn within_server_login_retry_clients_get_the_failure_at_once_without_a_new
             Ok(f) => f.simple_query("SELECT 1").await.unwrap_err(),
         };
         assert!(started.elapsed() < Duration::from_millis(500));
-        assert!(error_text(&err).contains("server_login_retry"), "{err:?}");
+        let text = error_text(&err);
+        assert!(text.contains("server_login_retry"), "{text}");
+        assert_client_safe(&text, fwd.port);
     }
     assert_eq!(
-        fwd.refused.load(Ordering::SeqCst),
+        fwd.accepted.load(Ordering::SeqCst),
         tried,
         "no new connect attempts"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_killed_while_idle_cost_no_client_an_error() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("killidle");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=4", pg.port),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(s.connect(&db).await);
+    }
+    // Four servers, all idle in the pool.
+    let warm: Vec<_> = clients
+        .iter()
+        .map(|c| c.simple_query("SELECT pg_sleep(0.05)"))
+        .collect();
+    for w in warm {
+        w.await.unwrap();
+    }
+    let admin = pg.super_client().await;
+    for round in 0..3 {
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = $1 AND backend_type = 'client backend' AND state = 'idle'",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(killed >= 1, "round {round}: idle servers to kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Existing clients and a new one: every query runs.
+        for c in &clients {
+            c.simple_query("SELECT 1").await.unwrap_or_else(|e| {
+                panic!("round {round}: a client heard of a server killed while idle: {e:?}")
+            });
+        }
+        let fresh = s.connect(&db).await;
+        fresh.simple_query("SELECT 1").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open defect: the client's next query after its server was killed mid-transaction succeeds instead of failing; see the closing note of issue 14"]
+async fn a_server_killed_mid_transaction_fails_that_client_alone_and_is_not_retried() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("killbusy");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=4", pg.port),
+    )
+    .await;
+    let victim = s.connect(&db).await;
+    let bystander = s.connect(&db).await;
+    victim
+        .batch_execute("CREATE TABLE t (n int)")
+        .await
+        .unwrap();
+    victim
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin = pg.super_client().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = victim
+        .batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap_err();
+    assert!(
+        sqlstate(&err).is_some(),
+        "a PostgreSQL-style error: {err:?}"
+    );
+    // Nothing of the broken transaction was replayed elsewhere.
+    let n: i64 = bystander
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the transaction was retried on another server");
 }

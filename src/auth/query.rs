@@ -23,13 +23,20 @@ pub enum AuthQueryError {
 }
 
 impl AuthQueryError {
+    /// What the client hears: no server address or OS error.
+    pub fn client_message(&self) -> String {
+        match self {
+            AuthQueryError::NoDatabase(_) => self.to_string(),
+            AuthQueryError::Pool(e) => format!("auth_query failed: {}", e.client_message()),
+            AuthQueryError::Query(e) => format!("auth_query failed: {}", e.client_message()),
+        }
+    }
+
     pub fn sqlstate(&self) -> &str {
         match self {
             AuthQueryError::NoDatabase(_) => crate::proto::sqlstate::INVALID_AUTHORIZATION,
-            AuthQueryError::Pool(PoolError::Connect(e)) | AuthQueryError::Query(e) => e.sqlstate(),
-            AuthQueryError::Pool(PoolError::WaitTimeout) => {
-                crate::proto::sqlstate::CONNECTION_FAILURE
-            }
+            AuthQueryError::Pool(e) => e.sqlstate(),
+            AuthQueryError::Query(e) => e.sqlstate(),
         }
     }
 }

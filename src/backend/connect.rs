@@ -3,7 +3,7 @@
 //! collecting ParameterStatus and BackendKeyData up to ReadyForQuery.
 
 use super::params::ParamSet;
-use super::{BackendError, BackendKey, Server, ServerAddr};
+use super::{BackendError, BackendKey, Server, ServerAddr, TlsFailure};
 use crate::auth::scram_client::{self, ClientSecret, ScramClient};
 use crate::auth::secret::Secret;
 use crate::config::SslMode;
@@ -77,16 +77,37 @@ async fn negotiate_tls(
         b'S' => {
             let name =
                 rustls::pki_types::ServerName::try_from(addr.host.clone()).map_err(|_| {
-                    BackendError::Tls(format!("{:?} is not a valid TLS server name", addr.host))
+                    BackendError::Tls {
+                        kind: TlsFailure::BadName,
+                        detail: format!("{:?} is not a valid TLS server name", addr.host),
+                    }
                 })?;
             stream
                 .connect_tls(connector, name)
                 .await
-                .map_err(|e| BackendError::Tls(e.to_string()))
+                .map_err(|e| match TlsFailure::of(&e) {
+                    // The connection itself broke mid-handshake (a server going down): that
+                    // passes, unlike a TLS disagreement.
+                    TlsFailure::Handshake
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        BackendError::Io(e)
+                    }
+                    kind => BackendError::Tls {
+                        kind,
+                        detail: e.to_string(),
+                    },
+                })
         }
-        b'N' if tls.mode.requires_tls() => Err(BackendError::Tls(
-            "server does not support TLS, and server_tls_sslmode requires it".into(),
-        )),
+        b'N' if tls.mode.requires_tls() => Err(BackendError::Tls {
+            kind: TlsFailure::NotOffered,
+            detail: "server does not support TLS, and server_tls_sslmode requires it".into(),
+        }),
         b'N' => Ok(()),
         _ => Err(proto::ProtoError::Malformed("answer to SSLRequest").into()),
     }

@@ -74,6 +74,48 @@ impl Server {
     }
 }
 
+/// What went wrong with TLS towards a server, in words a client may hear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server's certificate did not verify (chain or name), under verify-ca or verify-full.
+    Certificate,
+    /// The server refused TLS and `server_tls_sslmode` requires it.
+    NotOffered,
+    /// The host is no name a certificate could be checked against.
+    BadName,
+    /// Anything else in the handshake.
+    Handshake,
+}
+
+impl TlsFailure {
+    /// Sorts a failed handshake by what rustls says went wrong.
+    pub fn of(e: &std::io::Error) -> Self {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(
+                rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType,
+            ) => TlsFailure::Certificate,
+            _ => TlsFailure::Handshake,
+        }
+    }
+
+    fn client_message(self) -> &'static str {
+        match self {
+            TlsFailure::Certificate => {
+                "server login failed: the server's TLS certificate could not be verified"
+            }
+            TlsFailure::NotOffered => {
+                "server login failed: the server does not support TLS, and server_tls_sslmode requires it"
+            }
+            TlsFailure::BadName => {
+                "server login failed: the server's host is not a valid TLS server name"
+            }
+            TlsFailure::Handshake => "server login failed: TLS handshake with the server failed",
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum BackendError {
     #[error("could not connect to server {addr}: {source}")]
@@ -93,8 +135,9 @@ pub enum BackendError {
     UnsupportedAuth(&'static str),
     #[error("server closed the connection")]
     Closed,
-    #[error("server TLS: {0}")]
-    Tls(String),
+    /// TLS towards the server failed; `detail` (rustls's words) is for the log only.
+    #[error("server TLS: {detail}")]
+    Tls { kind: TlsFailure, detail: String },
     #[error("server login: {0}")]
     Scram(#[from] crate::auth::scram_client::ScramClientError),
     /// Logging in failed a moment ago; no new attempt before `server_login_retry`.
@@ -103,6 +146,45 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// What a client may be told: no address, OS error or TLS internals, which go to the log only.
+    /// PostgreSQL's own login errors are passed on as PostgreSQL worded them.
+    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            BackendError::Connect { .. } | BackendError::Io(_) => {
+                Cow::Borrowed("could not connect to server")
+            }
+            BackendError::Timeout => Cow::Borrowed("server connection timed out"),
+            BackendError::Login { message, .. } => Cow::Borrowed(message),
+            BackendError::Protocol(_) => Cow::Borrowed("server protocol error"),
+            BackendError::UnsupportedAuth(_) | BackendError::Scram(_) => {
+                Cow::Borrowed("server login failed: the pooler cannot authenticate to the server")
+            }
+            BackendError::Closed => Cow::Borrowed("server closed the connection"),
+            BackendError::Tls { kind, .. } => Cow::Borrowed(kind.client_message()),
+            BackendError::LoginRetry { last, .. } => Cow::Owned(format!(
+                "server login has been failing, try again later (server_login_retry): {last}"
+            )),
+        }
+    }
+
+    /// Whether the failure may pass by itself (PostgreSQL unreachable, restarting, shutting down,
+    /// out of connection slots), so that clients should wait for a retry rather than hear it. A
+    /// server that refuses the login itself (wrong password, no such database) or a TLS or
+    /// protocol mismatch will refuse again: those reach the clients at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::Timeout
+            | BackendError::Io(_)
+            | BackendError::Closed => true,
+            BackendError::Login { code, .. } => {
+                code.starts_with("57P") || code.starts_with("08") || code == "53300"
+            }
+            _ => false,
+        }
+    }
+
     /// SQLSTATE for the client that waited for this server.
     pub fn sqlstate(&self) -> &str {
         match self {

@@ -265,7 +265,7 @@ pub async fn login(
                 }
                 Err(e) => {
                     tracing::warn!(db = %database, user = %user, error = %e, "auth_query failed");
-                    return Err(reject(stream, e.sqlstate(), e.to_string()).await);
+                    return Err(reject(stream, e.sqlstate(), e.client_message()).await);
                 }
             },
             None => None,
@@ -313,11 +313,8 @@ pub async fn login(
                 w
             }
             Err(e) => {
-                let code = match &e {
-                    crate::pool::PoolError::Connect(b) => b.sqlstate().to_owned(),
-                    crate::pool::PoolError::WaitTimeout => sqlstate::PROTOCOL_VIOLATION.to_owned(),
-                };
-                return Err(reject(stream, &code, e.to_string()).await);
+                tracing::warn!(error = %e, "no server for a logging-in client");
+                return Err(reject(stream, e.sqlstate(), e.client_message().into_owned()).await);
             }
         },
     };

@@ -7,7 +7,7 @@ use crate::backend::params::ParamSet;
 use crate::backend::query::run_simple;
 use crate::config::PoolMode;
 use crate::net::stream::Stream;
-use crate::pool::{Conn, PoolError};
+use crate::pool::Conn;
 use crate::prepared::ClientState;
 use crate::proto::encode::{self, Severity};
 use crate::proto::scan::{self, Inspect, Scanner};
@@ -216,14 +216,10 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             r = pool.checkout() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    let code = match &e {
-                        PoolError::Connect(b) => b.sqlstate().to_owned(),
-                        PoolError::WaitTimeout => sqlstate::PROTOCOL_VIOLATION.to_owned(),
-                    };
                     if g.log_pooler_errors {
                         tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "pooler error");
                     }
-                    send_error(stream, Severity::Fatal, &code, &e.to_string(), None).await;
+                    send_error(stream, Severity::Fatal, e.sqlstate(), &e.client_message(), None).await;
                     return Some(format!("{e}"));
                 }
             },
@@ -239,7 +235,14 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 // largest state.
                 if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
                     tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "could not apply client parameters on server");
-                    send_error(stream, Severity::Fatal, e.sqlstate(), &e.to_string(), None).await;
+                    send_error(
+                        stream,
+                        Severity::Fatal,
+                        e.sqlstate(),
+                        &e.client_message(),
+                        None,
+                    )
+                    .await;
                     return Some("server parameter sync failed".into());
                 }
             }

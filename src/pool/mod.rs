@@ -5,16 +5,19 @@
 //! server and frees its slot, so no error path can leak pool capacity. Waiting clients are served first
 //! come, first served: a returned server, or a freed slot, is handed straight to the oldest waiter.
 
+mod connect_gate;
 pub mod limit;
 pub mod maintenance;
+mod open;
 pub mod registry;
 mod settings;
 
 pub use settings::PoolSettings;
 
-use crate::backend::connect::{self, LoginParams};
 use crate::backend::{params::ParamSet, BackendError, Server};
+use connect_gate::ConnectGate;
 use limit::Limit;
+use open::LoginFailure;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +36,31 @@ pub struct PoolKey {
 pub enum PoolError {
     #[error("query_wait_timeout: no server connection became free in time")]
     WaitTimeout,
+    /// `query_wait_timeout` passed while PostgreSQL could not be reached.
+    #[error("query_wait_timeout: the server could not be reached in time")]
+    Unreachable,
     #[error(transparent)]
     Connect(#[from] BackendError),
+}
+
+impl PoolError {
+    /// The SQLSTATE a client that waited for a server hears, decided here alone: PgBouncer's 08P01
+    /// for a wait that ran out, the server's own code for a refused login.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PoolError::WaitTimeout => crate::proto::sqlstate::PROTOCOL_VIOLATION,
+            PoolError::Unreachable => crate::proto::sqlstate::CONNECTION_FAILURE,
+            PoolError::Connect(e) => e.sqlstate(),
+        }
+    }
+
+    /// The text a client hears: no server address or OS error (see [`BackendError::client_message`]).
+    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            PoolError::Connect(e) => e.client_message(),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        }
+    }
 }
 
 /// Why no slot could be taken.
@@ -43,14 +69,8 @@ enum Blocked {
     Pool,
     Database,
     User,
-}
-
-/// A failed login, remembered for `server_login_retry`.
-#[derive(Debug)]
-struct LoginFailure {
-    at: Instant,
-    code: String,
-    message: String,
+    /// Connects are failing: the next attempt waits for the backoff or a probe (connect_gate.rs).
+    Connecting,
 }
 
 /// What a waiter is handed: a ready server, the right to open one, or the end of its wait.
@@ -78,6 +98,7 @@ struct Inner {
     /// Servers counted against the pool: idle, checked out, and being opened.
     total: usize,
     waiters: VecDeque<Waiter>,
+    gate: ConnectGate,
 }
 
 /// Counters for the stats line and, later, the admin console and metrics.
@@ -182,22 +203,6 @@ impl Pool {
         *self.settings.lock() = Arc::new(s);
     }
 
-    /// False within `server_login_retry` of the last failed login.
-    pub fn may_retry_login(&self, now: Instant) -> bool {
-        self.recent_login_failure(now).is_none()
-    }
-
-    /// The last login failure, if it was less than `server_login_retry` ago.
-    fn recent_login_failure(&self, now: Instant) -> Option<BackendError> {
-        let retry = self.settings().server_login_retry;
-        let last = self.last_login_failure.lock();
-        let f = last.as_ref().filter(|f| now.duration_since(f.at) < retry)?;
-        Some(BackendError::LoginRetry {
-            code: f.code.clone(),
-            last: f.message.clone(),
-        })
-    }
-
     /// A logging-in client's tracked parameters, as a clone of the previous client's set when the
     /// values are the same: most clients of one pool log in alike, and then share one allocation.
     pub fn share_client_params(&self, params: ParamSet) -> ParamSet {
@@ -244,6 +249,10 @@ impl Pool {
             };
         if inner.total >= cap {
             return Err(Blocked::Pool);
+        }
+        // The clock is read only while connects are failing.
+        if !inner.gate.is_open() && !inner.gate.try_pass(Instant::now()) {
+            return Err(Blocked::Connecting);
         }
         if !self.db_limit.try_acquire() {
             return Err(Blocked::Database);
@@ -348,6 +357,8 @@ impl Pool {
         let mut handed: Option<Grant> = None;
         // Whether the client queued: the clock is read again only then.
         let mut waited = false;
+        // The client's own connect failed: it queues ahead of those who came after it.
+        let mut requeue_first = false;
         loop {
             let mut blocked = Blocked::Pool;
             let grant = match handed.take() {
@@ -364,11 +375,16 @@ impl Pool {
                                 blocked = why;
                                 if waiter.is_none() {
                                     let (tx, rx) = oneshot::channel();
-                                    inner.waiters.push_back(Waiter {
+                                    let w = Waiter {
                                         tx,
                                         deadline: wait_deadline,
                                         reserve_at,
-                                    });
+                                    };
+                                    if std::mem::take(&mut requeue_first) {
+                                        inner.waiters.push_front(w);
+                                    } else {
+                                        inner.waiters.push_back(w);
+                                    }
                                     waiter = Some(rx);
                                     waited = true;
                                 }
@@ -407,12 +423,27 @@ impl Pool {
                     drop(conn);
                     continue;
                 }
-                Some(Grant::Slot(slot)) => {
-                    let server = self.open(&settings).await?;
-                    self.note_wait(started, waited);
-                    return Ok(Conn { server, slot });
+                Some(Grant::Slot(slot)) => match self.open(&settings).await {
+                    Ok(server) => {
+                        self.note_wait(started, waited);
+                        return Ok(Conn { server, slot });
+                    }
+                    // PostgreSQL is down for now: the slot goes back and the client queues
+                    // again, at the front, for the next attempt or a server someone releases.
+                    Err(e) if e.is_transient() => {
+                        drop(slot);
+                        requeue_first = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Some(Grant::Expired) => {
+                    return Err(if self.inner.lock().gate.is_open() {
+                        PoolError::WaitTimeout
+                    } else {
+                        PoolError::Unreachable
+                    })
                 }
-                Some(Grant::Expired) => return Err(PoolError::WaitTimeout),
                 None => {}
             }
             let Some(rx) = waiter.as_mut() else { continue };
@@ -420,7 +451,7 @@ impl Pool {
             // deadlines (see `Waiter`). Blocked by a limit shared with other pools, the wait also
             // ends on that limit's releases, and on a short re-check: another pool's server going
             // idle frees nothing, but closing it would.
-            let shared_limit = blocked != Blocked::Pool;
+            let shared_limit = matches!(blocked, Blocked::Database | Blocked::User);
             let recheck = std::time::Duration::from_millis(200);
             tokio::select! {
                 g = rx => {
@@ -472,46 +503,6 @@ impl Pool {
         }
     }
 
-    /// Opens a server, unless logging in failed less than `server_login_retry` ago: then clients get
-    /// that failure at once, as from PgBouncer, instead of each waiting for a connect of its own.
-    async fn open(&self, settings: &PoolSettings) -> Result<Box<Server>, BackendError> {
-        if let Some(e) = self.recent_login_failure(Instant::now()) {
-            return Err(e);
-        }
-        // Boxed: a login (TLS, SCRAM) is a large future, and inline it would enlarge every client's
-        // task for its whole life, idle or not. Opening a server is rare enough for the allocation.
-        let opened = Box::pin(self.open_now(settings)).await;
-        let mut last = self.last_login_failure.lock();
-        match &opened {
-            Ok(_) => *last = None,
-            Err(e) => {
-                *last = Some(LoginFailure {
-                    at: Instant::now(),
-                    code: e.sqlstate().to_owned(),
-                    message: e.to_string(),
-                })
-            }
-        }
-        opened
-    }
-
-    async fn open_now(&self, settings: &PoolSettings) -> Result<Box<Server>, BackendError> {
-        let login = &settings.login;
-        let (secret, client_key) = login.credentials();
-        let params = LoginParams {
-            addr: login.addr.clone(),
-            user: &login.user,
-            database: &login.dbname,
-            secret: secret.as_ref(),
-            startup: &login.startup,
-            tls: &login.tls,
-            client_key,
-        };
-        let server = connect::connect(&params, settings.server_connect_timeout).await?;
-        *self.welcome.lock() = Some(server.params.clone());
-        Ok(Box::new(server))
-    }
-
     /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
     pub fn checkin(self: &Arc<Self>, conn: Conn) {
         let now = Instant::now();
@@ -537,21 +528,6 @@ impl Pool {
         if let Grant::Server(s) = grant {
             inner.idle.push(s);
         }
-    }
-
-    /// Opens a server without a client, for `min_pool_size`; it goes straight to idle.
-    pub async fn warm_one(self: &Arc<Self>) -> Result<bool, BackendError> {
-        let settings = self.settings();
-        let slot = {
-            let mut inner = self.inner.lock();
-            match self.try_take_slot(&mut inner, &settings, false) {
-                Ok(s) => s,
-                Err(_) => return Ok(false),
-            }
-        };
-        let server = self.open(&settings).await?;
-        self.checkin(Conn { server, slot });
-        Ok(true)
     }
 
     /// Removes idle servers for which `expired` says so; they are closed outside the lock.
@@ -580,3 +556,6 @@ impl Pool {
         n
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! Opening servers for a pool: the login itself, `server_login_retry` after a refused login, the
+//! connect gate after a failure that passes (connect_gate.rs), and `min_pool_size` warming.
+
+use super::{Conn, Pool, PoolSettings};
+use crate::backend::connect::{self, LoginParams};
+use crate::backend::{BackendError, Server};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// A failed login, remembered for `server_login_retry`.
+#[derive(Debug)]
+pub(super) struct LoginFailure {
+    at: Instant,
+    code: String,
+    message: String,
+}
+
+impl Pool {
+    /// False within `server_login_retry` of the last failed login.
+    pub fn may_retry_login(&self, now: Instant) -> bool {
+        self.recent_login_failure(now).is_none()
+    }
+
+    /// The last login failure, if it was less than `server_login_retry` ago.
+    fn recent_login_failure(&self, now: Instant) -> Option<BackendError> {
+        let retry = self.settings().server_login_retry;
+        let last = self.last_login_failure.lock();
+        let f = last.as_ref().filter(|f| now.duration_since(f.at) < retry)?;
+        Some(BackendError::LoginRetry {
+            code: f.code.clone(),
+            last: f.message.clone(),
+        })
+    }
+
+    /// Opens a server, unless the server refused a login less than `server_login_retry` ago: then
+    /// clients get that failure at once, as from PgBouncer, instead of each waiting for a connect of
+    /// its own. A failure that may pass (PostgreSQL down or restarting) closes the connect gate
+    /// instead (connect_gate.rs), and the caller's client waits for the next attempt.
+    pub(super) async fn open(
+        self: &Arc<Self>,
+        settings: &PoolSettings,
+    ) -> Result<Box<Server>, BackendError> {
+        if let Some(e) = self.recent_login_failure(Instant::now()) {
+            return Err(e);
+        }
+        // Boxed: a login (TLS, SCRAM) is a large future, and inline it would enlarge every client's
+        // task for its whole life, idle or not. Opening a server is rare enough for the allocation.
+        let opened = Box::pin(self.open_now(settings)).await;
+        match &opened {
+            Ok(_) => {
+                *self.last_login_failure.lock() = None;
+                let mut inner = self.inner.lock();
+                if !inner.gate.is_open() {
+                    inner.gate.succeeded();
+                    tracing::info!(db = %self.key.database, user = %self.key.user, "server reachable again");
+                    // Those who queued while connects failed may open servers now.
+                    self.grant_free_slots(&mut inner, settings);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                let wait = self
+                    .inner
+                    .lock()
+                    .gate
+                    .failed(Instant::now(), settings.server_login_retry);
+                tracing::warn!(db = %self.key.database, user = %self.key.user, error = %e, retry_in_ms = wait.as_millis() as u64, "could not open a server; clients wait for the retry");
+            }
+            Err(e) => {
+                *self.last_login_failure.lock() = Some(LoginFailure {
+                    at: Instant::now(),
+                    code: e.sqlstate().to_owned(),
+                    // Told to the clients that come next: the client-safe text.
+                    message: e.client_message().into_owned(),
+                })
+            }
+        }
+        opened
+    }
+
+    async fn open_now(&self, settings: &PoolSettings) -> Result<Box<Server>, BackendError> {
+        let login = &settings.login;
+        let (secret, client_key) = login.credentials();
+        let params = LoginParams {
+            addr: login.addr.clone(),
+            user: &login.user,
+            database: &login.dbname,
+            secret: secret.as_ref(),
+            startup: &login.startup,
+            tls: &login.tls,
+            client_key,
+        };
+        let server = connect::connect(&params, settings.server_connect_timeout).await?;
+        *self.welcome.lock() = Some(server.params.clone());
+        Ok(Box::new(server))
+    }
+
+    /// Opens a server without a client, for `min_pool_size`; it goes straight to idle.
+    pub async fn warm_one(self: &Arc<Self>) -> Result<bool, BackendError> {
+        let settings = self.settings();
+        let slot = {
+            let mut inner = self.inner.lock();
+            match self.try_take_slot(&mut inner, &settings, false) {
+                Ok(s) => s,
+                Err(_) => return Ok(false),
+            }
+        };
+        let server = self.open(&settings).await?;
+        self.checkin(Conn { server, slot });
+        Ok(true)
+    }
+}

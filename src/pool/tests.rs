@@ -1,0 +1,82 @@
+use super::*;
+use crate::backend::TlsFailure;
+
+/// Every way a checkout can fail, the SQLSTATE its client hears, and words it must not hear.
+#[test]
+fn each_pool_failure_has_one_sqlstate_and_a_client_safe_text() {
+    let refused = || {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )
+    };
+    let cases = [
+        (PoolError::WaitTimeout, "08P01"),
+        (PoolError::Unreachable, "08006"),
+        (
+            PoolError::Connect(BackendError::Connect {
+                addr: "10.1.2.3:5432".into(),
+                source: refused(),
+            }),
+            "08006",
+        ),
+        (PoolError::Connect(BackendError::Io(refused())), "08006"),
+        (
+            PoolError::Connect(BackendError::Login {
+                code: "28P01".into(),
+                message: "password authentication failed for user \"app\"".into(),
+            }),
+            "28P01",
+        ),
+        (
+            PoolError::Connect(BackendError::Tls {
+                kind: TlsFailure::Certificate,
+                detail: "invalid peer certificate: UnknownIssuer at 10.1.2.3".into(),
+            }),
+            "08006",
+        ),
+        (
+            PoolError::Connect(BackendError::LoginRetry {
+                code: "28P01".into(),
+                last: "password authentication failed".into(),
+            }),
+            "28P01",
+        ),
+    ];
+    for (e, code) in cases {
+        assert_eq!(e.sqlstate(), code, "{e:?}");
+        let text = e.client_message();
+        for leak in ["10.1.2.3", "5432", "os error", "UnknownIssuer"] {
+            assert!(
+                !text.contains(leak),
+                "{e:?} tells the client {leak:?}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_failures_that_pass_keep_clients_waiting() {
+    let io = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    let login = |code: &str| BackendError::Login {
+        code: code.into(),
+        message: String::new(),
+    };
+    assert!(BackendError::Io(io()).is_transient());
+    assert!(BackendError::Timeout.is_transient());
+    assert!(
+        login("57P03").is_transient(),
+        "the database system is starting up"
+    );
+    assert!(login("53300").is_transient(), "too many connections");
+    assert!(
+        !login("28P01").is_transient(),
+        "a wrong password stays wrong"
+    );
+    assert!(!login("3D000").is_transient(), "no such database");
+    let tls = BackendError::Tls {
+        kind: TlsFailure::Certificate,
+        detail: String::new(),
+    };
+    assert!(!tls.is_transient());
+}

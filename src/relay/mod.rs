@@ -1,0 +1,330 @@
+//! The hot loop between one client and the server it holds.
+//!
+//! Bytes are forwarded as they arrive and are never re-encoded: each direction reads into its buffer,
+//! the scanner finds frame boundaries (holding only the few frames the pooler must inspect), and the
+//! forwardable prefix is split off (no copy) and written. A direction reads again only when its previous
+//! bytes are written, which gives back-pressure without ever blocking the other direction. Every call
+//! inside the `select!` is cancel-safe (`read_buf`, `write_buf`), so no byte is lost when another branch
+//! wins.
+
+use crate::backend::params::ParamSet;
+use crate::backend::Server;
+use crate::config::PoolMode;
+use crate::net::stream::Stream;
+use crate::prepared::tracker::{Ctx, Tracker};
+use crate::prepared::{ClientState, PreparedStats, Registry, ServerStatements};
+use crate::proto::copy_in::CopyInSyncs;
+use crate::proto::scan::Scanner;
+use crate::proto::ProtoError;
+use bytes::BytesMut;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant, Sleep};
+
+/// Why the relay handed control back.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The server is idle and clean (ReadyForQuery `I`, nothing outstanding): release it.
+    Released,
+    /// The client sent Terminate or closed; `clean` says whether the server is idle and clean.
+    ClientGone {
+        clean: bool,
+    },
+    /// The server closed or sent a FATAL error. `in_flight` requests are still owed a reply;
+    /// `message` is the server's error text, if it sent one.
+    ServerLost {
+        in_flight: u32,
+        message: Option<String>,
+    },
+    /// A multi-statement transaction in statement mode.
+    TransactionInStatementMode,
+    QueryTimeout,
+    IdleTransactionTimeout,
+    /// Shutdown says close now.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("client: {0}")]
+    ClientIo(std::io::Error),
+    #[error("client protocol violation: {0}")]
+    ClientProto(ProtoError),
+    #[error("server protocol violation: {0}")]
+    ServerProto(ProtoError),
+    /// The server failed while a frame was half-forwarded to the client: the client's stream cannot
+    /// be resynchronised and must be closed.
+    #[error("server connection lost mid-message")]
+    ServerLostMidMessage,
+}
+
+/// The client's half of the relay: its stream, its read buffer and its scanner state, which outlive
+/// one server attachment.
+#[derive(Debug)]
+pub struct ClientSide<'a> {
+    pub stream: &'a mut Stream,
+    pub buf: &'a mut BytesMut,
+    pub scanner: &'a mut Scanner,
+    pub params: &'a mut ParamSet,
+    pub tracked: &'a [String],
+    /// Set in transaction and statement mode when prepared statements are tracked.
+    pub prepared: Option<Prepared<'a>>,
+}
+
+/// What the relay needs to track a client's prepared statements.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    pub registry: &'a Registry,
+    /// The client's statements, tracker and buffers, kept across attachments.
+    pub state: &'a mut ClientState,
+    pub stats: &'a PreparedStats,
+    /// `max_prepared_statements`.
+    pub capacity: usize,
+    /// `max_held_message`.
+    pub max_held: usize,
+}
+
+type Tracking<'a> = Prepared<'a>;
+
+impl Prepared<'_> {
+    /// The tracker, its context, and the replacement and local buffers, borrowed apart.
+    fn parts<'b>(
+        &'b mut self,
+        server: &'b mut ServerStatements,
+    ) -> (Ctx<'b>, &'b mut Tracker, &'b mut BytesMut, &'b mut BytesMut) {
+        let state = &mut *self.state;
+        (
+            Ctx {
+                registry: self.registry,
+                client: &mut state.statements,
+                server,
+                stats: self.stats,
+                capacity: self.capacity,
+                max_held: self.max_held,
+            },
+            &mut state.tracker,
+            &mut state.replacement,
+            &mut state.local,
+        )
+    }
+
+    fn tracker(&self) -> &Tracker {
+        &self.state.tracker
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub query: Option<Duration>,
+    pub idle_transaction: Option<Duration>,
+}
+
+/// Transaction bookkeeping for one attachment.
+#[derive(Debug)]
+struct Track {
+    /// Requests (Query, Sync, FunctionCall) forwarded and not yet answered with ReadyForQuery.
+    pending: u32,
+    /// Extended-protocol messages forwarded since the last Sync: the server is not free yet.
+    unsynced: bool,
+    status: u8,
+    terminated: bool,
+    statement_violation: bool,
+    busy_since: Option<Instant>,
+    idle_since: Instant,
+    /// A timeout is configured: only then are `busy_since` and `idle_since` kept (a clock read each).
+    timed: bool,
+    /// Syncs sent into a copy-in are ignored by the server: no ReadyForQuery for them.
+    copy: CopyInSyncs,
+}
+
+impl Track {
+    fn clean(&self, client: &Scanner, server: &Scanner) -> bool {
+        self.pending == 0
+            && !self.unsynced
+            && self.status == b'I'
+            && client.at_boundary()
+            && server.at_boundary()
+    }
+}
+
+/// Relays until the server can be released or something ends the attachment.
+pub async fn run(
+    client: ClientSide<'_>,
+    server: &mut Server,
+    mode: PoolMode,
+    timeouts: Timeouts,
+    stop: impl Future<Output = ()>,
+) -> Result<Outcome, RelayError> {
+    let ClientSide {
+        stream: cstream,
+        buf: cbuf,
+        scanner: cscan,
+        params,
+        tracked,
+        prepared,
+    } = client;
+    let mut tracking = prepared;
+    if let Some(k) = tracking.as_mut() {
+        k.state.begin_attachment();
+    }
+    let mut sscan = Scanner::default();
+    let mut t = Track {
+        pending: 0,
+        unsynced: false,
+        status: b'I',
+        terminated: false,
+        statement_violation: false,
+        busy_since: None,
+        idle_since: Instant::now(),
+        timed: timeouts.query.is_some() || timeouts.idle_transaction.is_some(),
+        copy: CopyInSyncs::default(),
+    };
+    let mut to_client = BytesMut::new();
+    let mut to_server = scan_client(
+        cbuf,
+        cscan,
+        &mut t,
+        tracking.as_mut(),
+        &mut server.statements,
+        &mut to_client,
+    )?;
+    let (mut cread, mut cwrite) = cstream.split();
+    let (mut sread, mut swrite) = server.stream.split();
+    let mut server_error: Option<String> = None;
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    tokio::pin!(stop);
+    loop {
+        if cbuf.capacity() == 0 && to_server.is_empty() {
+            // The request moved to `to_server` whole (`take_front`); its buffer, written out,
+            // takes the client's next bytes.
+            std::mem::swap(cbuf, &mut to_server);
+        }
+        if to_server.is_empty() && to_client.is_empty() {
+            if t.terminated {
+                return Ok(Outcome::ClientGone {
+                    clean: t.clean(cscan, &sscan),
+                });
+            }
+            if server_error.is_some() {
+                return Ok(Outcome::ServerLost {
+                    in_flight: t.pending,
+                    message: server_error,
+                });
+            }
+            if t.statement_violation {
+                return Ok(Outcome::TransactionInStatementMode);
+            }
+            // A frame the client has begun keeps the server: released now, the session would see
+            // the request start and take a server again before reading the rest of it.
+            if mode != PoolMode::Session
+                && t.clean(cscan, &sscan)
+                && cbuf.is_empty()
+                && tracking.as_ref().is_none_or(|k| k.tracker().is_idle())
+            {
+                return Ok(Outcome::Released);
+            }
+        }
+        let deadline = if t.pending > 0 {
+            timeouts
+                .query
+                .zip(t.busy_since)
+                .map(|(d, s)| (s + d, Expiry::Query))
+        } else if t.status != b'I' {
+            timeouts
+                .idle_transaction
+                .map(|d| (t.idle_since + d, Expiry::IdleTransaction))
+        } else {
+            None
+        };
+        // The timer is armed only when a timeout is configured and due, and re-armed only when
+        // its deadline moves: no timer work per message otherwise.
+        if let Some((at, _)) = deadline {
+            match timer.as_mut() {
+                Some(sleep) if sleep.deadline() == at => {}
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => timer = Some(Box::pin(sleep_until(at))),
+            }
+        }
+        tokio::select! {
+            biased;
+            r = swrite.write_buf(&mut to_server), if !to_server.is_empty() => {
+                if let Err(e) = r {
+                    // An OS error is for the log; the client hears only that the server is gone.
+                    tracing::debug!(error = %e, "write to server failed");
+                    return server_gone(&t, None, &sscan);
+                }
+            }
+            r = cwrite.write_buf(&mut to_client), if !to_client.is_empty() => {
+                r.map_err(RelayError::ClientIo)?;
+            }
+            r = sread.read_buf(&mut server.rbuf), if to_client.is_empty() && server_error.is_none() => {
+                match r {
+                    Ok(0) | Err(_) => return server_gone(&t, None, &sscan),
+                    Ok(_) => {
+                        let fatal;
+                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode, tracking.as_mut(), &mut server.statements, &mut to_server)?;
+                        if let Some(m) = fatal {
+                            server_error = Some(m);
+                        }
+                    }
+                }
+            }
+            r = cread.read_buf(cbuf), if to_server.is_empty() && !t.terminated && !tracking.as_ref().is_some_and(|k| k.tracker().holds_client()) => {
+                match r {
+                    Ok(0) | Err(_) => return Ok(Outcome::ClientGone { clean: t.clean(cscan, &sscan) && to_server.is_empty() }),
+                    Ok(_) => to_server = scan_client(cbuf, cscan, &mut t, tracking.as_mut(), &mut server.statements, &mut to_client)?,
+                }
+            }
+            () = async { if let Some(t) = timer.as_mut() { t.as_mut().await } }, if deadline.is_some() => {
+                return Ok(match deadline {
+                    Some((_, Expiry::Query)) => Outcome::QueryTimeout,
+                    _ => Outcome::IdleTransactionTimeout,
+                });
+            }
+            () = &mut stop => return Ok(Outcome::Shutdown),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    Query,
+    IdleTransaction,
+}
+
+fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Outcome, RelayError> {
+    if !sscan.at_boundary() {
+        return Err(RelayError::ServerLostMidMessage);
+    }
+    Ok(Outcome::ServerLost {
+        in_flight: t.pending,
+        message,
+    })
+}
+
+/// Notes a request forwarded to the server in the transaction bookkeeping.
+fn note_request(t: &mut Track, tag: u8) {
+    if !t.copy.on_client(tag) {
+        return;
+    }
+    match tag {
+        b'Q' | b'S' | b'F' => {
+            if t.pending == 0 && t.timed {
+                t.busy_since = Some(Instant::now());
+            }
+            t.pending += 1;
+            t.unsynced = false;
+        }
+        // Copy data belongs to the Query that started the copy.
+        b'd' | b'c' | b'f' | b'H' => {}
+        _ => t.unsynced = true,
+    }
+}
+
+mod client;
+mod server;
+
+use client::scan_client;
+use server::scan_server;

@@ -253,7 +253,7 @@ impl Tracker {
         let rewritten_from = replacement.len();
         let action = match (tag, body) {
             (b'P', Some(body)) => self.client_parse(body, ctx, replacement)?,
-            (b'B', Some(body)) => self.client_bind(body, ctx, replacement)?,
+            (b'B', Some(body)) => self.client_bind(body, 0, ctx, replacement)?,
             (b'D', Some(body)) => {
                 let d = frontend::target(body, "Describe")?;
                 let known = (d.kind == b'S' && !d.name.is_empty())
@@ -349,9 +349,11 @@ impl Tracker {
         Ok(ClientAction::Replace)
     }
 
+    /// A Bind, whole, or only its head when `streamed` more bytes of it follow unseen (large.rs).
     fn client_bind(
         &mut self,
         body: &[u8],
+        streamed: usize,
         ctx: &mut Ctx<'_>,
         out: &mut BytesMut,
     ) -> Result<ClientAction, ProtoError> {
@@ -365,8 +367,13 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         };
         PreparedStats::bump(&ctx.stats.binds);
-        self.use_statement(&stmt, b.statement, ctx, out, Use::Bind, |to| {
-            encode::bind_message(to, b.portal, &stmt.server_name, b.rest)
+        let kind = if streamed > 0 {
+            Use::StreamedBind
+        } else {
+            Use::Bind
+        };
+        self.use_statement(&stmt, b.statement, ctx, out, kind, |to| {
+            encode::bind_head(to, b.portal, &stmt.server_name, b.rest, streamed)
         });
         self.queue.push_back(Entry::Server {
             reply: Reply::Bind,

@@ -8,7 +8,7 @@
 //! exactly where the client's Parse stood (ending the batch as any error does), and the client
 //! hears 54000 instead of its error. The session goes on.
 
-use super::{server, Entry, Local, Reply, Tracker, Use};
+use super::{server, Entry, Local, Reply, Tracker};
 use super::{ClientAction, Ctx};
 use crate::prepared::PreparedStats;
 use crate::proto::{encode, frontend, sqlstate, ProtoError};
@@ -95,26 +95,11 @@ impl Tracker {
             }));
             return Ok(HeadAction::Discard);
         }
-        let b = frontend::bind(head)?;
-        let stmt = (!b.statement.is_empty())
-            .then(|| ctx.client.get(b.statement).cloned())
-            .flatten();
-        let Some(stmt) = stmt else {
-            self.queue.push_back(server(Reply::Bind));
-            return Ok(HeadAction::Forward);
-        };
-        PreparedStats::bump(&ctx.stats.binds);
         let streamed = total - 5 - head.len();
-        self.use_statement(&stmt, b.statement, ctx, out, Use::StreamedBind, |to| {
-            encode::bind_head(to, b.portal, &stmt.server_name, b.rest, streamed)
-        });
-        self.queue.push_back(Entry::Server {
-            reply: Reply::Bind,
-            swallow: false,
-            undo: super::Undo::Nothing,
-            statement: Some(stmt.id),
-        });
-        Ok(HeadAction::Replace)
+        Ok(match self.client_bind(head, streamed, ctx, out)? {
+            ClientAction::Forward => HeadAction::Forward,
+            ClientAction::Replace | ClientAction::Held => HeadAction::Replace,
+        })
     }
 }
 

@@ -113,7 +113,7 @@ fn a_named_parse_too_large_to_hold_gets_54000_where_it_stood_and_the_session_goe
 #[test]
 fn a_head_arriving_while_messages_are_held_sends_them_first() {
     let mut w = World::new(10);
-    let mut t = shapes_described_then_moved(&mut w);
+    let mut t = super::shapes::described_then_moved(&mut w, b"\0\x01a\0");
     let (_, sent, _) = w.client(&mut t, b'B', &bind_body("a"));
     assert_eq!(sent, b"PDH", "a check starts: the Bind is held");
     assert!(t.holds_client());
@@ -136,7 +136,7 @@ fn a_head_arriving_while_messages_are_held_sends_them_first() {
 fn held_messages_past_the_limit_go_unchecked() {
     let mut w = World::new(10);
     w.max_held = 64;
-    let mut t = shapes_described_then_moved(&mut w);
+    let mut t = super::shapes::described_then_moved(&mut w, b"\0\x01a\0");
     w.client(&mut t, b'B', &bind_body("a"));
     assert!(t.holds_client());
     let mut sent = Vec::new();
@@ -149,19 +149,4 @@ fn held_messages_past_the_limit_go_unchecked() {
     }
     assert!(!t.holds_client(), "the hold ends once it passes the limit");
     assert!(sent.starts_with(b"B"), "what was held goes, in order");
-}
-
-/// A client that prepared and described `a` on one server, now on a fresh one.
-fn shapes_described_then_moved(w: &mut World) -> Tracker {
-    let mut t = Tracker::default();
-    w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
-    w.client(&mut t, b'D', b"Sa\0");
-    w.client(&mut t, b'S', b"");
-    for (tag, body) in [(b'1', &b""[..]), (b't', b"\0\0"), (b'T', b"\0\x01a\0")] {
-        w.server(&mut t, tag, body);
-    }
-    w.server(&mut t, b'Z', b"I");
-    w.server = ServerStatements::default();
-    t.begin_attachment();
-    t
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 /// A client that prepared and described `a` (SELECT * FROM t) on one server, now on a fresh server.
-fn described_then_moved(w: &mut World, row_description: &[u8]) -> Tracker {
+pub(super) fn described_then_moved(w: &mut World, row_description: &[u8]) -> Tracker {
     let mut t = Tracker::default();
     w.client(&mut t, b'P', &parse_body("a", "SELECT * FROM t"));
     w.client(&mut t, b'D', b"Sa\0");

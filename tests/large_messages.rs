@@ -43,7 +43,7 @@ async fn parameters_of_every_size_arrive_whole_through_named_statements() {
             c.execute(&insert, &[&id, &body]),
         )
         .await
-        .expect("the insert finishes")
+        .unwrap_or_else(|_| panic!("the {len}-byte insert did not finish within 60 s"))
         .unwrap();
         // Read back by md5 on the server: the whole text, byte for byte.
         let row = c

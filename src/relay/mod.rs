@@ -247,6 +247,13 @@ pub async fn run(
                 None => timer = Some(Box::pin(sleep_until(at))),
             }
         }
+        // Room for the next read; see `ensure_room`.
+        if to_server.is_empty() {
+            ensure_room(cbuf, !cscan.at_boundary());
+        }
+        if to_client.is_empty() {
+            ensure_room(&mut server.rbuf, !sscan.at_boundary());
+        }
         tokio::select! {
             biased;
             r = swrite.write_buf(&mut to_server), if !to_server.is_empty() => {
@@ -285,6 +292,25 @@ pub async fn run(
             }
             () = &mut stop => return Ok(Outcome::Shutdown),
         }
+    }
+}
+
+/// Least room a read is given, and the room while a frame streams through.
+const READ_ROOM: usize = 512;
+const STREAM_READ_ROOM: usize = 64 * 1024;
+
+/// Makes room for a read. `read_buf` alone reserves 64 bytes in a full buffer, and a buffer it
+/// reclaims can stay that small: a large message then arrives 64 bytes per read, a syscall, a scan
+/// and a write each (tens of seconds for 64 MiB, depending on how reads happened to split). While
+/// a frame streams through, reads are large; otherwise the buffer in hand is reused as it is.
+fn ensure_room(buf: &mut BytesMut, streaming: bool) {
+    let want = if streaming {
+        STREAM_READ_ROOM
+    } else {
+        READ_ROOM
+    };
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
     }
 }
 

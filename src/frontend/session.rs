@@ -292,10 +292,17 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 }
                 return Some("client close request".into());
             }
-            Ok(Outcome::ServerLost { in_flight, message }) => {
+            Ok(Outcome::ServerLost {
+                in_flight,
+                message,
+                in_transaction,
+            }) => {
                 drop(conn);
                 let text = "server connection lost";
-                if mode == PoolMode::Session {
+                // The client's transaction died with the server. Kept open, the client would run
+                // what follows (its COMMIT too) on another server, outside any transaction: a
+                // silent half-transaction. It is closed instead, as PgBouncer does.
+                if mode == PoolMode::Session || in_transaction {
                     send_error(
                         stream,
                         Severity::Fatal,

@@ -33,10 +33,12 @@ pub enum Outcome {
         clean: bool,
     },
     /// The server closed or sent a FATAL error. `in_flight` requests are still owed a reply;
-    /// `message` is the server's error text, if it sent one.
+    /// `message` is the server's error text, if it sent one; `in_transaction` says the client was
+    /// inside a transaction block, which is lost with the server.
     ServerLost {
         in_flight: u32,
         message: Option<String>,
+        in_transaction: bool,
     },
     /// A multi-statement transaction in statement mode.
     TransactionInStatementMode,
@@ -211,6 +213,7 @@ pub async fn run(
                 return Ok(Outcome::ServerLost {
                     in_flight: t.pending,
                     message: server_error,
+                    in_transaction: t.status != b'I',
                 });
             }
             if t.statement_violation {
@@ -327,6 +330,7 @@ fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Ou
     Ok(Outcome::ServerLost {
         in_flight: t.pending,
         message,
+        in_transaction: t.status != b'I',
     })
 }
 

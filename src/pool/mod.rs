@@ -11,8 +11,10 @@ pub mod maintenance;
 mod open;
 pub mod registry;
 mod settings;
+pub mod stats;
 
 pub use settings::PoolSettings;
+pub use stats::PoolStats;
 
 use crate::backend::{params::ParamSet, BackendError, Server};
 use connect_gate::ConnectGate;
@@ -20,7 +22,7 @@ use limit::Limit;
 use open::LoginFailure;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -99,16 +101,6 @@ struct Inner {
     total: usize,
     waiters: VecDeque<Waiter>,
     gate: ConnectGate,
-}
-
-/// Counters for the stats line and, later, the admin console and metrics.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    pub xacts: AtomicU64,
-    pub queries: AtomicU64,
-    pub wait_us: AtomicU64,
-    pub checkouts: AtomicU64,
-    pub prepared: crate::prepared::PreparedStats,
 }
 
 pub struct Pool {

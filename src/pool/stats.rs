@@ -1,0 +1,143 @@
+//! A pool's counters, PgBouncer's eleven, and their averages over the last `stats_period`.
+//!
+//! Counters are plain atomics added once per checkout or per transaction (the relay counts bytes
+//! and queries locally and adds them when it lets the server go), never per message.
+
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Positions in [`PoolStats::totals`], in PgBouncer's SHOW STATS order.
+pub mod idx {
+    pub const ASSIGNMENTS: usize = 0;
+    pub const XACTS: usize = 1;
+    pub const QUERIES: usize = 2;
+    pub const RECEIVED: usize = 3;
+    pub const SENT: usize = 4;
+    pub const XACT_US: usize = 5;
+    pub const QUERY_US: usize = 6;
+    pub const WAIT_US: usize = 7;
+    pub const CLIENT_PARSES: usize = 8;
+    pub const SERVER_PARSES: usize = 9;
+    pub const BINDS: usize = 10;
+}
+
+/// Counters for the stats line, the admin console and, later, metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Checkouts: a server assigned to a client.
+    pub checkouts: AtomicU64,
+    pub xacts: AtomicU64,
+    pub queries: AtomicU64,
+    /// Bytes from clients to servers, and back.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub xact_us: AtomicU64,
+    pub query_us: AtomicU64,
+    pub wait_us: AtomicU64,
+    pub prepared: crate::prepared::PreparedStats,
+    period: Mutex<Period>,
+}
+
+/// The totals at the last tick, and how they moved over the period before it.
+#[derive(Debug, Default)]
+struct Period {
+    last: [u64; 11],
+    delta: [u64; 11],
+    micros: u64,
+}
+
+/// What one relay attachment adds to the counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub received: u64,
+    pub sent: u64,
+    pub queries: u64,
+    pub query_us: u64,
+}
+
+impl PoolStats {
+    pub fn totals(&self) -> [u64; 11] {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let p = &self.prepared;
+        [
+            l(&self.checkouts),
+            l(&self.xacts),
+            l(&self.queries),
+            l(&self.received),
+            l(&self.sent),
+            l(&self.xact_us),
+            l(&self.query_us),
+            l(&self.wait_us),
+            l(&p.client_parses),
+            l(&p.server_parses),
+            l(&p.binds),
+        ]
+    }
+
+    pub fn add(&self, t: &Tally) {
+        let add = |c: &AtomicU64, n: u64| {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.received, t.received);
+        add(&self.sent, t.sent);
+        add(&self.queries, t.queries);
+        add(&self.query_us, t.query_us);
+    }
+
+    /// Closes a `stats_period` of `micros` microseconds: the averages now describe it.
+    pub fn roll(&self, micros: u64) {
+        let now = self.totals();
+        let mut p = self.period.lock();
+        for (i, v) in now.iter().enumerate() {
+            p.delta[i] = v.saturating_sub(p.last[i]);
+        }
+        p.last = now;
+        p.micros = micros;
+    }
+
+    /// How the counters moved over the last period, and its length in microseconds.
+    pub fn last_period(&self) -> ([u64; 11], u64) {
+        let p = self.period.lock();
+        (p.delta, p.micros)
+    }
+}
+
+/// PgBouncer's averages from summed period deltas: counts and bytes per second, times per event.
+pub fn averages(delta: &[u64; 11], micros: u64) -> [u64; 11] {
+    let per_second = |n: u64| {
+        (u128::from(n) * 1_000_000)
+            .checked_div(u128::from(micros))
+            .map_or(0, |v| v as u64)
+    };
+    let per = |t: u64, n: u64| t.checked_div(n).unwrap_or(0);
+    let mut a = delta.map(per_second);
+    a[idx::XACT_US] = per(delta[idx::XACT_US], delta[idx::XACTS]);
+    a[idx::QUERY_US] = per(delta[idx::QUERY_US], delta[idx::QUERIES]);
+    a[idx::WAIT_US] = per(delta[idx::WAIT_US], delta[idx::ASSIGNMENTS]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_are_rates_and_times_per_event() {
+        let s = PoolStats::default();
+        s.roll(1_000_000);
+        s.xacts.fetch_add(20, Ordering::Relaxed);
+        s.xact_us.fetch_add(2_000, Ordering::Relaxed);
+        s.checkouts.fetch_add(20, Ordering::Relaxed);
+        s.received.fetch_add(4_000, Ordering::Relaxed);
+        s.roll(2_000_000);
+        let (delta, micros) = s.last_period();
+        let a = averages(&delta, micros);
+        assert_eq!(a[idx::XACTS], 10, "20 in 2 s");
+        assert_eq!(a[idx::RECEIVED], 2_000);
+        assert_eq!(a[idx::XACT_US], 100, "2 ms over 20 transactions");
+        assert_eq!(a[idx::WAIT_US], 0);
+        assert_eq!(averages(&[0; 11], 0), [0; 11]);
+    }
+}

@@ -64,7 +64,16 @@ pub fn error_response(
 
 /// ErrorResponse with the given fields (type byte, value), in order.
 pub fn error_with_fields(buf: &mut BytesMut, fields: &[(u8, &str)]) {
-    framed(buf, b'E', |b| {
+    fields_message(buf, b'E', fields);
+}
+
+/// NoticeResponse with the given fields (type byte, value), in order.
+pub fn notice_with_fields(buf: &mut BytesMut, fields: &[(u8, &str)]) {
+    fields_message(buf, b'N', fields);
+}
+
+fn fields_message(buf: &mut BytesMut, tag: u8, fields: &[(u8, &str)]) {
+    framed(buf, tag, |b| {
         for (kind, value) in fields {
             b.put_u8(*kind);
             cstr(b, value.as_bytes());

@@ -1,0 +1,261 @@
+//! PgBouncer's admin console, on the virtual database `pgbouncer` (alias `pgsluice`): the command
+//! parser, the result sets with PgBouncer 1.25's exact layouts, and what each command does, asked
+//! of a [`Console`] that the application implements. Nothing here does IO or knows of clients'
+//! sockets: the frontend reads a Query, calls [`execute`], writes what it produced.
+//!
+//! Not reachable yet: the frontend's console login and `impl Console for App` are the next step
+//! of issue 16.
+
+pub mod command;
+mod show;
+pub mod table;
+
+pub use command::{Command, ShutdownMode};
+
+use crate::proto::encode;
+use bytes::BytesMut;
+
+/// The names under which the console is reached.
+pub const DATABASES: [&str; 2] = ["pgbouncer", "pgsluice"];
+
+pub fn is_console(database: &str) -> bool {
+    DATABASES.contains(&database)
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `admin_users`, and user `pgbouncer` on the unix socket from the pooler's own uid.
+    Admin,
+    /// `stats_users`: read-only SHOW.
+    Stats,
+}
+
+/// One pool, for SHOW POOLS.
+#[derive(Debug, Clone, Default)]
+pub struct PoolRow {
+    pub database: String,
+    pub user: String,
+    pub cl_active: usize,
+    pub cl_waiting: usize,
+    pub sv_active: usize,
+    pub sv_idle: usize,
+    pub sv_used: usize,
+    pub sv_tested: usize,
+    pub sv_login: usize,
+    /// Age of the oldest waiting client.
+    pub maxwait_us: u64,
+    pub pool_mode: &'static str,
+}
+
+/// PgBouncer's eleven statistics, as totals or as per-second / per-event averages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub server_assignment_count: u64,
+    pub xact_count: u64,
+    pub query_count: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_time: u64,
+    pub query_time: u64,
+    pub wait_time: u64,
+    pub client_parse_count: u64,
+    pub server_parse_count: u64,
+    pub bind_count: u64,
+}
+
+impl Counters {
+    pub fn values(&self) -> [u64; 11] {
+        [
+            self.server_assignment_count,
+            self.xact_count,
+            self.query_count,
+            self.received,
+            self.sent,
+            self.xact_time,
+            self.query_time,
+            self.wait_time,
+            self.client_parse_count,
+            self.server_parse_count,
+            self.bind_count,
+        ]
+    }
+}
+
+/// One database, for SHOW STATS and its relatives.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseStats {
+    pub database: String,
+    pub totals: Counters,
+    pub averages: Counters,
+}
+
+/// One `[databases]` entry (or the console itself), for SHOW DATABASES.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseRow {
+    pub name: String,
+    pub host: Option<String>,
+    pub port: u16,
+    pub database: String,
+    pub force_user: Option<String>,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub server_lifetime: u64,
+    pub pool_mode: Option<String>,
+    pub max_connections: usize,
+    pub current_connections: usize,
+    pub max_client_connections: usize,
+    pub current_client_connections: usize,
+    pub paused: bool,
+    pub disabled: bool,
+}
+
+/// One `[users]` entry, for SHOW USERS.
+#[derive(Debug, Clone, Default)]
+pub struct UserRow {
+    pub name: String,
+    pub pool_size: Option<usize>,
+    pub reserve_pool_size: Option<usize>,
+    pub pool_mode: Option<String>,
+    pub max_user_connections: usize,
+    pub current_connections: usize,
+    pub max_user_client_connections: usize,
+    pub current_client_connections: usize,
+}
+
+/// One setting, for SHOW CONFIG.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigRow {
+    pub key: String,
+    pub value: String,
+    pub default: String,
+    pub changeable: bool,
+}
+
+/// Counts for SHOW LISTS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lists {
+    pub databases: usize,
+    pub users: usize,
+    pub pools: usize,
+    pub free_clients: usize,
+    pub used_clients: usize,
+    pub login_clients: usize,
+    pub free_servers: usize,
+    pub used_servers: usize,
+}
+
+/// What the console reads from, and asks of, the running pooler.
+pub trait Console {
+    fn version(&self) -> String;
+    fn pools(&self) -> Vec<PoolRow>;
+    fn stats(&self) -> Vec<DatabaseStats>;
+    fn databases(&self) -> Vec<DatabaseRow>;
+    fn users(&self) -> Vec<UserRow>;
+    fn config(&self) -> Vec<ConfigRow>;
+    fn lists(&self) -> Lists;
+    /// (paused, shutting down)
+    fn state(&self) -> (bool, bool);
+    /// Starts a PAUSE of one database or all; [`Console::paused`] says when it is done.
+    fn pause(&self, db: Option<&str>) -> Result<(), String>;
+    /// No server of the paused target is in use any more.
+    fn paused(&self, db: Option<&str>) -> bool;
+    fn resume(&self, db: Option<&str>) -> Result<(), String>;
+    fn reload(&self) -> Result<(), String>;
+    fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String>;
+    /// Servers of `db` (or all) are closed as they are released; idle ones at once.
+    fn reconnect(&self, db: Option<&str>) -> Result<(), String>;
+    fn shutdown(&self, mode: ShutdownMode);
+}
+
+/// What the frontend does once the reply is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    /// ReadyForQuery; the next command.
+    Ready,
+    /// Wait until [`Console::paused`], then CommandComplete `PAUSE` and ReadyForQuery.
+    WaitPaused(Option<String>),
+    /// Close the connection (the process is going away).
+    Close,
+}
+
+/// PgBouncer's admin errors: S ERROR, the given code, the message.
+pub fn error(out: &mut BytesMut, code: &str, message: &str) {
+    encode::error_with_fields(out, &[(b'S', "ERROR"), (b'C', code), (b'M', message)]);
+}
+
+/// Runs one simple Query's text; the reply goes to `out`, ReadyForQuery excepted.
+pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesMut) -> After {
+    use crate::proto::sqlstate::PROTOCOL_VIOLATION;
+    let cmd = match command::parse(query) {
+        Ok(c) => c,
+        Err(e) => {
+            error(out, PROTOCOL_VIOLATION, &e);
+            return After::Ready;
+        }
+    };
+    if role == Role::Stats && !cmd.read_only() {
+        error(out, INSUFFICIENT_PRIVILEGE, "admin access needed");
+        return After::Ready;
+    }
+    let done = |out: &mut BytesMut, r: Result<(), String>, tag: &str| {
+        match r {
+            Ok(()) => encode::command_complete(out, tag),
+            Err(e) => error(out, PROTOCOL_VIOLATION, &e),
+        }
+        After::Ready
+    };
+    match cmd {
+        Command::Show(target) => {
+            if let Err(e) = show::show(console, &target, out) {
+                error(out, PROTOCOL_VIOLATION, &e);
+            }
+            After::Ready
+        }
+        Command::Pause(db) => match console.pause(db.as_deref()) {
+            Ok(()) => After::WaitPaused(db),
+            Err(e) => done(out, Err(e), ""),
+        },
+        Command::Resume(db) => done(out, console.resume(db.as_deref()), "RESUME"),
+        Command::Reload => {
+            if let Err(e) = console.reload() {
+                tracing::error!("RELOAD failed, keeping the previous configuration: {e}");
+                error(
+                    out,
+                    "F0000",
+                    "RELOAD failed, see logs for additional details",
+                );
+            } else {
+                encode::command_complete(out, "RELOAD");
+            }
+            After::Ready
+        }
+        Command::Disable(db) => done(out, console.set_disabled(&db, true), "DISABLE"),
+        Command::Enable(db) => done(out, console.set_disabled(&db, false), "ENABLE"),
+        Command::Reconnect(db) => done(out, console.reconnect(db.as_deref()), "RECONNECT"),
+        Command::Shutdown(mode) => {
+            console.shutdown(mode);
+            if mode == ShutdownMode::Immediate {
+                return After::Close;
+            }
+            encode::command_complete(out, "SHUTDOWN");
+            After::Ready
+        }
+        Command::Suspend
+        | Command::Kill(_)
+        | Command::KillClient(_)
+        | Command::WaitClose(_)
+        | Command::Set { .. } => {
+            error(
+                out,
+                crate::proto::sqlstate::FEATURE_NOT_SUPPORTED,
+                "this admin command is not supported by pgsluice yet",
+            );
+            After::Ready
+        }
+    }
+}
+
+/// 42501, for a stats user asking for an admin command.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";

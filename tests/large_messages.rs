@@ -83,8 +83,10 @@ async fn parameters_of_1_kib_and_1_mib_arrive_whole_through_named_statements() {
 /// Open defect: about one run in five (with the other tests of this file running alongside), the
 /// 64 MiB read-back of a statement just prepared under a name whose query the server already has
 /// never completes. The pooler has read the client's Bind, Execute and Sync whole and written them
-/// on (8 bytes more, the longer server name), yet PostgreSQL sits idle in ClientRead and nothing
-/// comes back. Run it with `--ignored` in a loop to reproduce.
+/// on (8 bytes more, the longer server name), and a frame check of every byte written to the server
+/// finds Bind, Execute and Sync with consistent lengths; yet PostgreSQL waits inside
+/// `pq_getmessage` for more of a message while every socket queue is empty, and nothing comes back.
+/// Run it with `--include-ignored` in a loop to reproduce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "open defect: a 64 MiB streamed Bind sometimes stalls (see the comment)"]
 async fn a_64_mib_parameter_arrives_whole_through_named_statements() {

@@ -111,7 +111,7 @@ fn parse_set(text: &str) -> Option<Option<Command>> {
     let rest = rest.trim_start();
     let rest = if let Some(r) = rest.strip_prefix('=') {
         r
-    } else if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("to") {
+    } else if rest.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("to")) {
         &rest[2..]
     } else {
         return Some(None);
@@ -237,6 +237,9 @@ mod tests {
             "pause \"unterminated",
             "pause \"\"",
             "frobnicate",
+            "SET x 日本",
+            "SET 日本 = 1",
+            "SET x ",
             "SET x",
             "SET = 1",
             "shutdown later",

@@ -187,7 +187,9 @@ pub fn error(out: &mut BytesMut, code: &str, message: &str) {
 
 /// Runs one simple Query's text; the reply goes to `out`, ReadyForQuery excepted.
 pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesMut) -> After {
-    use crate::proto::sqlstate::PROTOCOL_VIOLATION;
+    use crate::proto::sqlstate::{
+        CONFIG_FILE_ERROR, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION,
+    };
     let cmd = match command::parse(query) {
         Ok(c) => c,
         Err(e) => {
@@ -215,7 +217,10 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
         }
         Command::Pause(db) => match console.pause(db.as_deref()) {
             Ok(()) => After::WaitPaused(db),
-            Err(e) => done(out, Err(e), ""),
+            Err(e) => {
+                error(out, PROTOCOL_VIOLATION, &e);
+                After::Ready
+            }
         },
         Command::Resume(db) => done(out, console.resume(db.as_deref()), "RESUME"),
         Command::Reload => {
@@ -223,7 +228,7 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
                 tracing::error!("RELOAD failed, keeping the previous configuration: {e}");
                 error(
                     out,
-                    "F0000",
+                    CONFIG_FILE_ERROR,
                     "RELOAD failed, see logs for additional details",
                 );
             } else {
@@ -249,7 +254,7 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
         | Command::Set { .. } => {
             error(
                 out,
-                crate::proto::sqlstate::FEATURE_NOT_SUPPORTED,
+                FEATURE_NOT_SUPPORTED,
                 "this admin command is not supported by pgsluice yet",
             );
             After::Ready
@@ -257,5 +262,130 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
     }
 }
 
-/// 42501, for a stats user asking for an admin command.
-const INSUFFICIENT_PRIVILEGE: &str = "42501";
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooler with nothing configured whose reload fails: the console's own behaviour, apart
+    /// from any data.
+    struct Empty;
+
+    impl Console for Empty {
+        fn version(&self) -> String {
+            "pgsluice test".into()
+        }
+        fn pools(&self) -> Vec<PoolRow> {
+            Vec::new()
+        }
+        fn stats(&self) -> Vec<DatabaseStats> {
+            Vec::new()
+        }
+        fn databases(&self) -> Vec<DatabaseRow> {
+            Vec::new()
+        }
+        fn users(&self) -> Vec<UserRow> {
+            Vec::new()
+        }
+        fn config(&self) -> Vec<ConfigRow> {
+            Vec::new()
+        }
+        fn lists(&self) -> Lists {
+            Lists::default()
+        }
+        fn state(&self) -> (bool, bool) {
+            (false, false)
+        }
+        fn pause(&self, _: Option<&str>) -> Result<(), String> {
+            Ok(())
+        }
+        fn paused(&self, _: Option<&str>) -> bool {
+            true
+        }
+        fn resume(&self, _: Option<&str>) -> Result<(), String> {
+            Ok(())
+        }
+        fn reload(&self) -> Result<(), String> {
+            Err("userlist.txt: no such file".into())
+        }
+        fn set_disabled(&self, _: &str, _: bool) -> Result<(), String> {
+            Ok(())
+        }
+        fn reconnect(&self, _: Option<&str>) -> Result<(), String> {
+            Ok(())
+        }
+        fn shutdown(&self, _: ShutdownMode) {}
+    }
+
+    /// The reply's message tags, and the SQLSTATE and message of its error, if any.
+    fn reply(role: Role, query: &str) -> (String, After, Option<(String, String)>) {
+        let mut out = BytesMut::new();
+        let after = execute(&Empty, role, query, &mut out);
+        let (mut tags, mut error) = (String::new(), None);
+        let mut rest = &out[..];
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let (frame, next) = rest.split_at(1 + len);
+            tags.push(char::from(frame[0]));
+            if frame[0] == b'E' {
+                let fields: Vec<&[u8]> = frame[5..].split(|&b| b == 0).collect();
+                let field = |t: u8| {
+                    fields
+                        .iter()
+                        .find(|f| f.first() == Some(&t))
+                        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                        .unwrap_or_default()
+                };
+                error = Some((field(b'C'), field(b'M')));
+            }
+            rest = next;
+        }
+        assert!(rest.is_empty(), "a frame was cut short");
+        (tags, after, error)
+    }
+
+    #[test]
+    fn commands_answer_as_pgbouncers_console_does() {
+        // A result set: RowDescription, no rows, CommandComplete.
+        assert_eq!(reply(Role::Stats, "SHOW POOLS;").0, "TC");
+        assert_eq!(reply(Role::Stats, "show version").0, "TDC");
+        let (tags, after, _) = reply(Role::Admin, "RESUME");
+        assert_eq!((tags.as_str(), after), ("C", After::Ready));
+        // PAUSE answers only once the pooler says every server is released.
+        let (tags, after, _) = reply(Role::Admin, "PAUSE app");
+        assert_eq!(
+            (tags.as_str(), after),
+            ("", After::WaitPaused(Some("app".into())))
+        );
+        assert_eq!(reply(Role::Admin, "SHUTDOWN").1, After::Close);
+    }
+
+    #[test]
+    fn refusals_are_errors_and_the_console_goes_on() {
+        let cases = [
+            (Role::Stats, "PAUSE", "42501", "admin access needed"),
+            (Role::Admin, "RELOAD", "F0000", "RELOAD failed, see logs"),
+            (
+                Role::Admin,
+                "frobnicate",
+                "08P01",
+                "invalid command 'frobnicate'",
+            ),
+            (
+                Role::Admin,
+                "KILL app",
+                "0A000",
+                "not supported by pgsluice yet",
+            ),
+        ];
+        for (role, query, code, message) in cases {
+            let (tags, after, error) = reply(role, query);
+            let (got_code, got_message) = error.unwrap_or_default();
+            assert_eq!((tags.as_str(), after), ("E", After::Ready), "{query}");
+            assert_eq!(got_code, code, "{query}");
+            assert!(got_message.contains(message), "{query}: {got_message}");
+        }
+        // A failed reload's cause goes to the log, not to the console's user.
+        let (_, _, error) = reply(Role::Admin, "RELOAD");
+        assert!(!error.unwrap_or_default().1.contains("userlist"));
+    }
+}

@@ -18,3 +18,5 @@ pub const UNDEFINED_PSTATEMENT: &str = "26000";
 pub const IN_FAILED_TRANSACTION: &str = "25P02";
 pub const DUPLICATE_PSTATEMENT: &str = "42P05";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+pub const CONFIG_FILE_ERROR: &str = "F0000";

@@ -1,7 +1,8 @@
 //! A pool's counters, PgBouncer's eleven, and their averages over the last `stats_period`.
 //!
-//! Counters are plain atomics added once per checkout or per transaction (the relay counts bytes
-//! and queries locally and adds them when it lets the server go), never per message.
+//! Counters are plain atomics, to be added once per checkout or per transaction, never per message.
+//! Bytes, queries and times are not counted yet: the relay will tally them locally and add them
+//! when it lets the server go.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,15 +47,6 @@ struct Period {
     micros: u64,
 }
 
-/// What one relay attachment adds to the counters.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
-    pub received: u64,
-    pub sent: u64,
-    pub queries: u64,
-    pub query_us: u64,
-}
-
 impl PoolStats {
     pub fn totals(&self) -> [u64; 11] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -72,18 +64,6 @@ impl PoolStats {
             l(&p.server_parses),
             l(&p.binds),
         ]
-    }
-
-    pub fn add(&self, t: &Tally) {
-        let add = |c: &AtomicU64, n: u64| {
-            if n > 0 {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
-        };
-        add(&self.received, t.received);
-        add(&self.sent, t.sent);
-        add(&self.queries, t.queries);
-        add(&self.query_us, t.query_us);
     }
 
     /// Closes a `stats_period` of `micros` microseconds: the averages now describe it.

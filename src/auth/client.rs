@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
 #[derive(Debug, Error)]
@@ -348,7 +348,7 @@ fn fail_as(e: ScramError, user: &str) -> AuthError {
 }
 
 async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), AuthError> {
-    stream.write_all(out).await?;
+    stream.write_flushed(out).await?;
     out.clear();
     Ok(())
 }

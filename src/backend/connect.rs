@@ -139,7 +139,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
     let mut params: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
     params.extend(p.startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(params, &mut out)?;
-    stream.write_all(&out).await?;
+    stream.write_flushed(&out).await?;
     out.clear();
 
     let mut rbuf = BytesMut::with_capacity(4096);
@@ -249,7 +249,7 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
                         ))
                     }
                 }
-                stream.write_all(&out).await?;
+                stream.write_flushed(&out).await?;
                 out.clear();
             }
             b'E' => return Err(login_error(&body)),

@@ -5,14 +5,13 @@ use super::connect::read_message;
 use super::{BackendError, Server};
 use crate::proto::{backend as msg, encode};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 /// Runs `sql` and waits for ReadyForQuery. ParameterStatus updates the server's parameters; an
 /// ErrorResponse fails the call (the server is then closed by the caller).
 pub async fn run_simple(server: &mut Server, sql: &str) -> Result<(), BackendError> {
     let mut out = BytesMut::with_capacity(sql.len() + 6);
     encode::query(&mut out, sql);
-    server.stream.write_all(&out).await?;
+    server.stream.write_flushed(&out).await?;
     let mut failure = None;
     loop {
         let (tag, body) = read_message(&mut server.stream, &mut server.rbuf).await?;
@@ -70,7 +69,7 @@ pub async fn lookup_second_column(
     .map_err(|_| crate::proto::ProtoError::Malformed("auth_query parameter"))?;
     frontend::execute("", 1, &mut out)?;
     frontend::sync(&mut out);
-    server.stream.write_all(&out).await?;
+    server.stream.write_flushed(&out).await?;
     let mut failure = None;
     let mut found = None;
     let mut rows = 0usize;

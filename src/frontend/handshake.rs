@@ -13,7 +13,7 @@ use crate::proto::startup::{self, StartupMessage, StartupPacket};
 use crate::proto::{sqlstate, ProtoError};
 use bytes::BytesMut;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A client that is logged in and has been welcomed.
 #[derive(Debug)]
@@ -87,7 +87,10 @@ async fn read_startup(
             }
             Ok(Some(StartupPacket::SslRequest)) => match &tls.acceptor {
                 Some(acceptor) if !stream.is_tls() && !stream.is_unix() => {
-                    stream.write_all(b"S").await.map_err(|_| LoginEnd::Gone)?;
+                    stream
+                        .write_flushed(b"S")
+                        .await
+                        .map_err(|_| LoginEnd::Gone)?;
                     // A failed handshake leaves nothing to send an error over.
                     stream
                         .accept_tls(acceptor)
@@ -96,12 +99,18 @@ async fn read_startup(
                     continue;
                 }
                 _ => {
-                    stream.write_all(b"N").await.map_err(|_| LoginEnd::Gone)?;
+                    stream
+                        .write_flushed(b"N")
+                        .await
+                        .map_err(|_| LoginEnd::Gone)?;
                     continue;
                 }
             },
             Ok(Some(StartupPacket::GssEncRequest)) => {
-                stream.write_all(b"N").await.map_err(|_| LoginEnd::Gone)?;
+                stream
+                    .write_flushed(b"N")
+                    .await
+                    .map_err(|_| LoginEnd::Gone)?;
                 continue;
             }
             Ok(Some(StartupPacket::Cancel { pid, secret })) => {
@@ -151,7 +160,10 @@ pub async fn login(
         let mut out = BytesMut::new();
         let names: Vec<&str> = unknown_options.iter().map(String::as_str).collect();
         encode::negotiate_protocol_version(&mut out, 0, &names);
-        stream.write_all(&out).await.map_err(|_| LoginEnd::Gone)?;
+        stream
+            .write_flushed(&out)
+            .await
+            .map_err(|_| LoginEnd::Gone)?;
         m.params.retain(|(k, _)| !k.starts_with("_pq_."));
     }
 
@@ -331,7 +343,10 @@ pub async fn login(
     }
     encode::backend_key_data(&mut out, cancel.pid, cancel.target_secret());
     encode::ready_for_query(&mut out, b'I');
-    stream.write_all(&out).await.map_err(|_| LoginEnd::Gone)?;
+    stream
+        .write_flushed(&out)
+        .await
+        .map_err(|_| LoginEnd::Gone)?;
     // From here on only the tracked parameters matter (a server is aligned to them); keeping the
     // server's whole set would cost every idle client a copy of it (about 1 KiB).
     shown.retain_names(&g.tracked_parameters);

@@ -10,7 +10,6 @@ pub use task::ClientTask;
 use crate::net::stream::Stream;
 use crate::proto::encode::{self, Severity};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 /// Sends an ErrorResponse, best effort: the client may already be gone.
 pub async fn send_error(
@@ -22,7 +21,7 @@ pub async fn send_error(
 ) {
     let mut out = BytesMut::with_capacity(64 + message.len());
     encode::error_response(&mut out, severity, code, message, detail);
-    let _ = stream.write_all(&out).await;
+    let _ = stream.write_flushed(&out).await;
 }
 
 /// A connection just accepted, and who it is from (for the log).

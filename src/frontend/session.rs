@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 /// Why a session ended, for the disconnect log line.
@@ -328,7 +328,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 for _ in 0..in_flight {
                     encode::ready_for_query(&mut out, b'I');
                 }
-                if stream.write_all(&out).await.is_err() {
+                if stream.write_flushed(&out).await.is_err() {
                     return Some("client unexpected eof".into());
                 }
             }
@@ -519,5 +519,5 @@ async fn answer_with_error(
         Some(message),
     );
     encode::ready_for_query(&mut out, b'I');
-    stream.write_all(&out).await.map_err(|e| e.to_string())
+    stream.write_flushed(&out).await.map_err(|e| e.to_string())
 }

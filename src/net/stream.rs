@@ -95,6 +95,15 @@ impl Stream {
         }
     }
 
+    /// Writes all of `buf` and flushes. TLS keeps what the socket would not take at once in its own
+    /// buffer, where it stays until the next write or a flush: a reply written without a flush may
+    /// never arrive.
+    pub async fn write_flushed(&mut self, buf: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(buf).await?;
+        self.flush().await
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
@@ -265,6 +274,13 @@ impl Stream {
             Stream::Tls(s) => (ReadHalf::Tls(s), WriteHalf::Tls(s)),
             Stream::Closed => (ReadHalf::Closed, WriteHalf::Closed),
         }
+    }
+}
+
+impl WriteHalf<'_> {
+    /// Whether bytes written may wait in a buffer of the stream's own until flushed (TLS).
+    pub fn buffers(&self) -> bool {
+        matches!(self, WriteHalf::Tls(_))
     }
 }
 

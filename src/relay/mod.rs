@@ -4,13 +4,14 @@
 //! the scanner finds frame boundaries (holding only the few frames the pooler must inspect), and the
 //! forwardable prefix is split off (no copy) and written. A direction reads again only when its previous
 //! bytes are written, which gives back-pressure without ever blocking the other direction. Every call
-//! inside the `select!` is cancel-safe (`read_buf`, `write_buf`), so no byte is lost when another branch
-//! wins.
+//! inside the `select!` is cancel-safe (`read_buf`, `write_buf`, `flush`), so no byte is lost when
+//! another branch wins. A TLS stream may accept bytes into a buffer of its own that the socket had no
+//! room for: a direction whose buffer is written out is flushed before the relay counts it done.
 
 use crate::backend::params::ParamSet;
 use crate::backend::Server;
 use crate::config::PoolMode;
-use crate::net::stream::Stream;
+use crate::net::stream::{Stream, WriteHalf};
 use crate::prepared::tracker::{Ctx, Tracker};
 use crate::prepared::{ClientState, PreparedStats, Registry, ServerStatements};
 use crate::proto::copy_in::CopyInSyncs;
@@ -194,6 +195,9 @@ pub async fn run(
     )?;
     let (mut cread, mut cwrite) = cstream.split();
     let (mut sread, mut swrite) = server.stream.split();
+    // Written bytes a TLS stream may still hold (see the module comment).
+    let mut server_unflushed = false;
+    let mut client_unflushed = false;
     let mut server_error: Option<String> = None;
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     tokio::pin!(stop);
@@ -203,7 +207,7 @@ pub async fn run(
             // takes the client's next bytes.
             std::mem::swap(cbuf, &mut to_server);
         }
-        if to_server.is_empty() && to_client.is_empty() {
+        if to_server.is_empty() && to_client.is_empty() && !server_unflushed && !client_unflushed {
             if t.terminated {
                 return Ok(Outcome::ClientGone {
                     clean: t.clean(cscan, &sscan),
@@ -259,15 +263,18 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            r = swrite.write_buf(&mut to_server), if !to_server.is_empty() => {
-                if let Err(e) = r {
-                    // An OS error is for the log; the client hears only that the server is gone.
-                    tracing::debug!(error = %e, "write to server failed");
-                    return server_gone(&t, None, &sscan);
+            r = write_or_flush(&mut swrite, &mut to_server), if !to_server.is_empty() || server_unflushed => {
+                match r {
+                    Ok(flushed) => server_unflushed = !flushed && swrite.buffers(),
+                    Err(e) => {
+                        // An OS error is for the log; the client hears only that the server is gone.
+                        tracing::debug!(error = %e, "write to server failed");
+                        return server_gone(&t, None, &sscan);
+                    }
                 }
             }
-            r = cwrite.write_buf(&mut to_client), if !to_client.is_empty() => {
-                r.map_err(RelayError::ClientIo)?;
+            r = write_or_flush(&mut cwrite, &mut to_client), if !to_client.is_empty() || client_unflushed => {
+                client_unflushed = !r.map_err(RelayError::ClientIo)? && cwrite.buffers();
             }
             r = sread.read_buf(&mut server.rbuf), if to_client.is_empty() && server_error.is_none() => {
                 match r {
@@ -295,6 +302,18 @@ pub async fn run(
             }
             () = &mut stop => return Ok(Outcome::Shutdown),
         }
+    }
+}
+
+/// Writes what `buf` holds, or flushes the stream once it is all written: returns whether it
+/// flushed. Either step is cancel-safe.
+async fn write_or_flush(w: &mut WriteHalf<'_>, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.is_empty() {
+        w.flush().await?;
+        Ok(true)
+    } else {
+        w.write_buf(buf).await?;
+        Ok(false)
     }
 }
 

@@ -186,6 +186,7 @@ fn relay_loop(c: &mut Criterion) {
     let mut scanner = Scanner::for_client();
     let mut params = ParamSet::default();
     let tracked: Vec<String> = Vec::new();
+    let stats = pgsluice::pool::PoolStats::default();
     let expected = reply.len() * BATCH;
     let mut answers = vec![0u8; expected];
 
@@ -209,6 +210,7 @@ fn relay_loop(c: &mut Criterion) {
                         prepared: None,
                     },
                     &mut server,
+                    &stats,
                     PoolMode::Transaction,
                     Timeouts {
                         query: None,

@@ -17,7 +17,6 @@ use crate::shutdown::Phase;
 use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -266,6 +265,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 }),
             },
             &mut conn.server,
+            &pool.stats,
             mode,
             Timeouts {
                 query: g.query_timeout,
@@ -280,7 +280,6 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         me.cancel.target.detach();
         match outcome {
             Ok(Outcome::Released) => {
-                pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
                 give_back(g, &pool, conn, mode, false).await;
                 if app.shutdown.phase() >= Phase::WaitForServers {
                     return Some(close_for_shutdown(stream).await);

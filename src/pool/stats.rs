@@ -1,8 +1,8 @@
 //! A pool's counters, PgBouncer's eleven, and their averages over the last `stats_period`.
 //!
-//! Counters are plain atomics, to be added once per checkout or per transaction, never per message.
-//! Bytes, queries and times are not counted yet: the relay will tally them locally and add them
-//! when it lets the server go.
+//! Counters are plain atomics, added once per checkout or per transaction, never per message: the
+//! relay counts bytes, queries and times locally (relay/counts.rs) and adds them as each
+//! transaction ends.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

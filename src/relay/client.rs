@@ -47,7 +47,7 @@ fn tracked_client_inspects(tag: u8, total: usize, hold: bool, max_held: usize) -
 pub(super) fn scan_client(
     cbuf: &mut BytesMut,
     cscan: &mut Scanner,
-    t: &mut Track,
+    t: &mut Track<'_>,
     tracking: Option<&mut Tracking<'_>>,
     server_statements: &mut ServerStatements,
     to_client: &mut BytesMut,
@@ -187,7 +187,7 @@ fn take_front(buf: &mut BytesMut, n: usize) -> BytesMut {
 fn scan_client_plain(
     cbuf: &mut BytesMut,
     cscan: &mut Scanner,
-    t: &mut Track,
+    t: &mut Track<'_>,
 ) -> Result<BytesMut, RelayError> {
     let mut terminate_len = 0;
     let scanned = cscan

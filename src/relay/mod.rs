@@ -12,6 +12,7 @@ use crate::backend::params::ParamSet;
 use crate::backend::Server;
 use crate::config::PoolMode;
 use crate::net::stream::{Stream, WriteHalf};
+use crate::pool::PoolStats;
 use crate::prepared::tracker::{Ctx, Tracker};
 use crate::prepared::{ClientState, PreparedStats, Registry, ServerStatements};
 use crate::proto::copy_in::CopyInSyncs;
@@ -126,7 +127,7 @@ pub struct Timeouts {
 
 /// Transaction bookkeeping for one attachment.
 #[derive(Debug)]
-struct Track {
+struct Track<'s> {
     /// Requests (Query, Sync, FunctionCall) forwarded and not yet answered with ReadyForQuery.
     pending: u32,
     /// Extended-protocol messages forwarded since the last Sync: the server is not free yet.
@@ -140,9 +141,18 @@ struct Track {
     timed: bool,
     /// Syncs sent into a copy-in are ignored by the server: no ReadyForQuery for them.
     copy: CopyInSyncs,
+    counts: Counts,
+    /// The pool's counters, which `counts` are added to.
+    stats: &'s PoolStats,
 }
 
-impl Track {
+impl Drop for Track<'_> {
+    fn drop(&mut self) {
+        self.counts.add_to(self.stats);
+    }
+}
+
+impl Track<'_> {
     fn clean(&self, client: &Scanner, server: &Scanner) -> bool {
         self.pending == 0
             && !self.unsynced
@@ -156,6 +166,7 @@ impl Track {
 pub async fn run(
     client: ClientSide<'_>,
     server: &mut Server,
+    stats: &PoolStats,
     mode: PoolMode,
     timeouts: Timeouts,
     stop: impl Future<Output = ()>,
@@ -183,6 +194,8 @@ pub async fn run(
         idle_since: Instant::now(),
         timed: timeouts.query.is_some() || timeouts.idle_transaction.is_some(),
         copy: CopyInSyncs::default(),
+        counts: Counts::default(),
+        stats,
     };
     let mut to_client = BytesMut::new();
     let mut to_server = scan_client(
@@ -279,11 +292,15 @@ pub async fn run(
             r = sread.read_buf(&mut server.rbuf), if to_client.is_empty() && server_error.is_none() => {
                 match r {
                     Ok(0) | Err(_) => return server_gone(&t, None, &sscan),
-                    Ok(_) => {
+                    Ok(n) => {
+                        t.counts.sent += n as u64;
                         let fatal;
                         (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode, tracking.as_mut(), &mut server.statements, &mut to_server)?;
                         if let Some(m) = fatal {
                             server_error = Some(m);
+                        }
+                        if t.counts.xacts != 0 {
+                            t.counts.add_to(t.stats);
                         }
                     }
                 }
@@ -291,7 +308,10 @@ pub async fn run(
             r = cread.read_buf(cbuf), if to_server.is_empty() && !t.terminated && !tracking.as_ref().is_some_and(|k| k.tracker().holds_client()) => {
                 match r {
                     Ok(0) | Err(_) => return Ok(Outcome::ClientGone { clean: t.clean(cscan, &sscan) && to_server.is_empty() }),
-                    Ok(_) => to_server = scan_client(cbuf, cscan, &mut t, tracking.as_mut(), &mut server.statements, &mut to_client)?,
+                    Ok(n) => to_server = {
+                        t.counts.received += n as u64;
+                        scan_client(cbuf, cscan, &mut t, tracking.as_mut(), &mut server.statements, &mut to_client)?
+                    },
                 }
             }
             () = async { if let Some(t) = timer.as_mut() { t.as_mut().await } }, if deadline.is_some() => {
@@ -342,7 +362,11 @@ enum Expiry {
     IdleTransaction,
 }
 
-fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Outcome, RelayError> {
+fn server_gone(
+    t: &Track<'_>,
+    message: Option<String>,
+    sscan: &Scanner,
+) -> Result<Outcome, RelayError> {
     if !sscan.at_boundary() {
         return Err(RelayError::ServerLostMidMessage);
     }
@@ -354,14 +378,18 @@ fn server_gone(t: &Track, message: Option<String>, sscan: &Scanner) -> Result<Ou
 }
 
 /// Notes a request forwarded to the server in the transaction bookkeeping.
-fn note_request(t: &mut Track, tag: u8) {
+fn note_request(t: &mut Track<'_>, tag: u8) {
     if !t.copy.on_client(tag) {
         return;
     }
     match tag {
         b'Q' | b'S' | b'F' => {
-            if t.pending == 0 && t.timed {
-                t.busy_since = Some(Instant::now());
+            if t.pending == 0 {
+                let now = Instant::now();
+                t.counts.request_started(now);
+                if t.timed {
+                    t.busy_since = Some(now);
+                }
             }
             t.pending += 1;
             t.unsynced = false;
@@ -373,7 +401,9 @@ fn note_request(t: &mut Track, tag: u8) {
 }
 
 mod client;
+mod counts;
 mod server;
 
 use client::scan_client;
+use counts::Counts;
 use server::scan_server;

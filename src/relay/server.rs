@@ -30,7 +30,7 @@ fn tracked_server_inspects(tag: u8, _total: usize) -> bool {
 pub(super) fn scan_server(
     rbuf: &mut BytesMut,
     sscan: &mut Scanner,
-    t: &mut Track,
+    t: &mut Track<'_>,
     params: &mut ParamSet,
     client_params: &mut ParamSet,
     tracked: &[String],
@@ -58,7 +58,7 @@ pub(super) fn scan_server(
                 };
                 let mut go_on = true;
                 // What the bookkeeping was before this frame, for a ReadyForQuery the tracker keeps.
-                let before = (t.pending, t.busy_since, t.idle_since);
+                let before = (t.pending, t.busy_since, t.idle_since, t.counts);
                 if tag == b'G' {
                     // CopyInResponse: Syncs already sent into this copy will not be answered.
                     t.pending = t.pending.saturating_sub(t.copy.on_copy_in());
@@ -69,9 +69,13 @@ pub(super) fn scan_server(
                             Ok(s) => {
                                 t.status = s;
                                 t.pending = t.pending.saturating_sub(1);
-                                if t.pending == 0 && t.timed {
-                                    t.busy_since = None;
-                                    t.idle_since = Instant::now();
+                                if t.pending == 0 {
+                                    let now = Instant::now();
+                                    t.counts.requests_answered(s, now);
+                                    if t.timed {
+                                        t.busy_since = None;
+                                        t.idle_since = now;
+                                    }
                                 }
                                 // Statement mode stops here so the caller can refuse the transaction.
                                 if mode == PoolMode::Statement && s != b'I' {
@@ -108,7 +112,7 @@ pub(super) fn scan_server(
                         if tag == b'Z' {
                             // A ReadyForQuery the tracker keeps answers the pooler's own Sync, or
                             // one it replays: the client's requests are still owed.
-                            (t.pending, t.busy_since, t.idle_since) = before;
+                            (t.pending, t.busy_since, t.idle_since, t.counts) = before;
                         }
                         cut = body.map(|b| 5 + b.len());
                         return false;

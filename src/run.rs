@@ -72,6 +72,8 @@ fn spawn_signal_handlers(app: Arc<App>) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -86,6 +88,14 @@ fn spawn_signal_handlers(app: Arc<App>) -> std::io::Result<()> {
                 _ = quit.recv() => {
                     tracing::info!("got SIGQUIT, shutting down now");
                     app.shutdown.request(Phase::Immediate);
+                }
+                _ = usr1.recv() => {
+                    tracing::info!("got SIGUSR1, pausing all databases");
+                    app.pools.pause(None);
+                }
+                _ = usr2.recv() => {
+                    tracing::info!("got SIGUSR2, resuming");
+                    app.pools.resume(None);
                 }
                 _ = hup.recv() => {
                     if let Err(e) = app.reload() {
@@ -109,7 +119,10 @@ async fn stats_loop(app: Arc<App>) {
     loop {
         tick.tick().await;
         let (mut xacts, mut wait_us, mut checkouts) = (0u64, 0u64, 0u64);
+        let micros = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
         for p in app.pools.all() {
+            // SHOW STATS' averages describe the period just closed.
+            p.stats.roll(micros);
             xacts += p.stats.xacts.load(Ordering::Relaxed);
             wait_us += p.stats.wait_us.load(Ordering::Relaxed);
             checkouts += p.stats.checkouts.load(Ordering::Relaxed);

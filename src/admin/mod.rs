@@ -3,8 +3,6 @@
 //! of a [`Console`] that the application implements. Nothing here does IO or knows of clients'
 //! sockets: the frontend reads a Query, calls [`execute`], writes what it produced.
 //!
-//! Not reachable yet: the frontend's console login and `impl Console for App` are the next step
-//! of issue 16.
 
 pub mod command;
 mod show;
@@ -14,6 +12,16 @@ pub use command::{Command, ShutdownMode};
 
 use crate::proto::encode;
 use bytes::BytesMut;
+
+/// SHOW VERSION's value and the first line of `--version`. Tools that read PgBouncer's version
+/// from it find the release whose console layouts pgsluice follows.
+pub const VERSION: &str = concat!(
+    "PgBouncer 1.25.0 compatible, pgsluice ",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// The console's `server_version` parameter, shaped as PgBouncer's (`<version>/bouncer`).
+pub const SERVER_VERSION: &str = "1.25.0/pgsluice";
 
 /// The names under which the console is reached.
 pub const DATABASES: [&str; 2] = ["pgbouncer", "pgsluice"];

@@ -54,6 +54,9 @@ pub struct RawGeneral {
     /// pgsluice only: `text` (PgBouncer's line shape) or `json`.
     pub log_format: LogFormat,
     pub auth_hba_file: Option<PathBuf>,
+    /// Users allowed every admin console command, and users allowed its read-only SHOW commands.
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
     pub auth_user: Option<String>,
     pub auth_query: String,
     pub auth_dbname: Option<String>,
@@ -116,6 +119,8 @@ impl Default for RawGeneral {
             workers: 0,
             log_format: LogFormat::Text,
             auth_hba_file: None,
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.into(),
             auth_dbname: None,
@@ -291,6 +296,8 @@ pub struct General {
     pub log_format: LogFormat,
     /// Rules from `auth_hba_file`, for `auth_type = hba`.
     pub auth_hba: Option<Arc<crate::auth::hba::HbaRules>>,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
     /// Who runs `auth_query` for users the auth file does not know.
     pub auth_user: Option<String>,
     pub auth_query: String,
@@ -465,6 +472,8 @@ impl Config {
             workers: g.workers,
             log_format: g.log_format,
             auth_hba,
+            admin_users: g.admin_users,
+            stats_users: g.stats_users,
             auth_user: g.auth_user,
             auth_query: g.auth_query,
             auth_dbname: g.auth_dbname,

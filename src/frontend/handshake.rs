@@ -15,6 +15,13 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
+/// What a login opens: a session on a pool, or the admin console.
+#[derive(Debug)]
+pub enum Login {
+    Pool(LoggedIn),
+    Console(crate::admin::Role),
+}
+
 /// A client that is logged in and has been welcomed.
 #[derive(Debug)]
 pub struct LoggedIn {
@@ -38,7 +45,7 @@ pub enum LoginEnd {
 /// Parameters a client may set at startup without being refused.
 const ALWAYS_ACCEPTED: [&str; 2] = ["user", "database"];
 
-async fn reject(stream: &mut Stream, code: &str, message: String) -> LoginEnd {
+pub(super) async fn reject(stream: &mut Stream, code: &str, message: String) -> LoginEnd {
     send_error(stream, Severity::Fatal, code, &message, None).await;
     LoginEnd::Rejected(message)
 }
@@ -140,11 +147,7 @@ async fn read_startup(
 
 /// Runs the whole login. On success the client has received AuthenticationOk, the parameters,
 /// its BackendKeyData and ReadyForQuery.
-pub async fn login(
-    app: &App,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-) -> Result<LoggedIn, LoginEnd> {
+pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result<Login, LoginEnd> {
     let config = app.config();
     let g = &config.general;
     let mut m = read_startup(app, stream, buf, &g.client_tls).await?;
@@ -180,6 +183,16 @@ pub async fn login(
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_owned();
+
+    if crate::admin::is_console(&database) {
+        // The console's own welcome ignores startup parameters, as PgBouncer's does.
+        let role = super::console::log_in(app, stream, buf, &user, &database).await?;
+        return Ok(Login::Console(role));
+    }
+    if app.pools.is_disabled(&database) {
+        let m = format!("database \"{database}\" is disabled");
+        return Err(reject(stream, sqlstate::PROTOCOL_VIOLATION, m).await);
+    }
 
     let mut params = ParamSet::default();
     for (k, v) in &m.params {
@@ -217,52 +230,9 @@ pub async fn login(
         .await);
     };
 
-    // PgBouncer's rule: TLS may be required of TCP clients, never of unix-socket ones.
-    if g.client_tls.mode.requires_tls() && !stream.is_tls() && !stream.is_unix() {
-        return Err(reject(
-            stream,
-            sqlstate::INVALID_AUTHORIZATION,
-            "SSL required".into(),
-        )
-        .await);
-    }
-    let method = match Method::from_auth_type(g.auth_type) {
-        Some(m) => m,
-        None => {
-            let transport = match stream.peer_ip() {
-                Some(addr) => Transport::Tcp {
-                    addr,
-                    tls: stream.is_tls(),
-                },
-                None => Transport::Unix,
-            };
-            match g
-                .auth_hba
-                .as_ref()
-                .and_then(|h| h.lookup(transport, &database, &user))
-            {
-                Some(hit) => Method::from_hba(hit.method),
-                None => {
-                    let (host, encryption) = match transport {
-                        Transport::Tcp { addr, tls } => (
-                            addr.to_string(),
-                            if tls {
-                                "SSL encryption"
-                            } else {
-                                "no encryption"
-                            },
-                        ),
-                        Transport::Unix => ("[local]".to_owned(), "no encryption"),
-                    };
-                    return Err(reject(
-                        stream,
-                        sqlstate::INVALID_AUTHORIZATION,
-                        format!("no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"),
-                    )
-                    .await);
-                }
-            }
-        }
+    let method = match auth_method(g, stream, &database, &user) {
+        Ok(m) => m,
+        Err((code, message)) => return Err(reject(stream, code, message).await),
     };
 
     let db_entry = config.database(&database);
@@ -351,9 +321,62 @@ pub async fn login(
     // server's whole set would cost every idle client a copy of it (about 1 KiB).
     shown.retain_names(&g.tracked_parameters);
     let shared = pool.share_client_params(shown);
-    Ok(LoggedIn {
+    pool.client_joined();
+    Ok(Login::Pool(LoggedIn {
         pool,
         params: shared,
         cancel,
-    })
+    }))
+}
+
+impl Drop for LoggedIn {
+    fn drop(&mut self) {
+        self.pool.client_left();
+    }
+}
+
+/// How a client must prove who it is: `auth_type`, or the hba rule for its connection. Refused
+/// (with the SQLSTATE and PostgreSQL's message) when TLS is required and missing, or no rule matches.
+pub(super) fn auth_method(
+    g: &crate::config::General,
+    stream: &Stream,
+    database: &str,
+    user: &str,
+) -> Result<Method, (&'static str, String)> {
+    // PgBouncer's rule: TLS may be required of TCP clients, never of unix-socket ones.
+    if g.client_tls.mode.requires_tls() && !stream.is_tls() && !stream.is_unix() {
+        return Err((sqlstate::INVALID_AUTHORIZATION, "SSL required".into()));
+    }
+    if let Some(m) = Method::from_auth_type(g.auth_type) {
+        return Ok(m);
+    }
+    let transport = match stream.peer_ip() {
+        Some(addr) => Transport::Tcp {
+            addr,
+            tls: stream.is_tls(),
+        },
+        None => Transport::Unix,
+    };
+    if let Some(hit) = g
+        .auth_hba
+        .as_ref()
+        .and_then(|h| h.lookup(transport, database, user))
+    {
+        return Ok(Method::from_hba(hit.method));
+    }
+    let (host, encryption) = match transport {
+        Transport::Tcp { addr, tls } => (
+            addr.to_string(),
+            if tls {
+                "SSL encryption"
+            } else {
+                "no encryption"
+            },
+        ),
+        Transport::Unix => ("[local]".to_owned(), "no encryption"),
+    };
+    Err((
+        sqlstate::INVALID_AUTHORIZATION,
+        format!("no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"),
+    ))
 }

@@ -1,6 +1,7 @@
 //! The client side: the login handshake and the per-client session loop.
 
 pub mod cancel;
+mod console;
 pub mod handshake;
 pub mod session;
 pub mod task;
@@ -35,7 +36,13 @@ pub struct Accepted {
 async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<session::Session> {
     let Accepted { mut stream, peer } = *accepted;
     let mut buf = BytesMut::with_capacity(1024);
-    let me = login_within_timeout(app, &mut stream, &mut buf, &peer).await?;
+    let me = match login_within_timeout(app, &mut stream, &mut buf, &peer).await? {
+        handshake::Login::Pool(me) => me,
+        handshake::Login::Console(role) => {
+            console::serve(app, &mut stream, &mut buf, role).await;
+            return None;
+        }
+    };
     let max_held = app.with_config(|c| c.general.max_held_message);
     Some(session::Session::new(stream, buf, peer, me, max_held))
 }
@@ -46,7 +53,7 @@ async fn login_within_timeout(
     stream: &mut Stream,
     buf: &mut BytesMut,
     peer: &str,
-) -> Option<handshake::LoggedIn> {
+) -> Option<handshake::Login> {
     let config = app.config();
     let g = &config.general;
     let login = handshake::login(app, stream, buf);
@@ -80,7 +87,7 @@ async fn login_within_timeout(
             return None;
         }
     };
-    if g.log_connections {
+    if let (true, handshake::Login::Pool(me)) = (g.log_connections, &me) {
         let tls = if stream.is_tls() { "yes" } else { "no" };
         let (db, user) = (&me.pool.key.database, &me.pool.key.user);
         tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls={tls}");

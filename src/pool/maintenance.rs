@@ -42,7 +42,7 @@ fn tidy(pool: &Arc<Pool>) {
                 .is_some_and(|t| now.duration_since(server.last_used) >= t);
         too_old || idle_too_long || s.closing || !server.is_healthy_idle()
     });
-    if s.closing || s.min_pool_size == 0 {
+    if s.closing || s.min_pool_size == 0 || pool.is_paused() {
         return;
     }
     let (_, total) = pool.counts();

@@ -6,6 +6,7 @@
 //! come, first served: a returned server, or a freed slot, is handed straight to the oldest waiter.
 
 mod connect_gate;
+mod control;
 pub mod limit;
 pub mod maintenance;
 mod open;
@@ -22,7 +23,7 @@ use limit::Limit;
 use open::LoginFailure;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -87,6 +88,8 @@ enum Grant {
 /// ([`Pool::tend_waiters`]), so a wait arms no timer of its own: in a busy pool most checkouts wait.
 struct Waiter {
     tx: oneshot::Sender<Grant>,
+    /// When the client began to wait, for SHOW POOLS' maxwait.
+    since: Instant,
     deadline: Option<Instant>,
     reserve_at: Option<Instant>,
 }
@@ -101,6 +104,8 @@ struct Inner {
     total: usize,
     waiters: VecDeque<Waiter>,
     gate: ConnectGate,
+    /// RECONNECT: servers opened before this are closed when released.
+    retire_before: Option<Instant>,
 }
 
 pub struct Pool {
@@ -117,6 +122,25 @@ pub struct Pool {
     /// When and how opening a server last failed, for `server_login_retry`.
     last_login_failure: Mutex<Option<LoginFailure>>,
     pub stats: PoolStats,
+    /// Clients logged in to this pool ([`Pool::client_joined`], [`Pool::client_left`]).
+    clients: AtomicUsize,
+    /// Servers being opened.
+    opening: AtomicUsize,
+    /// PAUSE: checkouts wait for `resumed` (control.rs).
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
+}
+
+/// A pool's clients and servers by state, for the admin console.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Census {
+    pub clients: usize,
+    pub waiting: usize,
+    pub servers: usize,
+    pub idle: usize,
+    pub opening: usize,
+    /// Microseconds the longest-waiting client has waited.
+    pub max_wait_us: u64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -179,6 +203,37 @@ impl Pool {
             client_params: Mutex::default(),
             last_login_failure: Mutex::new(None),
             stats: PoolStats::default(),
+            clients: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn client_joined(&self) {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_left(&self) {
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn census(&self) -> Census {
+        let now = Instant::now();
+        let i = self.inner.lock();
+        let live = i.waiters.iter().filter(|w| !w.tx.is_closed());
+        let (waiting, oldest) = live.fold((0, None), |(n, o): (usize, Option<Instant>), w| {
+            (n + 1, Some(o.map_or(w.since, |o| o.min(w.since))))
+        });
+        Census {
+            clients: self.clients.load(Ordering::Relaxed),
+            waiting,
+            servers: i.total,
+            idle: i.idle.len(),
+            opening: self.opening.load(Ordering::Relaxed),
+            max_wait_us: oldest.map_or(0, |o| {
+                u64::try_from(now.saturating_duration_since(o).as_micros()).unwrap_or(u64::MAX)
+            }),
         }
     }
 
@@ -340,6 +395,9 @@ impl Pool {
     /// Gets a server for a client: an idle one, a new one, or the next one freed, in that order,
     /// waiting at most `query_wait_timeout` (the reserve pool opens after `reserve_pool_timeout`).
     pub async fn checkout(self: &Arc<Self>) -> Result<Conn, PoolError> {
+        if self.is_paused() {
+            self.wait_resumed().await;
+        }
         let started = Instant::now();
         let settings = self.settings();
         let wait_deadline = settings.query_wait_timeout.map(|t| started + t);
@@ -369,6 +427,7 @@ impl Pool {
                                     let (tx, rx) = oneshot::channel();
                                     let w = Waiter {
                                         tx,
+                                        since: started,
                                         deadline: wait_deadline,
                                         reserve_at,
                                     };
@@ -503,13 +562,22 @@ impl Pool {
                 || s.server_lifetime
                     .is_some_and(|l| now.saturating_duration_since(conn.server.created) >= l)
         });
-        if expired {
+        if expired || self.is_paused() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if inner
+            .retire_before
+            .is_some_and(|t| conn.server.created <= t)
+        {
+            // Closed outside the lock: the slot's release takes it.
+            drop(inner);
+            drop(conn);
             return;
         }
         let Conn { mut server, slot } = conn;
         server.last_used = now;
         slot.disarm();
-        let mut inner = self.inner.lock();
         let mut grant = Grant::Server(server);
         while let Some(w) = inner.waiters.pop_front() {
             match w.tx.send(grant) {

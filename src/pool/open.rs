@@ -4,6 +4,7 @@
 use super::{Conn, Pool, PoolSettings};
 use crate::backend::connect::{self, LoginParams};
 use crate::backend::{BackendError, Server};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -13,6 +14,22 @@ pub(super) struct LoginFailure {
     at: Instant,
     code: String,
     message: String,
+}
+
+/// Counts a server being opened (SHOW POOLS' sv_login), also when its client goes away mid-login.
+struct Opening<'a>(&'a Pool);
+
+impl<'a> Opening<'a> {
+    fn new(pool: &'a Pool) -> Self {
+        pool.opening.fetch_add(1, Ordering::Relaxed);
+        Self(pool)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -45,7 +62,9 @@ impl Pool {
         }
         // Boxed: a login (TLS, SCRAM) is a large future, and inline it would enlarge every client's
         // task for its whole life, idle or not. Opening a server is rare enough for the allocation.
+        let opening = Opening::new(self);
         let opened = Box::pin(self.open_now(settings)).await;
+        drop(opening);
         match &opened {
             Ok(_) => {
                 *self.last_login_failure.lock() = None;

@@ -11,6 +11,8 @@ pub struct Registry {
     pools: DashMap<PoolKey, Arc<Pool>>,
     db_limits: DashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
+    /// PAUSE and DISABLE, per database (control.rs).
+    pub(super) switches: parking_lot::Mutex<super::control::Switches>,
 }
 
 impl Registry {
@@ -24,12 +26,17 @@ impl Registry {
         self.pools
             .entry(key.clone())
             .or_insert_with(|| {
+                let paused = self.switches.lock().paused(&key.database);
                 let pool = Arc::new(Pool::new(
                     key,
                     settings,
                     db_limit.clone(),
                     user_limit.clone(),
                 ));
+                if paused {
+                    pool.paused
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 db_limit.join(&pool);
                 user_limit.join(&pool);
                 pool

@@ -40,6 +40,11 @@ pub struct Postgres {
     pub certs: TestCerts,
 }
 
+/// PostgreSQL's psql, from the same installation as the test server.
+pub fn psql_bin() -> PathBuf {
+    bindir().join("psql")
+}
+
 fn bindir() -> PathBuf {
     if let Ok(d) = std::env::var("PG_BINDIR") {
         return d.into();

@@ -75,8 +75,13 @@ pub fn error_message(bytes: &[u8]) -> Option<String> {
 
 /// Logs in as the md5 user by hand (MD5 over the wire), reading up to ReadyForQuery.
 pub async fn login_md5(raw: &mut tokio::net::TcpStream) {
+    login_md5_to(raw, "appdb").await;
+}
+
+/// Logs in as the md5 user to `database`, up to ReadyForQuery.
+pub async fn login_md5_to(raw: &mut tokio::net::TcpStream, database: &str) {
     use md5::{Digest, Md5};
-    let pkt = startup(196608, &[("user", MD5_USER), ("database", "appdb")]);
+    let pkt = startup(196608, &[("user", MD5_USER), ("database", database)]);
     raw.write_all(&pkt).await.unwrap();
     let (tag, msg) = read_message(raw).await;
     assert_eq!(tag, b'R');
@@ -147,4 +152,20 @@ pub async fn read_until_ready(raw: &mut tokio::net::TcpStream) -> (Vec<u8>, Opti
             return (tags, code);
         }
     }
+}
+
+/// The (name, type OID) of each column of a RowDescription body.
+pub fn row_description(body: &[u8]) -> Vec<(String, u32)> {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut rest = &body[2..];
+    let mut cols = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = rest.iter().position(|&b| b == 0).unwrap();
+        let name = String::from_utf8(rest[..end].to_vec()).unwrap();
+        rest = &rest[end + 1..];
+        let oid = u32::from_be_bytes([rest[6], rest[7], rest[8], rest[9]]);
+        rest = &rest[18..];
+        cols.push((name, oid));
+    }
+    cols
 }

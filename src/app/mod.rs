@@ -1,6 +1,8 @@
 //! The application: owns the configuration, the pools, the cancel map and the shutdown state, and
 //! hands them out explicitly (no process-global state, so tests can run many Apps side by side).
 
+mod console;
+
 use crate::auth::client::VerifierCache;
 use crate::auth::store::SecretStore;
 use crate::config::Config;

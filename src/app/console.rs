@@ -1,0 +1,414 @@
+//! What the admin console reads from and asks of the running pooler: `impl Console for App`.
+//!
+//! Rows are gathered from the pools' census and counters at the time of the command; nothing here
+//! is kept up to date on the data path.
+
+use super::App;
+use crate::admin::{
+    ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PoolRow, ShutdownMode, UserRow,
+};
+use crate::config::{Config, PoolMode};
+use crate::pool::stats::averages;
+use crate::shutdown::Phase;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn mode_name(m: PoolMode) -> &'static str {
+    match m {
+        PoolMode::Session => "session",
+        PoolMode::Transaction => "transaction",
+        PoolMode::Statement => "statement",
+    }
+}
+
+fn counters(v: [u64; 11]) -> Counters {
+    Counters {
+        server_assignment_count: v[0],
+        xact_count: v[1],
+        query_count: v[2],
+        received: v[3],
+        sent: v[4],
+        xact_time: v[5],
+        query_time: v[6],
+        wait_time: v[7],
+        client_parse_count: v[8],
+        server_parse_count: v[9],
+        bind_count: v[10],
+    }
+}
+
+fn seconds(d: Option<Duration>) -> String {
+    d.map_or_else(|| "0".to_owned(), |d| d.as_secs_f64().to_string())
+}
+
+/// SHOW CONFIG's rows: the settings pgsluice implements, as in force, and whether RELOAD (or SET)
+/// changes them.
+fn config_rows(c: &Config) -> Vec<ConfigRow> {
+    let g = &c.general;
+    let d = crate::config::RawGeneral::default();
+    let row = |key: &str, value: String, default: String, changeable: bool| ConfigRow {
+        key: key.to_owned(),
+        value,
+        default,
+        changeable,
+    };
+    let secs = |v: f64| {
+        if v == 0.0 {
+            "0".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    vec![
+        row(
+            "listen_addr",
+            g.listen_addr.join(","),
+            d.listen_addr.join(","),
+            false,
+        ),
+        row(
+            "listen_port",
+            g.listen_port.to_string(),
+            d.listen_port.to_string(),
+            false,
+        ),
+        row(
+            "unix_socket_dir",
+            g.unix_socket_dir
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            d.unix_socket_dir.clone(),
+            false,
+        ),
+        row(
+            "max_client_conn",
+            g.max_client_conn.to_string(),
+            d.max_client_conn.to_string(),
+            true,
+        ),
+        row(
+            "pool_mode",
+            mode_name(g.pool_mode).into(),
+            mode_name(d.pool_mode).into(),
+            true,
+        ),
+        row(
+            "default_pool_size",
+            g.default_pool_size.to_string(),
+            d.default_pool_size.to_string(),
+            true,
+        ),
+        row(
+            "min_pool_size",
+            g.min_pool_size.to_string(),
+            d.min_pool_size.to_string(),
+            true,
+        ),
+        row(
+            "reserve_pool_size",
+            g.reserve_pool_size.to_string(),
+            d.reserve_pool_size.to_string(),
+            true,
+        ),
+        row(
+            "max_db_connections",
+            g.max_db_connections.to_string(),
+            d.max_db_connections.to_string(),
+            true,
+        ),
+        row(
+            "max_user_connections",
+            g.max_user_connections.to_string(),
+            d.max_user_connections.to_string(),
+            true,
+        ),
+        row(
+            "max_prepared_statements",
+            g.max_prepared_statements.to_string(),
+            d.max_prepared_statements.to_string(),
+            true,
+        ),
+        row(
+            "query_timeout",
+            seconds(g.query_timeout),
+            secs(d.query_timeout),
+            true,
+        ),
+        row(
+            "query_wait_timeout",
+            seconds(g.query_wait_timeout),
+            secs(d.query_wait_timeout),
+            true,
+        ),
+        row(
+            "idle_transaction_timeout",
+            seconds(g.idle_transaction_timeout),
+            secs(d.idle_transaction_timeout),
+            true,
+        ),
+        row(
+            "client_idle_timeout",
+            seconds(g.client_idle_timeout),
+            secs(d.client_idle_timeout),
+            true,
+        ),
+        row(
+            "server_idle_timeout",
+            seconds(g.server_idle_timeout),
+            secs(d.server_idle_timeout),
+            true,
+        ),
+        row(
+            "server_lifetime",
+            seconds(g.server_lifetime),
+            secs(d.server_lifetime),
+            true,
+        ),
+        row(
+            "stats_period",
+            seconds(g.stats_period),
+            secs(d.stats_period),
+            true,
+        ),
+        row("admin_users", g.admin_users.join(","), String::new(), true),
+        row("stats_users", g.stats_users.join(","), String::new(), true),
+    ]
+}
+
+impl App {
+    /// A `[databases]` entry by its own name, or one the `*` entry has opened a pool for: as
+    /// PgBouncer, where the wildcard's databases exist once used.
+    fn known_database(&self, name: &str) -> bool {
+        name != "*"
+            && (self.with_config(|c| c.databases.contains_key(name))
+                || self.pools.all().iter().any(|p| p.key.database == name))
+    }
+}
+
+impl Console for App {
+    fn version(&self) -> String {
+        crate::admin::VERSION.to_owned()
+    }
+
+    fn pools(&self) -> Vec<PoolRow> {
+        let mut rows: Vec<PoolRow> = self
+            .pools
+            .all()
+            .iter()
+            .map(|p| {
+                let c = p.census();
+                PoolRow {
+                    database: p.key.database.clone(),
+                    user: p.key.user.clone(),
+                    cl_active: c.clients.saturating_sub(c.waiting),
+                    cl_waiting: c.waiting,
+                    sv_active: c.servers.saturating_sub(c.idle + c.opening),
+                    sv_idle: c.idle,
+                    sv_used: 0,
+                    sv_tested: 0,
+                    sv_login: c.opening,
+                    maxwait_us: c.max_wait_us,
+                    pool_mode: mode_name(p.with_settings(|s| s.mode)),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        rows
+    }
+
+    fn stats(&self) -> Vec<DatabaseStats> {
+        // PgBouncer's STATS are per database: the pools of each are summed.
+        let mut by_db: BTreeMap<String, ([u64; 11], [u64; 11], u64)> = BTreeMap::new();
+        for p in self.pools.all() {
+            let e = by_db.entry(p.key.database.clone()).or_default();
+            let (delta, micros) = p.stats.last_period();
+            for (i, v) in p.stats.totals().into_iter().enumerate() {
+                e.0[i] += v;
+                e.1[i] += delta[i];
+            }
+            e.2 = e.2.max(micros);
+        }
+        by_db
+            .into_iter()
+            .map(|(database, (totals, delta, micros))| DatabaseStats {
+                database,
+                totals: counters(totals),
+                averages: counters(averages(&delta, micros)),
+            })
+            .collect()
+    }
+
+    fn databases(&self) -> Vec<DatabaseRow> {
+        let config = self.config();
+        let pools = self.pools.all();
+        let mut rows: Vec<DatabaseRow> = config
+            .databases
+            .values()
+            .filter(|d| d.name != "*")
+            .map(|d| {
+                let mine = pools.iter().filter(|p| p.key.database == d.name);
+                let (servers, clients) = mine.fold((0, 0), |(s, c), p| {
+                    let n = p.census();
+                    (s + n.servers, c + n.clients)
+                });
+                let g = &config.general;
+                DatabaseRow {
+                    name: d.name.clone(),
+                    host: Some(d.host.clone()),
+                    port: d.port,
+                    database: d.dbname.clone().unwrap_or_else(|| d.name.clone()),
+                    force_user: d.user.clone(),
+                    pool_size: d.pool_size.unwrap_or(g.default_pool_size),
+                    min_pool_size: d.min_pool_size.unwrap_or(g.min_pool_size),
+                    reserve_pool_size: d.reserve_pool.unwrap_or(g.reserve_pool_size),
+                    server_lifetime: g.server_lifetime.map_or(0, |l| l.as_secs()),
+                    pool_mode: d.pool_mode.map(|m| mode_name(m).to_owned()),
+                    max_connections: d.max_db_connections.unwrap_or(g.max_db_connections),
+                    current_connections: servers,
+                    max_client_connections: 0,
+                    current_client_connections: clients,
+                    paused: self.pools.is_paused(Some(&d.name)),
+                    disabled: self.pools.is_disabled(&d.name),
+                }
+            })
+            .collect();
+        // The console itself, as PgBouncer lists it.
+        rows.push(DatabaseRow {
+            name: "pgbouncer".into(),
+            host: None,
+            port: config.general.listen_port,
+            database: "pgbouncer".into(),
+            force_user: Some("pgbouncer".into()),
+            pool_size: 2,
+            pool_mode: Some("statement".into()),
+            ..DatabaseRow::default()
+        });
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
+    }
+
+    fn users(&self) -> Vec<UserRow> {
+        let config = self.config();
+        let pools = self.pools.all();
+        config
+            .users
+            .iter()
+            .map(|(name, u)| {
+                let mine = pools.iter().filter(|p| &p.key.user == name);
+                let (servers, clients) = mine.fold((0, 0), |(s, c), p| {
+                    let n = p.census();
+                    (s + n.servers, c + n.clients)
+                });
+                UserRow {
+                    name: name.clone(),
+                    pool_size: u.pool_size,
+                    reserve_pool_size: None,
+                    pool_mode: u.pool_mode.map(|m| mode_name(m).to_owned()),
+                    max_user_connections: u
+                        .max_user_connections
+                        .unwrap_or(config.general.max_user_connections),
+                    current_connections: servers,
+                    max_user_client_connections: 0,
+                    current_client_connections: clients,
+                }
+            })
+            .collect()
+    }
+
+    fn config(&self) -> Vec<ConfigRow> {
+        config_rows(&self.config())
+    }
+
+    fn lists(&self) -> Lists {
+        let config = self.config();
+        let pools = self.pools.all();
+        let (mut clients, mut servers, mut idle) = (0, 0, 0);
+        for p in &pools {
+            let c = p.census();
+            clients += c.clients;
+            servers += c.servers;
+            idle += c.idle;
+        }
+        Lists {
+            databases: config.databases.len(),
+            users: config.users.len(),
+            pools: pools.len(),
+            free_clients: 0,
+            used_clients: clients,
+            login_clients: 0,
+            free_servers: idle,
+            used_servers: servers.saturating_sub(idle),
+        }
+    }
+
+    fn state(&self) -> (bool, bool) {
+        (
+            self.pools.is_paused(None),
+            self.shutdown.phase() != Phase::Running,
+        )
+    }
+
+    fn pause(&self, db: Option<&str>) -> Result<(), String> {
+        if let Some(d) = db {
+            if crate::admin::is_console(d) {
+                return Err(format!("cannot pause admin db: {d}"));
+            }
+            if !self.known_database(d) {
+                return Err(format!("no such database: {d}"));
+            }
+        }
+        if self.pools.is_paused(db) {
+            return Err("already suspended/paused".into());
+        }
+        self.pools.pause(db);
+        Ok(())
+    }
+
+    fn paused(&self, db: Option<&str>) -> bool {
+        self.pools.drained(db)
+    }
+
+    fn resume(&self, db: Option<&str>) -> Result<(), String> {
+        if self.shutdown.phase() != Phase::Running {
+            return Err("pooler is shutting down".into());
+        }
+        if self.pools.resume(db) {
+            Ok(())
+        } else {
+            Err(match db {
+                Some(d) => format!("database {d} is not paused"),
+                None => "pooler is not paused/suspended".into(),
+            })
+        }
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        App::reload(self).map_err(|e| e.to_string())
+    }
+
+    fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String> {
+        if !self.known_database(db) {
+            return Err(format!("no such database: {db}"));
+        }
+        self.pools.set_disabled(db, disabled);
+        Ok(())
+    }
+
+    fn reconnect(&self, db: Option<&str>) -> Result<(), String> {
+        if let Some(d) = db {
+            if !self.known_database(d) {
+                return Err(format!("no such database: {d}"));
+            }
+        }
+        self.pools.reconnect(db);
+        Ok(())
+    }
+
+    fn shutdown(&self, mode: ShutdownMode) {
+        self.shutdown.request(match mode {
+            ShutdownMode::Immediate => Phase::Immediate,
+            ShutdownMode::WaitForServers => Phase::WaitForServers,
+            ShutdownMode::WaitForClients => Phase::WaitForClients,
+        });
+    }
+}

@@ -1,0 +1,235 @@
+//! A client of the admin console (database `pgbouncer` or `pgsluice`): who may log in, the welcome,
+//! and the loop that reads simple Queries and hands each to [`admin::execute`].
+//!
+//! Console input is as untrusted as any: a command over [`MAX_COMMAND`] bytes is skipped unread and
+//! answered with an error, extended-protocol messages get an error (and ReadyForQuery at their
+//! Sync), and the connection stays usable in every case.
+
+use super::handshake::{auth_method, reject, LoginEnd};
+use crate::admin::{self, After, Console, Role};
+use crate::app::App;
+use crate::auth::client::{authenticate, AuthContext, AuthError};
+use crate::net::stream::Stream;
+use crate::proto::{encode, sqlstate};
+use bytes::{Buf, BytesMut};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// The longest command read; PgBouncer's own parser takes far less.
+pub const MAX_COMMAND: usize = 64 * 1024;
+
+/// How often a PAUSE waiting for servers to be released looks again.
+const PAUSE_POLL: Duration = Duration::from_millis(20);
+
+/// PgBouncer's rule: user `pgbouncer` on the unix socket, from the uid the pooler runs as, is an
+/// admin without a password (CloudNativePG's Pooler pods drive the pooler exactly so).
+fn same_uid_superuser(stream: &Stream, user: &str) -> bool {
+    user == "pgbouncer" && stream.peer_uid() == Some(rustix::process::geteuid().as_raw())
+}
+
+/// Authenticates a console client as any client is (auth_type, hba, auth_file; no auth_query),
+/// then admits `admin_users` and `stats_users`. Others are refused after authentication, so that
+/// the answer does not tell who is an admin.
+pub(super) async fn log_in(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+    database: &str,
+) -> Result<Role, LoginEnd> {
+    let config = app.config();
+    let g = &config.general;
+    let role = if same_uid_superuser(stream, user) || g.admin_users.iter().any(|u| u == user) {
+        Some(Role::Admin)
+    } else if g.stats_users.iter().any(|u| u == user) {
+        Some(Role::Stats)
+    } else {
+        None
+    };
+    if !same_uid_superuser(stream, user) {
+        let method = match auth_method(g, stream, database, user) {
+            Ok(m) => m,
+            Err((code, message)) => return Err(reject(stream, code, message).await),
+        };
+        let ctx = AuthContext {
+            user,
+            secret: config.auth_secrets.get(user),
+            verifiers: &app.verifiers,
+            keys: &app.secrets,
+            end_point: g.client_tls.end_point.as_deref(),
+        };
+        if let Err(e) = authenticate(stream, buf, method, &ctx).await {
+            return Err(match e {
+                AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
+                AuthError::Failed(_) => {
+                    let m = format!("password authentication failed for user \"{user}\"");
+                    reject(stream, e.sqlstate(), m).await
+                }
+                other => reject(stream, other.sqlstate(), other.to_string()).await,
+            });
+        }
+    }
+    let Some(role) = role else {
+        let m = format!("user \"{user}\" is not allowed to use the admin console");
+        return Err(reject(stream, sqlstate::INVALID_AUTHORIZATION, m).await);
+    };
+    let mut out = BytesMut::with_capacity(256);
+    encode::auth_ok(&mut out);
+    for (k, v) in [
+        ("server_version", admin::SERVER_VERSION),
+        ("client_encoding", "UTF8"),
+        ("server_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("TimeZone", "GMT"),
+        ("standard_conforming_strings", "on"),
+        ("is_superuser", "on"),
+    ] {
+        encode::parameter_status(&mut out, k, v);
+    }
+    // Nothing to cancel on the console; the key is there for drivers that insist on one.
+    encode::backend_key_data(&mut out, rand::random(), rand::random());
+    encode::ready_for_query(&mut out, b'I');
+    stream
+        .write_flushed(&out)
+        .await
+        .map_err(|_| LoginEnd::Gone)?;
+    Ok(role)
+}
+
+/// One message from the console client.
+enum Message {
+    /// Tag and body.
+    Frame(u8, BytesMut),
+    /// A message over [`MAX_COMMAND`], skipped.
+    TooLarge(u8),
+    Gone,
+}
+
+async fn next_message(stream: &mut Stream, buf: &mut BytesMut) -> Message {
+    loop {
+        if buf.len() >= 5 {
+            let tag = buf[0];
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len < 4 {
+                return Message::Gone;
+            }
+            if len > MAX_COMMAND {
+                // Skip the rest as it arrives, a bounded buffer at a time.
+                let mut left = 1 + len;
+                loop {
+                    let n = left.min(buf.len());
+                    buf.advance(n);
+                    left -= n;
+                    if left == 0 {
+                        return Message::TooLarge(tag);
+                    }
+                    buf.reserve(MAX_COMMAND.min(left));
+                    match stream.read_buf(buf).await {
+                        Ok(0) | Err(_) => return Message::Gone,
+                        Ok(_) => {}
+                    }
+                }
+            }
+            if buf.len() > len {
+                let mut frame = buf.split_to(1 + len);
+                frame.advance(5);
+                return Message::Frame(tag, frame);
+            }
+        }
+        buf.reserve(1024);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Message::Gone,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Serves console commands until the client leaves or a SHUTDOWN ends the process.
+pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, role: Role) {
+    let mut out = BytesMut::with_capacity(4096);
+    // An extended-protocol batch was refused: its messages are ignored until its Sync.
+    let mut refused_batch = false;
+    loop {
+        out.clear();
+        let after = match next_message(stream, buf).await {
+            Message::Gone | Message::Frame(b'X', _) => return,
+            Message::Frame(b'Q', body) => {
+                refused_batch = false;
+                let text = body.strip_suffix(b"\0").unwrap_or(&body);
+                match std::str::from_utf8(text) {
+                    Ok(q) => admin::execute(app, role, q, &mut out),
+                    Err(_) => {
+                        admin::error(&mut out, sqlstate::PROTOCOL_VIOLATION, "invalid command");
+                        After::Ready
+                    }
+                }
+            }
+            Message::TooLarge(b'Q') => {
+                admin::error(&mut out, sqlstate::PROTOCOL_VIOLATION, "command too long");
+                After::Ready
+            }
+            Message::Frame(b'S', _) if refused_batch => {
+                refused_batch = false;
+                After::Ready
+            }
+            Message::Frame(b'S' | b'H', _) => continue,
+            Message::Frame(tag, _) | Message::TooLarge(tag) => {
+                let extended = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C');
+                if extended && refused_batch {
+                    continue;
+                }
+                let message = if extended {
+                    "extended query protocol not supported by admin console".to_owned()
+                } else {
+                    format!("unsupported packet type for admin console: {tag}")
+                };
+                admin::error(&mut out, sqlstate::PROTOCOL_VIOLATION, &message);
+                if extended {
+                    refused_batch = true;
+                    if stream.write_flushed(&out).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                After::Ready
+            }
+        };
+        match after {
+            After::Ready => {}
+            After::Close => {
+                let _ = stream.write_flushed(&out).await;
+                return;
+            }
+            After::WaitPaused(db) => {
+                if !wait_paused(app, stream, buf, db.as_deref()).await {
+                    return;
+                }
+                encode::command_complete(&mut out, "PAUSE");
+            }
+        }
+        encode::ready_for_query(&mut out, b'I');
+        if stream.write_flushed(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until no server of the paused target is in use; false if the client left meanwhile (the
+/// pause stays, as in PgBouncer).
+async fn wait_paused(app: &App, stream: &mut Stream, buf: &mut BytesMut, db: Option<&str>) -> bool {
+    while !app.paused(db) {
+        tokio::select! {
+            () = tokio::time::sleep(PAUSE_POLL) => {}
+            r = stream.read_buf(buf) => {
+                if matches!(r, Ok(0) | Err(_)) {
+                    return false;
+                }
+            }
+        }
+        if buf.len() > MAX_COMMAND {
+            // What a client sends while waiting is read later; a flood is not kept.
+            return false;
+        }
+    }
+    true
+}

@@ -5,7 +5,7 @@
 //! answered with an error, extended-protocol messages get an error (and ReadyForQuery at their
 //! Sync), and the connection stays usable in every case.
 
-use super::handshake::{auth_method, reject, LoginEnd};
+use super::login::{auth_method, reject, LoginEnd};
 use crate::admin::{self, After, Console, Role};
 use crate::app::App;
 use crate::auth::client::{authenticate, AuthContext, AuthError};

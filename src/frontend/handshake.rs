@@ -1,14 +1,14 @@
 //! From the first byte to ReadyForQuery: startup packet, login checks, authentication, welcome.
 
-use super::send_error;
+pub use super::login::LoginEnd;
+use super::login::{auth_method, reject};
 use crate::app::App;
-use crate::auth::client::{authenticate, AuthContext, AuthError, Method};
-use crate::auth::hba::Transport;
+use crate::auth::client::{authenticate, AuthContext, AuthError};
 use crate::backend::params::ParamSet;
 use crate::net::stream::Stream;
 use crate::net::tls::{ClientTls, ALPN_POSTGRESQL};
 use crate::pool::{Pool, PoolKey, PoolSettings};
-use crate::proto::encode::{self, Severity};
+use crate::proto::encode;
 use crate::proto::startup::{self, StartupMessage, StartupPacket};
 use crate::proto::{sqlstate, ProtoError};
 use bytes::BytesMut;
@@ -31,24 +31,8 @@ pub struct LoggedIn {
     pub cancel: super::cancel::CancelRegistration,
 }
 
-/// Why a login ended without a session. Rejections have already been told to the client.
-#[derive(Debug, thiserror::Error)]
-pub enum LoginEnd {
-    #[error("cancel request")]
-    Cancel,
-    #[error("{0}")]
-    Rejected(String),
-    #[error("client went away during login")]
-    Gone,
-}
-
 /// Parameters a client may set at startup without being refused.
 const ALWAYS_ACCEPTED: [&str; 2] = ["user", "database"];
-
-pub(super) async fn reject(stream: &mut Stream, code: &str, message: String) -> LoginEnd {
-    send_error(stream, Severity::Fatal, code, &message, None).await;
-    LoginEnd::Rejected(message)
-}
 
 /// The first byte of a TLS handshake record: a client starting TLS without SSLRequest.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -333,50 +317,4 @@ impl Drop for LoggedIn {
     fn drop(&mut self) {
         self.pool.client_left();
     }
-}
-
-/// How a client must prove who it is: `auth_type`, or the hba rule for its connection. Refused
-/// (with the SQLSTATE and PostgreSQL's message) when TLS is required and missing, or no rule matches.
-pub(super) fn auth_method(
-    g: &crate::config::General,
-    stream: &Stream,
-    database: &str,
-    user: &str,
-) -> Result<Method, (&'static str, String)> {
-    // PgBouncer's rule: TLS may be required of TCP clients, never of unix-socket ones.
-    if g.client_tls.mode.requires_tls() && !stream.is_tls() && !stream.is_unix() {
-        return Err((sqlstate::INVALID_AUTHORIZATION, "SSL required".into()));
-    }
-    if let Some(m) = Method::from_auth_type(g.auth_type) {
-        return Ok(m);
-    }
-    let transport = match stream.peer_ip() {
-        Some(addr) => Transport::Tcp {
-            addr,
-            tls: stream.is_tls(),
-        },
-        None => Transport::Unix,
-    };
-    if let Some(hit) = g
-        .auth_hba
-        .as_ref()
-        .and_then(|h| h.lookup(transport, database, user))
-    {
-        return Ok(Method::from_hba(hit.method));
-    }
-    let (host, encryption) = match transport {
-        Transport::Tcp { addr, tls } => (
-            addr.to_string(),
-            if tls {
-                "SSL encryption"
-            } else {
-                "no encryption"
-            },
-        ),
-        Transport::Unix => ("[local]".to_owned(), "no encryption"),
-    };
-    Err((
-        sqlstate::INVALID_AUTHORIZATION,
-        format!("no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"),
-    ))
 }

@@ -3,6 +3,7 @@
 pub mod cancel;
 mod console;
 pub mod handshake;
+mod login;
 pub mod session;
 pub mod task;
 

@@ -8,24 +8,9 @@
 
 use super::registry::Registry;
 use super::Pool;
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
-
-/// The switches a registry keeps per database, and for all of them.
-#[derive(Debug, Default)]
-pub(super) struct Switches {
-    all_paused: bool,
-    paused: HashSet<String>,
-    disabled: HashSet<String>,
-}
-
-impl Switches {
-    pub(super) fn paused(&self, db: &str) -> bool {
-        self.all_paused || self.paused.contains(db)
-    }
-}
 
 impl Pool {
     pub fn is_paused(&self) -> bool {

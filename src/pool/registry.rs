@@ -4,6 +4,7 @@ use super::limit::Limit;
 use super::{Pool, PoolKey, PoolSettings};
 use crate::config::Config;
 use dashmap::DashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -12,7 +13,7 @@ pub struct Registry {
     db_limits: DashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
     /// PAUSE and DISABLE, per database (control.rs).
-    pub(super) switches: parking_lot::Mutex<super::control::Switches>,
+    pub(super) switches: parking_lot::Mutex<Switches>,
 }
 
 impl Registry {
@@ -76,5 +77,19 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// PAUSE and DISABLE, per database and for all of them (set by control.rs).
+#[derive(Debug, Default)]
+pub(super) struct Switches {
+    pub(super) all_paused: bool,
+    pub(super) paused: HashSet<String>,
+    pub(super) disabled: HashSet<String>,
+}
+
+impl Switches {
+    pub(super) fn paused(&self, db: &str) -> bool {
+        self.all_paused || self.paused.contains(db)
     }
 }

@@ -510,3 +510,84 @@ async fn toml_config_with_environment_overrides_ignores_unrelated_pgsluice_varia
     let v: i32 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(v, 42);
 }
+
+/// The console as CloudNativePG's manager reaches it: user `pgbouncer` over the unix socket, from
+/// the pooler's own uid, no password.
+async fn console_over_unix(r: &Running) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=pgbouncer dbname=pgbouncer",
+            r._dir.path().display(),
+            r.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("console over the unix socket");
+    tokio::spawn(conn);
+    c
+}
+
+async fn console_value(c: &tokio_postgres::Client, sql: &str, key: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(key) => {
+                r.get(1).map(str::to_owned)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql} has no row {key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_pauses_sigusr2_resumes_and_console_reload_applies_the_file() {
+    let r = start_binary("transaction");
+    let c = client(r.port).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    let console = console_over_unix(&r).await;
+
+    signal(&r.child, "-USR1");
+    let mut paused = String::new();
+    for _ in 0..50 {
+        paused = console_value(&console, "SHOW STATE", "paused").await;
+        if paused == "yes" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(paused, "yes", "SIGUSR1 pauses");
+    let held = tokio::spawn(async move { c.simple_query("SELECT 7").await.map(|_| c) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a query ran while paused");
+    signal(&r.child, "-USR2");
+    let c = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("SIGUSR2 resumes the held query")
+        .unwrap()
+        .unwrap();
+    assert_eq!(console_value(&console, "SHOW STATE", "paused").await, "no");
+
+    // RELOAD re-reads the file: the new pool mode shows in SHOW CONFIG, the client stays.
+    let ini = r._dir.path().join("pgbouncer.ini");
+    let text = std::fs::read_to_string(&ini)
+        .unwrap()
+        .replace("pool_mode = transaction", "pool_mode = statement");
+    std::fs::write(&ini, text).unwrap();
+    console.simple_query("RELOAD").await.unwrap();
+    assert_eq!(
+        console_value(&console, "SHOW CONFIG", "pool_mode").await,
+        "statement"
+    );
+    c.batch_execute("SELECT 1").await.unwrap();
+    // A file that no longer loads: RELOAD fails with F0000 and the old configuration stays.
+    std::fs::write(&ini, "[pgbouncer]\nlisten_port = not-a-number\n").unwrap();
+    let e = console.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("F0000"), "{e}");
+    assert_eq!(
+        console_value(&console, "SHOW CONFIG", "pool_mode").await,
+        "statement"
+    );
+}

@@ -9,8 +9,10 @@ use crate::admin::{
 };
 use crate::config::{Config, PoolMode};
 use crate::pool::stats::averages;
+use crate::pool::{Pool, PoolKey};
 use crate::shutdown::Phase;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn mode_name(m: PoolMode) -> &'static str {
@@ -41,17 +43,23 @@ fn seconds(d: Option<Duration>) -> String {
     d.map_or_else(|| "0".to_owned(), |d| d.as_secs_f64().to_string())
 }
 
+/// Servers and clients of the pools whose key `mine` picks (a database's, or a user's).
+fn usage(pools: &[Arc<Pool>], mine: impl Fn(&PoolKey) -> bool) -> (usize, usize) {
+    pools
+        .iter()
+        .filter(|p| mine(&p.key))
+        .fold((0, 0), |(s, c), p| {
+            let n = p.census();
+            (s + n.servers, c + n.clients)
+        })
+}
+
 /// SHOW CONFIG's rows: the settings pgsluice implements, as in force, and whether RELOAD (or SET)
 /// changes them.
 fn config_rows(c: &Config) -> Vec<ConfigRow> {
     let g = &c.general;
     let d = crate::config::RawGeneral::default();
-    let row = |key: &str, value: String, default: String, changeable: bool| ConfigRow {
-        key: key.to_owned(),
-        value,
-        default,
-        changeable,
-    };
+    let n = |v: usize| v.to_string();
     let secs = |v: f64| {
         if v == 0.0 {
             "0".to_owned()
@@ -59,120 +67,42 @@ fn config_rows(c: &Config) -> Vec<ConfigRow> {
             v.to_string()
         }
     };
-    vec![
-        row(
-            "listen_addr",
-            g.listen_addr.join(","),
-            d.listen_addr.join(","),
-            false,
-        ),
-        row(
-            "listen_port",
-            g.listen_port.to_string(),
-            d.listen_port.to_string(),
-            false,
-        ),
-        row(
-            "unix_socket_dir",
-            g.unix_socket_dir
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string()),
-            d.unix_socket_dir.clone(),
-            false,
-        ),
-        row(
-            "max_client_conn",
-            g.max_client_conn.to_string(),
-            d.max_client_conn.to_string(),
-            true,
-        ),
-        row(
-            "pool_mode",
-            mode_name(g.pool_mode).into(),
-            mode_name(d.pool_mode).into(),
-            true,
-        ),
-        row(
-            "default_pool_size",
-            g.default_pool_size.to_string(),
-            d.default_pool_size.to_string(),
-            true,
-        ),
-        row(
-            "min_pool_size",
-            g.min_pool_size.to_string(),
-            d.min_pool_size.to_string(),
-            true,
-        ),
-        row(
-            "reserve_pool_size",
-            g.reserve_pool_size.to_string(),
-            d.reserve_pool_size.to_string(),
-            true,
-        ),
-        row(
-            "max_db_connections",
-            g.max_db_connections.to_string(),
-            d.max_db_connections.to_string(),
-            true,
-        ),
-        row(
-            "max_user_connections",
-            g.max_user_connections.to_string(),
-            d.max_user_connections.to_string(),
-            true,
-        ),
-        row(
-            "max_prepared_statements",
-            g.max_prepared_statements.to_string(),
-            d.max_prepared_statements.to_string(),
-            true,
-        ),
-        row(
-            "query_timeout",
-            seconds(g.query_timeout),
-            secs(d.query_timeout),
-            true,
-        ),
-        row(
-            "query_wait_timeout",
-            seconds(g.query_wait_timeout),
-            secs(d.query_wait_timeout),
-            true,
-        ),
-        row(
-            "idle_transaction_timeout",
-            seconds(g.idle_transaction_timeout),
-            secs(d.idle_transaction_timeout),
-            true,
-        ),
-        row(
-            "client_idle_timeout",
-            seconds(g.client_idle_timeout),
-            secs(d.client_idle_timeout),
-            true,
-        ),
-        row(
-            "server_idle_timeout",
-            seconds(g.server_idle_timeout),
-            secs(d.server_idle_timeout),
-            true,
-        ),
-        row(
-            "server_lifetime",
-            seconds(g.server_lifetime),
-            secs(d.server_lifetime),
-            true,
-        ),
-        row(
-            "stats_period",
-            seconds(g.stats_period),
-            secs(d.stats_period),
-            true,
-        ),
-        row("admin_users", g.admin_users.join(","), String::new(), true),
-        row("stats_users", g.stats_users.join(","), String::new(), true),
-    ]
+    let socket = g
+        .unix_socket_dir
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string());
+    // (key, value in force, default, changeable): a table, kept one row a line.
+    #[rustfmt::skip]
+    let rows = [
+        ("listen_addr", g.listen_addr.join(","), d.listen_addr.join(","), false),
+        ("listen_port", g.listen_port.to_string(), d.listen_port.to_string(), false),
+        ("unix_socket_dir", socket, d.unix_socket_dir.clone(), false),
+        ("max_client_conn", n(g.max_client_conn), n(d.max_client_conn), true),
+        ("pool_mode", mode_name(g.pool_mode).into(), mode_name(d.pool_mode).into(), true),
+        ("default_pool_size", n(g.default_pool_size), n(d.default_pool_size), true),
+        ("min_pool_size", n(g.min_pool_size), n(d.min_pool_size), true),
+        ("reserve_pool_size", n(g.reserve_pool_size), n(d.reserve_pool_size), true),
+        ("max_db_connections", n(g.max_db_connections), n(d.max_db_connections), true),
+        ("max_user_connections", n(g.max_user_connections), n(d.max_user_connections), true),
+        ("max_prepared_statements", n(g.max_prepared_statements), n(d.max_prepared_statements), true),
+        ("query_timeout", seconds(g.query_timeout), secs(d.query_timeout), true),
+        ("query_wait_timeout", seconds(g.query_wait_timeout), secs(d.query_wait_timeout), true),
+        ("idle_transaction_timeout", seconds(g.idle_transaction_timeout), secs(d.idle_transaction_timeout), true),
+        ("client_idle_timeout", seconds(g.client_idle_timeout), secs(d.client_idle_timeout), true),
+        ("server_idle_timeout", seconds(g.server_idle_timeout), secs(d.server_idle_timeout), true),
+        ("server_lifetime", seconds(g.server_lifetime), secs(d.server_lifetime), true),
+        ("stats_period", seconds(g.stats_period), secs(d.stats_period), true),
+        ("admin_users", g.admin_users.join(","), String::new(), true),
+        ("stats_users", g.stats_users.join(","), String::new(), true),
+    ];
+    rows.into_iter()
+        .map(|(key, value, default, changeable)| ConfigRow {
+            key: key.to_owned(),
+            value,
+            default,
+            changeable,
+        })
+        .collect()
 }
 
 impl App {
@@ -246,11 +176,7 @@ impl Console for App {
             .values()
             .filter(|d| d.name != "*")
             .map(|d| {
-                let mine = pools.iter().filter(|p| p.key.database == d.name);
-                let (servers, clients) = mine.fold((0, 0), |(s, c), p| {
-                    let n = p.census();
-                    (s + n.servers, c + n.clients)
-                });
+                let (servers, clients) = usage(&pools, |k| k.database == d.name);
                 let g = &config.general;
                 DatabaseRow {
                     name: d.name.clone(),
@@ -294,11 +220,7 @@ impl Console for App {
             .users
             .iter()
             .map(|(name, u)| {
-                let mine = pools.iter().filter(|p| &p.key.user == name);
-                let (servers, clients) = mine.fold((0, 0), |(s, c), p| {
-                    let n = p.census();
-                    (s + n.servers, c + n.clients)
-                });
+                let (servers, clients) = usage(&pools, |k| &k.user == name);
                 UserRow {
                     name: name.clone(),
                     pool_size: u.pool_size,

@@ -5,6 +5,7 @@
 //! server and frees its slot, so no error path can leak pool capacity. Waiting clients are served first
 //! come, first served: a returned server, or a freed slot, is handed straight to the oldest waiter.
 
+mod census;
 mod connect_gate;
 mod control;
 pub mod limit;
@@ -14,6 +15,7 @@ pub mod registry;
 mod settings;
 pub mod stats;
 
+pub use census::Census;
 pub use settings::PoolSettings;
 pub use stats::PoolStats;
 
@@ -131,18 +133,6 @@ pub struct Pool {
     resumed: tokio::sync::Notify,
 }
 
-/// A pool's clients and servers by state, for the admin console.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Census {
-    pub clients: usize,
-    pub waiting: usize,
-    pub servers: usize,
-    pub idle: usize,
-    pub opening: usize,
-    /// Microseconds the longest-waiting client has waited.
-    pub max_wait_us: u64,
-}
-
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
@@ -210,33 +200,6 @@ impl Pool {
         }
     }
 
-    pub fn client_joined(&self) {
-        self.clients.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn client_left(&self) {
-        self.clients.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn census(&self) -> Census {
-        let now = Instant::now();
-        let i = self.inner.lock();
-        let live = i.waiters.iter().filter(|w| !w.tx.is_closed());
-        let (waiting, oldest) = live.fold((0, None), |(n, o): (usize, Option<Instant>), w| {
-            (n + 1, Some(o.map_or(w.since, |o| o.min(w.since))))
-        });
-        Census {
-            clients: self.clients.load(Ordering::Relaxed),
-            waiting,
-            servers: i.total,
-            idle: i.idle.len(),
-            opening: self.opening.load(Ordering::Relaxed),
-            max_wait_us: oldest.map_or(0, |o| {
-                u64::try_from(now.saturating_duration_since(o).as_micros()).unwrap_or(u64::MAX)
-            }),
-        }
-    }
-
     pub fn settings(&self) -> Arc<PoolSettings> {
         self.settings.lock().clone()
     }
@@ -264,21 +227,6 @@ impl Pool {
 
     pub fn welcome_params(&self) -> Option<ParamSet> {
         self.welcome.lock().clone()
-    }
-
-    /// (idle, total) server counts.
-    pub fn counts(&self) -> (usize, usize) {
-        let i = self.inner.lock();
-        (i.idle.len(), i.total)
-    }
-
-    pub fn waiting(&self) -> usize {
-        self.inner
-            .lock()
-            .waiters
-            .iter()
-            .filter(|w| !w.tx.is_closed())
-            .count()
     }
 
     /// Takes a slot if the pool, database and user limits allow; `reserve` allows the reserve pool.

@@ -32,6 +32,11 @@ impl Counts {
         self.xact_start.get_or_insert(now);
     }
 
+    /// When the request in flight began (for `query_timeout`); None while nothing is owed.
+    pub fn busy_since(&self) -> Option<Instant> {
+        self.query_start
+    }
+
     /// The server answered every request in flight; `status` is its ReadyForQuery status.
     pub fn requests_answered(&mut self, status: u8, now: Instant) {
         let since = |t: Option<Instant>| t.map_or(0, |t| micros(now.saturating_duration_since(t)));

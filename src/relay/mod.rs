@@ -135,10 +135,9 @@ struct Track<'s> {
     status: u8,
     terminated: bool,
     statement_violation: bool,
-    busy_since: Option<Instant>,
+    /// Since when the server has owed nothing (for `idle_transaction_timeout`); the start of the
+    /// request in flight is the counters' (`Counts::busy_since`).
     idle_since: Instant,
-    /// A timeout is configured: only then are `busy_since` and `idle_since` kept (a clock read each).
-    timed: bool,
     /// Syncs sent into a copy-in are ignored by the server: no ReadyForQuery for them.
     copy: CopyInSyncs,
     counts: Counts,
@@ -190,9 +189,7 @@ pub async fn run(
         status: b'I',
         terminated: false,
         statement_violation: false,
-        busy_since: None,
         idle_since: Instant::now(),
-        timed: timeouts.query.is_some() || timeouts.idle_transaction.is_some(),
         copy: CopyInSyncs::default(),
         counts: Counts::default(),
         stats,
@@ -249,7 +246,7 @@ pub async fn run(
         let deadline = if t.pending > 0 {
             timeouts
                 .query
-                .zip(t.busy_since)
+                .zip(t.counts.busy_since())
                 .map(|(d, s)| (s + d, Expiry::Query))
         } else if t.status != b'I' {
             timeouts
@@ -385,11 +382,7 @@ fn note_request(t: &mut Track<'_>, tag: u8) {
     match tag {
         b'Q' | b'S' | b'F' => {
             if t.pending == 0 {
-                let now = Instant::now();
-                t.counts.request_started(now);
-                if t.timed {
-                    t.busy_since = Some(now);
-                }
+                t.counts.request_started(Instant::now());
             }
             t.pending += 1;
             t.unsynced = false;

@@ -58,7 +58,7 @@ pub(super) fn scan_server(
                 };
                 let mut go_on = true;
                 // What the bookkeeping was before this frame, for a ReadyForQuery the tracker keeps.
-                let before = (t.pending, t.busy_since, t.idle_since, t.counts);
+                let before = (t.pending, t.idle_since, t.counts);
                 if tag == b'G' {
                     // CopyInResponse: Syncs already sent into this copy will not be answered.
                     t.pending = t.pending.saturating_sub(t.copy.on_copy_in());
@@ -72,10 +72,7 @@ pub(super) fn scan_server(
                                 if t.pending == 0 {
                                     let now = Instant::now();
                                     t.counts.requests_answered(s, now);
-                                    if t.timed {
-                                        t.busy_since = None;
-                                        t.idle_since = now;
-                                    }
+                                    t.idle_since = now;
                                 }
                                 // Statement mode stops here so the caller can refuse the transaction.
                                 if mode == PoolMode::Statement && s != b'I' {
@@ -112,7 +109,7 @@ pub(super) fn scan_server(
                         if tag == b'Z' {
                             // A ReadyForQuery the tracker keeps answers the pooler's own Sync, or
                             // one it replays: the client's requests are still owed.
-                            (t.pending, t.busy_since, t.idle_since, t.counts) = before;
+                            (t.pending, t.idle_since, t.counts) = before;
                         }
                         cut = body.map(|b| 5 + b.len());
                         return false;

@@ -2,12 +2,13 @@
 //! every reload) builds these afresh, so a certificate replaced on disk, by rename as Kubernetes
 //! does, is served to the next client while connected ones keep their sessions.
 
+mod mode;
 mod suites;
 mod verify;
 
 pub use verify::{end_point_hash, AnyCertificate};
 
-use crate::config::SslMode;
+pub use mode::SslMode;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -149,7 +150,7 @@ impl ClientTls {
         let (Some(cert_file), Some(key_file)) = (&files.cert, &files.key) else {
             return Err(TlsError::Invalid(format!(
                 "client_tls_sslmode = {} needs client_tls_cert_file and client_tls_key_file",
-                mode_name(mode)
+                mode.as_str()
             )));
         };
         let chain = certs(cert_file)?;
@@ -176,7 +177,7 @@ impl ClientTls {
             None if mode.verifies() => {
                 return Err(TlsError::Invalid(format!(
                     "client_tls_sslmode = {} needs client_tls_ca_file",
-                    mode_name(mode)
+                    mode.as_str()
                 )))
             }
             None => builder.with_no_client_auth(),
@@ -213,7 +214,7 @@ impl ServerTls {
             let Some(ca) = &files.ca else {
                 return Err(TlsError::Invalid(format!(
                     "server_tls_sslmode = {} needs server_tls_ca_file",
-                    mode_name(mode)
+                    mode.as_str()
                 )));
             };
             let webpki =
@@ -246,16 +247,5 @@ impl ServerTls {
             mode,
             connector: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
         })
-    }
-}
-
-fn mode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
     }
 }

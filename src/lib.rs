@@ -1,8 +1,9 @@
 //! pgsluice: a PostgreSQL connection pooler.
 //!
 //! How one query travels:
-//! listener ([`net::listener`]) → the client's task ([`frontend::task`]) → startup and login
-//! ([`frontend::handshake`], [`auth`]) → idle and requests ([`frontend::session`]) → at the start of a transaction a server is checked out of its
+//! listener ([`net::listener`], accepted by [`frontend::serve`]) → the client's task
+//! ([`frontend::task`]) → startup and login ([`frontend::handshake`], [`frontend::authenticate`] over
+//! the exchanges of [`auth`]; or the admin console, [`admin`]) → idle and requests ([`frontend::session`]) → at the start of a transaction a server is checked out of its
 //! pool ([`pool`], opened by [`backend::connect`] when none is idle) → bytes are relayed both ways
 //! unchanged ([`relay`]) while the scanner ([`proto::scan`]) watches for ReadyForQuery → the server goes
 //! back to the pool when it is idle and clean (transaction and statement mode) or when the client leaves
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod clients;
 pub mod config;
 pub mod frontend;
 pub mod logging;

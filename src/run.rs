@@ -48,7 +48,7 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
             }
         })
     };
-    let accept = tokio::spawn(listener::serve(app.clone(), listeners));
+    let accept = tokio::spawn(crate::frontend::serve(app.clone(), listeners));
     let mut phase = app.shutdown.watch();
     crate::shutdown::reached(&mut phase, Phase::WaitForClients).await;
     tracing::info!("shutdown requested, no longer accepting clients");

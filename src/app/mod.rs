@@ -3,10 +3,10 @@
 
 mod console;
 
-use crate::auth::client::VerifierCache;
 use crate::auth::store::SecretStore;
+use crate::auth::verifiers::VerifierCache;
+use crate::clients::CancelMap;
 use crate::config::Config;
-use crate::frontend::cancel::CancelMap;
 use crate::pool::registry::Registry;
 use crate::shutdown::Shutdown;
 use parking_lot::RwLock;

@@ -10,7 +10,7 @@ static STAMPS: AtomicU64 = AtomicU64::new(1);
 ///
 /// Every client keeps one for its whole life, so the set is one allocation: `name\0value\0…`,
 /// shared by clones (clients of one pool mostly log in with the same values; see
-/// [`crate::pool::Pool::share_client_params`]) and replaced, never edited, when a value changes.
+/// the pool's `share_client_params`) and replaced, never edited, when a value changes.
 /// Neither names nor values can hold a NUL (the protocol ends them with one).
 #[derive(Debug, Clone, Default)]
 pub struct ParamSet {

@@ -8,7 +8,7 @@
 use super::login::{auth_method, reject, LoginEnd};
 use crate::admin::{self, After, Console, Role};
 use crate::app::App;
-use crate::auth::client::{authenticate, AuthContext, AuthError};
+use crate::frontend::authenticate::{authenticate, AuthContext, AuthError};
 use crate::net::stream::Stream;
 use crate::proto::{encode, sqlstate};
 use bytes::{Buf, BytesMut};

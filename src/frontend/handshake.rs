@@ -3,8 +3,8 @@
 pub use super::login::LoginEnd;
 use super::login::{auth_method, reject};
 use crate::app::App;
-use crate::auth::client::{authenticate, AuthContext, AuthError};
 use crate::backend::params::ParamSet;
+use crate::frontend::authenticate::{authenticate, AuthContext, AuthError};
 use crate::net::stream::Stream;
 use crate::net::tls::{ClientTls, ALPN_POSTGRESQL};
 use crate::pool::{Pool, PoolKey, PoolSettings};
@@ -28,7 +28,7 @@ pub struct LoggedIn {
     /// The client's pool; its key holds the database and user names the client logged in with.
     pub pool: Arc<Pool>,
     pub params: ParamSet,
-    pub cancel: super::cancel::CancelRegistration,
+    pub cancel: crate::clients::CancelRegistration,
 }
 
 /// Parameters a client may set at startup without being refused.
@@ -224,16 +224,18 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
     let secret = match config.auth_secrets.get(&user) {
         Some(s) => Some(s.clone()),
         None if method.needs_secret() => match db_entry {
-            Some(db) => match crate::auth::query::fetch(app, &config, db, &database, &user).await {
-                Ok(s) => {
-                    fetched_from = crate::auth::query::fetch_key(&config, db, &user);
-                    s
+            Some(db) => {
+                match crate::frontend::auth_query::fetch(app, &config, db, &database, &user).await {
+                    Ok(s) => {
+                        fetched_from = crate::frontend::auth_query::fetch_key(&config, db, &user);
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(db = %database, user = %user, error = %e, "auth_query failed");
+                        return Err(reject(stream, e.sqlstate(), e.client_message()).await);
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(db = %database, user = %user, error = %e, "auth_query failed");
-                    return Err(reject(stream, e.sqlstate(), e.client_message()).await);
-                }
-            },
+            }
             None => None,
         },
         None => None,

@@ -2,8 +2,8 @@
 //! refusal is told.
 
 use super::send_error;
-use crate::auth::client::Method;
 use crate::auth::hba::Transport;
+use crate::frontend::authenticate::Method;
 use crate::net::stream::Stream;
 use crate::proto::encode::Severity;
 use crate::proto::sqlstate;

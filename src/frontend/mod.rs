@@ -1,12 +1,15 @@
 //! The client side: the login handshake and the per-client session loop.
 
-pub mod cancel;
+mod accept;
+pub mod auth_query;
+pub mod authenticate;
 mod console;
 pub mod handshake;
 mod login;
 pub mod session;
 pub mod task;
 
+pub use accept::serve;
 pub use task::ClientTask;
 
 use crate::net::stream::Stream;

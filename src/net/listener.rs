@@ -1,14 +1,8 @@
-//! Accepting clients on TCP (every `listen_addr`, IPv4 and IPv6) and on the unix socket.
+//! The sockets clients reach pgsluice on: TCP (every `listen_addr`, IPv4 and IPv6) and the unix
+//! socket. frontend/accept.rs accepts on them.
 
-use crate::app::App;
-use crate::frontend;
-use crate::net::stream::Stream;
-use crate::proto::encode::Severity;
-use crate::proto::sqlstate;
-use crate::shutdown::Phase;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 
 /// The sockets pgsluice listens on.
@@ -92,77 +86,4 @@ pub async fn bind(
         None => None,
     };
     Ok(Listeners { tcp, unix })
-}
-
-/// Accepts clients until shutdown begins.
-pub async fn serve(app: Arc<App>, listeners: Listeners) {
-    let mut tasks = Vec::new();
-    for l in listeners.tcp {
-        let app = app.clone();
-        tasks.push(tokio::spawn(async move {
-            accept_loop(app, || async {
-                l.accept()
-                    .await
-                    .map(|(s, a)| (Stream::from(s), a.to_string()))
-            })
-            .await
-        }));
-    }
-    if let Some((l, path)) = listeners.unix {
-        let app = app.clone();
-        tasks.push(tokio::spawn(async move {
-            accept_loop(app, || async {
-                l.accept()
-                    .await
-                    .map(|(s, _)| (Stream::from(s), "unix".to_owned()))
-            })
-            .await;
-            let _ = std::fs::remove_file(path);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-async fn accept_loop<F, Fut>(app: Arc<App>, accept: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<(Stream, String)>>,
-{
-    let mut phase = app.shutdown.watch();
-    loop {
-        let accepted = tokio::select! {
-            r = accept() => r,
-            _ = crate::shutdown::reached(&mut phase, Phase::WaitForClients) => return,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let max = app.config().general.max_client_conn;
-        let Some(guard) = app.shutdown.admit(max) else {
-            tokio::spawn(async move {
-                frontend::send_error(
-                    &mut stream,
-                    Severity::Fatal,
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    "no more connections allowed (max_client_conn)",
-                    None,
-                )
-                .await;
-            });
-            continue;
-        };
-        let app = app.clone();
-        // Boxed before the spawn, so that the task, sized once for the client's whole life, holds a
-        // pointer rather than the stream and the peer's name.
-        let accepted = Box::new(frontend::Accepted { stream, peer });
-        tokio::spawn(frontend::ClientTask::new(app, accepted, guard));
-    }
 }

@@ -2,16 +2,15 @@
 //! and checks it against the stored secret. Unknown users go through the same motions as known ones
 //! and fail the same way, so a client cannot tell them apart.
 
-use super::hba::HbaMethod;
-use super::scram::{ScramError, ScramServer};
-use super::store::SecretStore;
+use crate::auth::hba::HbaMethod;
+use crate::auth::scram::{ScramError, ScramServer};
 use crate::auth::secret::{ScramVerifier, Secret};
+use crate::auth::store::SecretStore;
+use crate::auth::verifiers::VerifierCache;
 use crate::config::AuthType;
 use crate::net::stream::Stream;
 use crate::proto::{self, backend::cstr, encode, sqlstate, ProtoError, MAX_PRE_AUTH_MESSAGE};
 use bytes::{Buf, BytesMut};
-use dashmap::DashMap;
-use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -55,51 +54,6 @@ impl From<ScramError> for AuthError {
             ScramError::InvalidProof => AuthError::Failed(String::new()),
             other => AuthError::Protocol(other.to_string()),
         }
-    }
-}
-
-/// SCRAM verifiers derived from plain-text secrets, per user, so that PBKDF2 runs once per user and
-/// secret rather than once per login. The secret is kept beside the verifier so that a changed
-/// secret is never served a stale verifier.
-#[derive(Default)]
-pub struct VerifierCache {
-    entries: DashMap<String, Arc<(Secret, ScramVerifier)>>,
-}
-
-impl std::fmt::Debug for VerifierCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifierCache")
-            .field("users", &self.entries.len())
-            .finish()
-    }
-}
-
-impl VerifierCache {
-    async fn verifier(&self, user: &str, secret: &Secret) -> Option<ScramVerifier> {
-        let password = match secret {
-            Secret::Scram(v) => return Some(v.clone()),
-            Secret::Md5(_) => return None,
-            Secret::Plain(p) => p.clone(),
-        };
-        if let Some(hit) = self.entries.get(user) {
-            if let (Secret::Plain(cached), v) = (&hit.0, &hit.1) {
-                if bool::from(cached.as_bytes().ct_eq(password.as_bytes())) {
-                    return Some(v.clone());
-                }
-            }
-        }
-        let salt: [u8; 16] = rand::random();
-        let derived = super::kdf::derive(move || {
-            ScramVerifier::from_password(
-                password.as_bytes(),
-                &salt,
-                crate::auth::secret::DEFAULT_ITERATIONS,
-            )
-        })
-        .await?;
-        self.entries
-            .insert(user.to_owned(), Arc::new((secret.clone(), derived.clone())));
-        Some(derived)
     }
 }
 
@@ -206,12 +160,12 @@ pub async fn authenticate(
         let ok = match secret {
             Some(Secret::Plain(p)) => bool::from(p.as_bytes().ct_eq(given.as_bytes())),
             Some(Secret::Md5(h)) => {
-                let hashed = super::md5::md5_hex_password(user, given.as_bytes());
+                let hashed = crate::auth::md5::md5_hex_password(user, given.as_bytes());
                 bool::from(hashed.as_bytes()[3..].ct_eq(&h[..]))
             }
             Some(Secret::Scram(v)) => {
                 let (given, v) = (Zeroizing::new(given.to_owned()), v.clone());
-                super::kdf::derive(move || {
+                crate::auth::kdf::derive(move || {
                     ScramVerifier::from_password(given.as_bytes(), &v.salt, v.iterations)
                         .stored_key
                         .ct_eq(&v.stored_key)
@@ -229,7 +183,9 @@ pub async fn authenticate(
     let body = read_password_message(stream, buf).await?;
     let (response, _) = cstr(&body)?;
     match secret {
-        Some(s) if super::md5::verify_md5_response(s, user, salt, response.as_bytes()) => Ok(()),
+        Some(s) if crate::auth::md5::verify_md5_response(s, user, salt, response.as_bytes()) => {
+            Ok(())
+        }
         _ => Err(failed()),
     }
 }

@@ -2,11 +2,11 @@
 //! `auth_dbname` (by default the client's database), through an ordinary pool of that user. This is
 //! how CloudNativePG wires its poolers: `cnpg_pooler_pgbouncer` logs in with a TLS client
 //! certificate and calls `public.user_search($1)`. Answers are cached for
-//! [`FETCHED_TTL`](super::store::FETCHED_TTL) and never logged.
+//! [`FETCHED_TTL`](crate::auth::store::FETCHED_TTL) and never logged.
 
-use super::secret::Secret;
-use super::store::FetchKey;
 use crate::app::App;
+use crate::auth::secret::Secret;
+use crate::auth::store::FetchKey;
 use crate::backend::query::lookup_second_column;
 use crate::config::{Config, Database};
 use crate::pool::{PoolError, PoolKey, PoolSettings};

@@ -24,6 +24,7 @@ pub mod logging;
 pub mod net;
 pub mod pool;
 pub mod prepared;
+pub mod process;
 pub mod proto;
 pub mod relay;
 pub mod run;

@@ -42,17 +42,52 @@ where
     }
 }
 
+/// Where log lines go and how many there are (the binary's command line and `logfile`).
+#[derive(Debug, Default)]
+pub struct Output<'a> {
+    /// Appended to, in addition to stderr unless `quiet`.
+    pub logfile: Option<&'a std::path::Path>,
+    /// Nothing on stderr (`-q`, and a daemon, whose stderr is gone).
+    pub quiet: bool,
+    /// `-v` once for debug lines, twice for trace lines.
+    pub verbosity: u8,
+}
+
 /// Installs the global subscriber (the binary's edge; tests don't call this). `RUST_LOG` overrides
-/// the default level, which is `info`.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// the level, which is `info`, or what `-v` asks for.
+pub fn init(format: LogFormat, out: &Output<'_>) -> std::io::Result<()> {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
+    let level = match out.verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let file = match out.logfile {
+        Some(path) => Some(std::sync::Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        None => None,
+    };
+    let writer = match (file, out.quiet) {
+        (Some(f), true) => BoxMakeWriter::new(f),
+        (Some(f), false) => BoxMakeWriter::new(std::io::stderr.and(f)),
+        (None, true) => BoxMakeWriter::new(std::io::sink),
+        (None, false) => BoxMakeWriter::new(std::io::stderr),
+    };
+    // Colour codes only on a terminal: a log file or journald must get plain PgBouncer lines.
+    let ansi =
+        out.logfile.is_none() && !out.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: a log file or journald must get plain PgBouncer lines.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.event_format(PgBouncerFormat).try_init(),
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
     };
+    Ok(())
 }

@@ -1,12 +1,16 @@
 //! The `pgsluice` binary: command line, configuration, runtime, exit codes.
+//!
+//! It takes PgBouncer's flags with PgBouncer's meaning, so that scripts, systemd units and
+//! CloudNativePG's Pooler pods start it as they start PgBouncer.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{ArgAction, Parser};
+use pgsluice::process;
 use std::path::PathBuf;
 
 /// A PostgreSQL connection pooler: session, transaction and statement pooling, PgBouncer-compatible.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(about, disable_version_flag = true)]
 struct Cli {
     /// Configuration file: pgsluice TOML or PgBouncer's pgbouncer.ini (told apart by extension or content).
     #[arg(short, long, value_name = "FILE")]
@@ -14,10 +18,40 @@ struct Cli {
     /// PgBouncer's own form: `pgsluice pgbouncer.ini`.
     #[arg(value_name = "FILE", conflicts_with = "config")]
     file: Option<PathBuf>,
+    /// Run in the background; logs go to `logfile` only.
+    #[arg(short, long)]
+    daemon: bool,
+    /// PgBouncer's online restart: accepted, but pgsluice starts normally (not supported).
+    #[arg(short = 'R', long)]
+    reboot: bool,
+    /// Log nothing to stderr (`logfile` still gets every line).
+    #[arg(short, long)]
+    quiet: bool,
+    /// More detail in the log; twice for all of it.
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
+    /// Switch to this user's uid and gid once the configuration is read (when started as root).
+    #[arg(short, long, value_name = "USER")]
+    user: Option<String>,
+    /// Print the version (SHOW VERSION's value) and exit.
+    #[arg(short = 'V', long)]
+    version: bool,
+    /// Load and check the configuration (files, TLS keys, hba), print what would listen, and exit:
+    /// 0 when it is good, 1 when it is not.
+    #[arg(long)]
+    check: bool,
+    /// Set on the process `--daemon` starts.
+    #[arg(long, hide = true)]
+    detached: bool,
 }
 
 fn main() -> std::process::ExitCode {
-    match real_main() {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("{}", pgsluice::admin::VERSION);
+        return std::process::ExitCode::SUCCESS;
+    }
+    match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgsluice: {e:#}");
@@ -27,19 +61,79 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// What `--check` prints: the addresses and the socket clients would reach.
+fn listen_plan(g: &pgsluice::config::General) -> Vec<String> {
+    let mut plan: Vec<String> = g
+        .listen_addr
+        .iter()
+        .map(|a| format!("listen {a}:{}", g.listen_port))
+        .collect();
+    if let Some(dir) = &g.unix_socket_dir {
+        plan.push(format!(
+            "listen {}",
+            dir.join(format!(".s.PGSQL.{}", g.listen_port)).display()
+        ));
+    }
+    plan
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
     let path = cli
         .config
-        .or(cli.file)
+        .clone()
+        .or(cli.file.clone())
         .context("no configuration file given (use --config FILE or FILE.ini)")?;
-    let config =
-        pgsluice::config::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
-    pgsluice::logging::init(config.general.log_format);
+    let loaded = pgsluice::config::load(&path);
+    if cli.check {
+        match loaded {
+            Ok(c) => {
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
+                for line in listen_plan(&c.general) {
+                    println!("{line}");
+                }
+                println!("{}: configuration is good", path.display());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("pgsluice: {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+    }
+    let config = loaded.with_context(|| format!("cannot load {}", path.display()))?;
+    if cli.daemon {
+        let mut args = process::without_daemon_flag(std::env::args_os().skip(1));
+        args.push("--detached".into());
+        process::detach(args)?;
+        return Ok(());
+    }
+    if let Some(user) = &cli.user {
+        process::switch_user(user)?;
+    }
+    let g = &config.general;
+    pgsluice::logging::init(
+        g.log_format,
+        &pgsluice::logging::Output {
+            logfile: g.logfile.as_deref(),
+            quiet: cli.quiet || cli.detached,
+            verbosity: cli.verbose,
+        },
+    )
+    .context("cannot open the logfile")?;
+    if cli.reboot {
+        tracing::warn!("online restart (-R) is not supported; starting normally");
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let workers = match config.general.workers {
+    let _pidfile = g
+        .pidfile
+        .as_deref()
+        .map(process::Pidfile::create)
+        .transpose()?;
+    let workers = match g.workers {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

@@ -591,3 +591,212 @@ async fn sigusr1_pauses_sigusr2_resumes_and_console_reload_applies_the_file() {
         "statement"
     );
 }
+
+/// A config for the command-line tests below: `extra` lines in `[pgbouncer]`, no unix socket.
+fn ini_in(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let pg = Postgres::shared();
+    std::fs::write(
+        dir.join("users.txt"),
+        format!("\"{SCRAM_USER}\" \"{SCRAM_PASSWORD}\"\n"),
+    )
+    .unwrap();
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\nappdb = host=127.0.0.1 port={}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = md5\nauth_file = users.txt\n{extra}\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    ini
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_flag_is_show_version_and_check_tells_good_from_broken() {
+    let out = pgsluice().arg("-V").output().unwrap();
+    assert!(out.status.success());
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = start_binary("transaction");
+    let console = console_over_unix(&r).await;
+    let shown = console.simple_query("SHOW VERSION").await.unwrap();
+    assert_eq!(
+        first_value(&shown).unwrap(),
+        first,
+        "-V and SHOW VERSION agree"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let good = ini_in(dir.path(), port, "");
+    let out = pgsluice().arg("--check").arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(&format!("127.0.0.1:{port}")), "{stdout}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "--check does not listen"
+    );
+    // An hba file that is not there, and a TLS key that does not parse.
+    for broken in [
+        "auth_type = hba\nauth_hba_file = missing.conf",
+        "client_tls_sslmode = require\nclient_tls_key_file = users.txt\nclient_tls_cert_file = users.txt",
+    ] {
+        let bad = ini_in(dir.path(), port, broken);
+        let out = pgsluice().arg("--check").arg(&bad).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{broken}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_keeps_stderr_empty_and_the_logfile_gets_the_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = ini_in(dir.path(), port, "logfile = pgsluice.log");
+    let mut child = pgsluice()
+        .args(["-q", "-R"])
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "pgsluice -q did not start");
+    let c = client(port).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    signal(&child, "-QUIT");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits on SIGQUIT");
+    assert!(status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(stderr, "", "-q writes nothing to stderr");
+    let log = std::fs::read_to_string(dir.path().join("pgsluice.log")).unwrap();
+    assert!(log.contains("login attempt"), "{log}");
+    assert!(
+        log.contains("online restart"),
+        "-R is accepted and said so: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_detaches_writes_its_pidfile_and_removes_it_on_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = ini_in(
+        dir.path(),
+        port,
+        "pidfile = pgsluice.pid\nlogfile = pgsluice.log",
+    );
+    let out = pgsluice().arg("-d").arg(&ini).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pidfile = dir.path().join("pgsluice.pid");
+    let mut pid = None;
+    for _ in 0..100 {
+        pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if pid.is_some() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = pid.expect("the pidfile names the daemon");
+    let c = client(port).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    drop(c);
+    // A second start with the same pidfile is refused while the first runs.
+    let again = pgsluice().arg(&ini).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("pidfile"));
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut gone = false;
+    for _ in 0..100 {
+        if !pidfile.exists() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone, "the daemon exits on SIGINT and removes its pidfile");
+}
+
+/// `-u`: started as root, the pooler runs as the named user (skipped when the tests do not run as
+/// root, which `-u` needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_flag_switches_to_that_user_when_root() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = ini_in(dir.path(), port, "");
+    let mut child = pgsluice()
+        .args(["-u", "nobody"])
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "pgsluice -u nobody did not start");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let nobody = String::from_utf8_lossy(&nobody.stdout).trim().to_owned();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == nobody),
+        "{uid} (nobody is {nobody})"
+    );
+    let c = client(port).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_missing_auth_file_is_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = ini_in(dir.path(), port, "auth_file = nowhere.txt");
+    let out = pgsluice().arg(&ini).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nowhere.txt"), "{err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the OS error once: {err}"
+    );
+}

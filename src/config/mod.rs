@@ -22,10 +22,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{file}: {source}")]
+    /// The OS error is told in the message, not as a source as well: a caller that prints the
+    /// chain (`{:#}`) would tell it twice.
+    #[error("{file}: {error}")]
     Io {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Ini(#[from] ini::IniError),
@@ -77,9 +79,9 @@ pub fn detect_format(path: &Path, text: &str) -> Format {
 
 /// Loads and validates a configuration file of either format.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_owned(),
-        source,
+        error,
     })?;
     let loaded = match detect_format(path, &text) {
         Format::Toml => toml::load(path)?,

@@ -54,6 +54,10 @@ pub struct RawGeneral {
     /// pgsluice only: `text` (PgBouncer's line shape) or `json`.
     pub log_format: LogFormat,
     pub auth_hba_file: Option<PathBuf>,
+    /// The process id is written here at start (refused if a live process holds it) and removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// Log lines are appended here too (and only here with `--quiet` or `--daemon`).
+    pub logfile: Option<PathBuf>,
     /// Users allowed every admin console command, and users allowed its read-only SHOW commands.
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
@@ -119,6 +123,8 @@ impl Default for RawGeneral {
             workers: 0,
             log_format: LogFormat::Text,
             auth_hba_file: None,
+            pidfile: None,
+            logfile: None,
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             auth_user: None,
@@ -296,6 +302,8 @@ pub struct General {
     pub log_format: LogFormat,
     /// Rules from `auth_hba_file`, for `auth_type = hba`.
     pub auth_hba: Option<Arc<crate::auth::hba::HbaRules>>,
+    pub pidfile: Option<PathBuf>,
+    pub logfile: Option<PathBuf>,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
     /// Who runs `auth_query` for users the auth file does not know.
@@ -472,6 +480,8 @@ impl Config {
             workers: g.workers,
             log_format: g.log_format,
             auth_hba,
+            pidfile: g.pidfile.as_deref().map(|p| resolve(source, p)),
+            logfile: g.logfile.as_deref().map(|p| resolve(source, p)),
             admin_users: g.admin_users,
             stats_users: g.stats_users,
             auth_user: g.auth_user,
@@ -558,9 +568,9 @@ pub fn resolve(source: &Path, path: &Path) -> PathBuf {
 }
 
 fn load_hba_file(path: &Path) -> Result<crate::auth::hba::HbaRules, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_owned(),
-        source,
+        error,
     })?;
     crate::auth::hba::HbaRules::parse(&text).map_err(|e| ConfigError::AuthFile {
         file: path.to_owned(),
@@ -570,9 +580,9 @@ fn load_hba_file(path: &Path) -> Result<crate::auth::hba::HbaRules, ConfigError>
 }
 
 fn load_auth_file(path: &Path) -> Result<BTreeMap<String, Secret>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_owned(),
-        source,
+        error,
     })?;
     let entries = super::userlist::parse(&text).map_err(|e| ConfigError::AuthFile {
         file: path.to_owned(),

@@ -155,6 +155,8 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "stats_period" => set!(stats_period, parse_seconds),
         "workers" => set!(workers, parse_num),
         "auth_hba_file" => g.auth_hba_file = path(v),
+        "pidfile" => g.pidfile = path(v),
+        "logfile" => g.logfile = path(v),
         "admin_users" => g.admin_users = parse_list(v),
         "stats_users" => g.stats_users = parse_list(v),
         "auth_user" => g.auth_user = (!v.is_empty()).then(|| v.to_owned()),

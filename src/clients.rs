@@ -1,37 +1,75 @@
-//! Cancel requests: each client gets its own BackendKeyData from the pooler; a CancelRequest carrying
-//! it is forwarded, over a new connection, to the server that client holds at that moment.
-//!
-//! The map is thereby the registry of logged-in clients, so it also carries each client's
-//! [`Nudge`]: shutdown wakes them all from here.
+//! The registry of logged-in clients. Each gets its own BackendKeyData from the pooler; a
+//! CancelRequest carrying it is forwarded, over a new connection, to the server that client holds at
+//! that moment. Each entry also carries the client's [`Nudge`] (shutdown wakes them all from here)
+//! and who the client is, for SHOW CLIENTS.
 
 use crate::backend::{BackendKey, ServerAddr};
+use crate::pool::Pool;
 use crate::shutdown::Nudge;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-/// The server a client holds right now, if any.
-#[derive(Debug, Default)]
+/// What a client is doing with servers right now.
+#[derive(Debug, Default, Clone)]
+pub enum Link {
+    #[default]
+    Idle,
+    /// Asking its pool for a server.
+    Waiting,
+    /// Holding this server.
+    Active(Arc<ServerAddr>, BackendKey),
+}
+
+/// Who a client is: fixed at login.
+#[derive(Debug)]
+pub struct Who {
+    pub pool: Arc<Pool>,
+    /// `None` on the unix socket.
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
+    pub connected: SystemTime,
+}
+
+/// One logged-in client: its cancel key, the server it holds, its task's waker.
+#[derive(Debug)]
 pub struct CancelTarget {
     secret: u32,
-    server: Mutex<Option<(Arc<ServerAddr>, BackendKey)>>,
+    link: Mutex<Link>,
     /// The client task's waker, for shutdown.
     pub nudge: Nudge,
+    /// SHOW CLIENTS' `id`, in login order.
+    pub id: u64,
+    pub who: Who,
 }
 
 impl CancelTarget {
     pub fn attach(&self, addr: &Arc<ServerAddr>, key: BackendKey) {
-        *self.server.lock() = Some((addr.clone(), key));
+        *self.link.lock() = Link::Active(addr.clone(), key);
     }
 
     pub fn detach(&self) {
-        *self.server.lock() = None;
+        *self.link.lock() = Link::Idle;
+    }
+
+    /// The client asks its pool for a server.
+    pub fn wait(&self) {
+        *self.link.lock() = Link::Waiting;
+    }
+
+    pub fn link(&self) -> Link {
+        self.link.lock().clone()
     }
 }
 
 #[derive(Debug, Default)]
 pub struct CancelMap {
     clients: DashMap<u32, Arc<CancelTarget>>,
+    next_id: AtomicU64,
 }
 
 /// Removes the client's key from the map when the client goes.
@@ -57,14 +95,16 @@ impl Drop for CancelRegistration {
 
 impl CancelMap {
     /// Hands out a fresh, unused key for a client.
-    pub fn register(self: &Arc<Self>) -> CancelRegistration {
+    pub fn register(self: &Arc<Self>, who: Who) -> CancelRegistration {
+        let target = Arc::new(CancelTarget {
+            secret: rand::random(),
+            link: Mutex::new(Link::Idle),
+            nudge: Nudge::default(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            who,
+        });
         loop {
             let pid: u32 = rand::random();
-            let target = Arc::new(CancelTarget {
-                secret: rand::random(),
-                server: Mutex::new(None),
-                nudge: Nudge::default(),
-            });
             if let dashmap::Entry::Vacant(v) = self.clients.entry(pid) {
                 v.insert(target.clone());
                 return CancelRegistration {
@@ -74,6 +114,13 @@ impl CancelMap {
                 };
             }
         }
+    }
+
+    /// Every logged-in client, in login order.
+    pub fn all(&self) -> Vec<Arc<CancelTarget>> {
+        let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|c| c.id);
+        all
     }
 
     /// Wakes every logged-in client's task, after a shutdown phase change.
@@ -93,10 +140,11 @@ impl CancelMap {
             if !bool::from(subtle::ConstantTimeEq::ct_eq(&entry.secret, &secret)) {
                 return;
             }
-            let server = entry.server.lock().clone();
-            server
+            entry.link()
         };
-        let Some((addr, key)) = target else { return };
+        let Link::Active(addr, key) = target else {
+            return;
+        };
         crate::backend::cancel::send(&addr, key).await;
     }
 }

@@ -104,6 +104,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
     let config = loaded.with_context(|| format!("cannot load {}", path.display()))?;
     if cli.daemon {
+        // PgBouncer's rule: a daemon must be findable, and stoppable, by its pidfile.
+        anyhow::ensure!(
+            config.general.pidfile.is_some(),
+            "daemon needs pidfile configured"
+        );
         let mut args = process::without_daemon_flag(std::env::args_os().skip(1));
         args.push("--detached".into());
         process::detach(args)?;

@@ -402,3 +402,95 @@ async fn psql_over_the_unix_socket_as_pgbouncer_needs_no_password() {
         error_text(&e)
     );
 }
+
+/// SHOW CLIENTS (and SERVERS) in PgBouncer 1.24+: "ssssssisiTTiiississii", the times as text.
+const SOCKETS: [(&str, u32); 21] = [
+    ("type", TEXT),
+    ("user", TEXT),
+    ("database", TEXT),
+    ("replication", TEXT),
+    ("state", TEXT),
+    ("addr", TEXT),
+    ("port", INT4),
+    ("local_addr", TEXT),
+    ("local_port", INT4),
+    ("connect_time", TEXT),
+    ("request_time", TEXT),
+    ("wait", INT4),
+    ("wait_us", INT4),
+    ("close_needed", INT4),
+    ("ptr", TEXT),
+    ("link", TEXT),
+    ("remote_pid", INT4),
+    ("tls", TEXT),
+    ("application_name", TEXT),
+    ("prepared_statements", INT4),
+    ("id", INT4),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_lists_each_client_with_its_state() {
+    let (s, db) = pooler("admin_clients", "").await;
+    let want: Vec<(String, u32)> = SOCKETS.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+    assert_eq!(layout(&s, "SHOW CLIENTS").await, want);
+
+    let a = s.connect(&db).await;
+    let b = s.connect(&db).await;
+    let c = s.connect(&db).await;
+    // One holds a server inside its transaction; the others are between transactions.
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let server_pid =
+        first_value(&a.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
+    let console = admin(&s).await;
+    let mine = |rows: Vec<std::collections::HashMap<String, Option<String>>>| {
+        rows.into_iter()
+            .filter(|r| r["database"].as_deref() == Some(db.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let rows = mine(show(&console, "SHOW CLIENTS").await);
+    assert_eq!(rows.len(), 3, "three clients, three rows");
+    let states: Vec<_> = rows.iter().map(|r| r["state"].clone().unwrap()).collect();
+    assert_eq!(
+        states.iter().filter(|s| *s == "active").count(),
+        1,
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| *s == "idle").count(),
+        2,
+        "{states:?}"
+    );
+    let active = rows
+        .iter()
+        .find(|r| r["state"].as_deref() == Some("active"))
+        .unwrap();
+    assert!(
+        active["link"].as_deref().unwrap().contains(&server_pid),
+        "the active client names its server: {active:?}"
+    );
+    for r in &rows {
+        assert_eq!(r["type"].as_deref(), Some("C"));
+        assert_eq!(r["user"].as_deref(), Some(SCRAM_USER));
+        assert_eq!(r["addr"].as_deref(), Some("127.0.0.1"));
+        assert!(num(r, "port") > 0);
+        assert_eq!(num(r, "local_port"), i64::from(s.addr.port()));
+    }
+    let mut ids: Vec<i64> = rows.iter().map(|r| num(r, "id")).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "ids are distinct: {ids:?}");
+
+    a.batch_execute("COMMIT").await.unwrap();
+    drop(b);
+    drop(c);
+    let mut left = 3;
+    for _ in 0..50 {
+        left = mine(show(&console, "SHOW CLIENTS").await).len();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 1, "clients that leave leave the list");
+    let rows = mine(show(&console, "SHOW CLIENTS").await);
+    assert_eq!(rows[0]["state"].as_deref(), Some("idle"), "after COMMIT");
+}

@@ -699,6 +699,11 @@ async fn quiet_keeps_stderr_empty_and_the_logfile_gets_the_lines() {
 async fn daemon_detaches_writes_its_pidfile_and_removes_it_on_exit() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    // As PgBouncer: no daemon without a pidfile.
+    let bare = ini_in(dir.path(), port, "");
+    let out = pgsluice().arg("-d").arg(&bare).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pidfile"));
     let ini = ini_in(
         dir.path(),
         port,

@@ -132,6 +132,26 @@ pub struct UserRow {
     pub current_client_connections: usize,
 }
 
+/// One client, for SHOW CLIENTS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientRow {
+    pub user: String,
+    pub database: String,
+    /// `active` (holds a server), `waiting` (asks for one) or `idle`.
+    pub state: &'static str,
+    /// The peer's IP, or `unix`.
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+    /// PgBouncer's time text, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub connect_time: String,
+    /// The PostgreSQL backend pid of the server it holds (0 if none).
+    pub server_pid: u32,
+    pub tls: bool,
+    pub id: u64,
+}
+
 /// One setting, for SHOW CONFIG.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigRow {
@@ -158,6 +178,7 @@ pub struct Lists {
 pub trait Console {
     fn version(&self) -> String;
     fn pools(&self) -> Vec<PoolRow>;
+    fn clients(&self) -> Vec<ClientRow>;
     fn stats(&self) -> Vec<DatabaseStats>;
     fn databases(&self) -> Vec<DatabaseRow>;
     fn users(&self) -> Vec<UserRow>;
@@ -283,6 +304,9 @@ mod tests {
             "pgsluice test".into()
         }
         fn pools(&self) -> Vec<PoolRow> {
+            Vec::new()
+        }
+        fn clients(&self) -> Vec<ClientRow> {
             Vec::new()
         }
         fn stats(&self) -> Vec<DatabaseStats> {

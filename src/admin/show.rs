@@ -26,6 +26,31 @@ const POOLS: &[(&str, Col)] = &[
     ("load_balance_hosts", Text),
 ];
 
+/// SHOW CLIENTS and SHOW SERVERS share PgBouncer's socket header (1.24+, 21 columns).
+const SOCKETS: &[(&str, Col)] = &[
+    ("type", Text),
+    ("user", Text),
+    ("database", Text),
+    ("replication", Text),
+    ("state", Text),
+    ("addr", Text),
+    ("port", Int4),
+    ("local_addr", Text),
+    ("local_port", Int4),
+    ("connect_time", Text),
+    ("request_time", Text),
+    ("wait", Int4),
+    ("wait_us", Int4),
+    ("close_needed", Int4),
+    ("ptr", Text),
+    ("link", Text),
+    ("remote_pid", Int4),
+    ("tls", Text),
+    ("application_name", Text),
+    ("prepared_statements", Int4),
+    ("id", Int4),
+];
+
 const STATS: &[(&str, Col)] = &[
     ("database", Text),
     ("total_server_assignment_count", Numeric),
@@ -189,6 +214,7 @@ pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> 
             t.finish();
         }
         "pools" => pools(console, out),
+        "clients" => clients(console, out),
         "stats" => stats(console, out),
         "stats_totals" | "stats_averages" => {
             let averages = target == "stats_averages";
@@ -337,16 +363,7 @@ pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> 
                 let mut t = Table::new(out, cols);
                 t.row(&[(*value).into()]);
                 t.finish();
-            } else if [
-                "clients",
-                "servers",
-                "sockets",
-                "active_sockets",
-                "fds",
-                "mem",
-            ]
-            .contains(&other)
-            {
+            } else if ["servers", "sockets", "active_sockets", "fds", "mem"].contains(&other) {
                 return Err(format!(
                     "SHOW {} is not supported by pgsluice yet",
                     other.to_uppercase()
@@ -357,6 +374,43 @@ pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> 
         }
     }
     Ok(())
+}
+
+fn clients(console: &impl Console, out: &mut BytesMut) {
+    let mut t = Table::new(out, SOCKETS);
+    for c in console.clients() {
+        // PgBouncer shows pointers; the server's backend pid names the link as well.
+        let link = if c.server_pid == 0 {
+            String::new()
+        } else {
+            format!("server pid {}", c.server_pid)
+        };
+        let tls = if c.tls { "TLS" } else { "" };
+        t.row(&[
+            "C".into(),
+            c.user.into(),
+            c.database.into(),
+            "none".into(),
+            c.state.into(),
+            c.addr.into(),
+            u64::from(c.port).into(),
+            c.local_addr.into(),
+            u64::from(c.local_port).into(),
+            c.connect_time.clone().into(),
+            c.connect_time.into(),
+            0u64.into(),
+            0u64.into(),
+            0u64.into(),
+            format!("{:x}", c.id).into(),
+            link.into(),
+            0u64.into(),
+            tls.into(),
+            "".into(),
+            0u64.into(),
+            c.id.into(),
+        ]);
+    }
+    t.finish();
 }
 
 fn pools(console: &impl Console, out: &mut BytesMut) {

@@ -5,8 +5,10 @@
 
 use super::App;
 use crate::admin::{
-    ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PoolRow, ShutdownMode, UserRow,
+    ClientRow, ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PoolRow,
+    ShutdownMode, UserRow,
 };
+use crate::clients::Link;
 use crate::config::{Config, PoolMode};
 use crate::pool::stats::averages;
 use crate::pool::{Pool, PoolKey};
@@ -144,6 +146,35 @@ impl Console for App {
             .collect();
         rows.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         rows
+    }
+
+    fn clients(&self) -> Vec<ClientRow> {
+        self.cancels
+            .all()
+            .iter()
+            .map(|c| {
+                let who = &c.who;
+                let (state, server_pid) = match c.link() {
+                    Link::Idle => ("idle", 0),
+                    Link::Waiting => ("waiting", 0),
+                    Link::Active(_, key) => ("active", key.pid),
+                };
+                let time = chrono::DateTime::<chrono::Utc>::from(who.connected);
+                ClientRow {
+                    user: who.pool.key.user.clone(),
+                    database: who.pool.key.database.clone(),
+                    state,
+                    addr: who.peer.map_or("unix".into(), |a| a.ip().to_string()),
+                    port: who.peer.map_or(0, |a| a.port()),
+                    local_addr: who.local.map_or("unix".into(), |a| a.ip().to_string()),
+                    local_port: who.local.map_or(0, |a| a.port()),
+                    connect_time: time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    server_pid,
+                    tls: who.tls,
+                    id: c.id,
+                }
+            })
+            .collect()
     }
 
     fn stats(&self) -> Vec<DatabaseStats> {

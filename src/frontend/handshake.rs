@@ -291,7 +291,13 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
     for (k, v) in params.iter() {
         shown.set(k, v);
     }
-    let cancel = app.cancels.register();
+    let cancel = app.cancels.register(crate::clients::Who {
+        pool: pool.clone(),
+        peer: stream.peer_addr(),
+        local: stream.local_addr(),
+        tls: stream.is_tls(),
+        connected: std::time::SystemTime::now(),
+    });
     let mut out = BytesMut::with_capacity(512);
     encode::auth_ok(&mut out);
     for (k, v) in shown.iter() {

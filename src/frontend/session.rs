@@ -211,6 +211,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         // A request: get a server.
         let pool = me.pool.clone();
         let mode = pool.with_settings(|s| s.mode);
+        me.cancel.target.wait();
         let mut conn = tokio::select! {
             r = pool.checkout() => match r {
                 Ok(c) => c,

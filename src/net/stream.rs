@@ -80,9 +80,23 @@ impl Stream {
 
     /// The peer's IP address, for hba rules; `None` on a unix socket.
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer_addr().map(|a| a.ip())
+    }
+
+    /// The peer's address and port; `None` on a unix socket.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         match self {
-            Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
-            Stream::Tls(s) => s.lock().get_ref().0.peer_addr().ok().map(|a| a.ip()),
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.lock().get_ref().0.peer_addr().ok(),
+            Stream::Unix(_) | Stream::Closed => None,
+        }
+    }
+
+    /// Our own address and port on this connection; `None` on a unix socket.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Tls(s) => s.lock().get_ref().0.local_addr().ok(),
             Stream::Unix(_) | Stream::Closed => None,
         }
     }

@@ -31,7 +31,8 @@ fn reads_a_pgbouncer_ini() {
          pool_mode = transaction\n\
          query_wait_timeout = 2.5\n\
          server_idle_timeout = 1min\n\
-         logfile = /var/log/x.log\n",
+         logfile = /var/log/x.log\n\
+         syslog = 1\n",
     );
     let loaded = load(&ini).unwrap();
     // Keys pgsluice does not implement are named, not silently dropped.
@@ -40,9 +41,13 @@ fn reads_a_pgbouncer_ini() {
         loaded.raw.databases["*"].auth_user.as_deref(),
         Some("pgbouncer")
     );
-    assert!(loaded.warnings.iter().any(|w| w.contains("logfile")));
+    assert!(loaded.warnings.iter().any(|w| w.contains("syslog")));
     let c = Config::from_raw(loaded.raw, &ini, loaded.warnings).unwrap();
     assert_eq!(c.general.listen_addr, ["127.0.0.1", "::1"]);
+    assert_eq!(
+        c.general.logfile.as_deref(),
+        Some(std::path::Path::new("/var/log/x.log"))
+    );
     assert_eq!(c.general.listen_port, 7432);
     assert_eq!(c.general.auth_type, AuthType::ScramSha256);
     assert_eq!(c.general.pool_mode, PoolMode::Transaction);

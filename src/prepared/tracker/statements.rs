@@ -1,0 +1,172 @@
+//! A client's named statements on the server it holds: its Parse is sent on under the pooler's name,
+//! and a Bind or Describe of it first makes sure this server has it (preparing it, and closing a
+//! stale or evicted copy, as needed).
+
+use super::{server, server_name, verify, Ctx, Entry, Reply, Tracker, Undo, Use};
+use super::{ClientAction, PreparedStats, Statement};
+use crate::proto::{encode, frontend, ProtoError};
+use bytes::BytesMut;
+use std::sync::Arc;
+
+impl Tracker {
+    pub(super) fn client_parse(
+        &mut self,
+        body: &[u8],
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> Result<ClientAction, ProtoError> {
+        let p = frontend::parse(body)?;
+        if p.name.is_empty() {
+            self.queue.push_back(server(Reply::Parse));
+            return Ok(ClientAction::Forward);
+        }
+        PreparedStats::bump(&ctx.stats.client_parses);
+        let stmt = ctx.registry.intern(p.definition);
+        let previous = ctx.client.insert(p.name, stmt.clone());
+        // A client's own Parse always reaches the server, even when the server has the statement:
+        // PostgreSQL plans it afresh then, so a client that prepares after a schema change gets the
+        // new result shape, not a cached plan from before it. The old copy is closed first.
+        if ctx.server.touch(stmt.id) {
+            ctx.server.mark_stale(stmt.id);
+        }
+        self.send_parse(
+            &stmt,
+            ctx,
+            out,
+            false,
+            Undo::Both {
+                id: stmt.id,
+                name: p.name.into(),
+                previous,
+            },
+        );
+        Ok(ClientAction::Replace)
+    }
+
+    /// A Bind, whole, or only its head when `streamed` more bytes of it follow unseen (large.rs).
+    pub(super) fn client_bind(
+        &mut self,
+        body: &[u8],
+        streamed: usize,
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> Result<ClientAction, ProtoError> {
+        let b = frontend::bind(body)?;
+        let stmt = (!b.statement.is_empty())
+            .then(|| ctx.client.get(b.statement).cloned())
+            .flatten();
+        let Some(stmt) = stmt else {
+            // Unnamed, or a name the client never prepared: the server answers as it would.
+            self.queue.push_back(server(Reply::Bind));
+            return Ok(ClientAction::Forward);
+        };
+        PreparedStats::bump(&ctx.stats.binds);
+        let kind = if streamed > 0 {
+            Use::StreamedBind
+        } else {
+            Use::Bind
+        };
+        self.use_statement(&stmt, b.statement, ctx, out, kind, |to| {
+            encode::bind_head(to, b.portal, &stmt.server_name, b.rest, streamed)
+        });
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Bind,
+            swallow: false,
+            undo: Undo::Nothing,
+            statement: Some(stmt.id),
+        });
+        Ok(ClientAction::Replace)
+    }
+
+    /// Gets `stmt` (the client's `name`) ready on this server for a message that uses it, a Bind or
+    /// a statement Describe, and writes that message with `write`: into `out`, or into the held
+    /// bytes when the statement's columns must be checked first (verify.rs). A batch opening with
+    /// a Bind may be replayed after a stale plan (heal.rs); a streamed Bind is neither held nor
+    /// replayed, since its bytes are not kept.
+    pub(super) fn use_statement(
+        &mut self,
+        stmt: &Arc<Statement>,
+        name: &[u8],
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+        kind: Use,
+        write: impl FnOnce(&mut BytesMut),
+    ) {
+        let client_shape = ctx.client.shape(name);
+        let mut server_has = ctx.server.touch(stmt.id);
+        let mut check = self.shape_check(
+            stmt.id,
+            client_shape,
+            server_has,
+            ctx.server.shape(stmt.id),
+            ctx.stats,
+        );
+        if kind == Use::StreamedBind && matches!(check, verify::BindCheck::Hold(_)) {
+            PreparedStats::bump(&ctx.stats.unchecked_shapes);
+            check = verify::BindCheck::Go;
+        }
+        let may_heal = kind == Use::Bind;
+        let opened = self.queue.is_empty() && self.status == b'I';
+        if server_has && !opened && matches!(check, verify::BindCheck::Hold(_)) {
+            // A copy of unknown or other columns may have been planned before a schema change (for
+            // another client, or another name of this one's with the same query), and describing it
+            // would fail with 0A000. Mid-batch the pooler cannot recover from that with a Sync of its
+            // own (verify.rs), and the error would reach a client whose statement PostgreSQL would
+            // run: one prepared after the change, elsewhere. So the copy is closed and prepared
+            // afresh first; a fresh copy has the columns of now, which is what PostgreSQL compares
+            // the client's statement with.
+            ctx.server.mark_stale(stmt.id);
+            server_has = false;
+        }
+        if server_has {
+            PreparedStats::bump(&ctx.stats.hits);
+            if may_heal && client_shape.is_none() {
+                self.consider_recording(stmt);
+            }
+        } else {
+            self.send_parse(stmt, ctx, out, true, Undo::Server(stmt.id));
+        }
+        match check {
+            verify::BindCheck::Hold(expected) => {
+                self.start_hold(stmt, expected, opened, out);
+                write(&mut self.replay);
+            }
+            verify::BindCheck::Go => write(out),
+        }
+    }
+
+    pub(super) fn send_parse(
+        &mut self,
+        stmt: &Arc<Statement>,
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+        swallow: bool,
+        undo: Undo,
+    ) {
+        if ctx.server.take_stale(stmt.id) {
+            self.close_on_server(stmt.id, out);
+        }
+        encode::parse_message(out, &stmt.server_name, &stmt.definition);
+        PreparedStats::bump(&ctx.stats.server_parses);
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Parse,
+            swallow,
+            undo,
+            statement: Some(stmt.id),
+        });
+        if let Some(victim) = ctx.server.insert(stmt.id, ctx.capacity) {
+            PreparedStats::bump(&ctx.stats.evictions);
+            self.close_on_server(victim, out);
+        }
+    }
+
+    pub(super) fn close_on_server(&mut self, id: u64, out: &mut BytesMut) {
+        encode::statement_target(out, b'C', &server_name(id));
+        self.queue.push_back(Entry::Server {
+            reply: Reply::Close,
+            swallow: true,
+            undo: Undo::Stale(id),
+            statement: None,
+        });
+    }
+}

@@ -121,26 +121,40 @@ impl Shutdown {
     }
 }
 
-/// One client task's waker, left for the shutdown broadcaster.
+/// One client task's waker, left for the shutdown broadcaster and for the console's KILL_CLIENT.
 #[derive(Debug, Default)]
-pub struct Nudge(AtomicWaker);
+pub struct Nudge {
+    waker: AtomicWaker,
+    /// KILL_CLIENT: this client ends now, as in an immediate shutdown of its own.
+    killed: std::sync::atomic::AtomicBool,
+}
 
 impl Nudge {
-    /// Ready once the phase is at least `phase`; otherwise the task is woken when it moves.
-    /// Cheap when polled again: an unchanged waker is not stored twice.
+    /// Ready once the phase is at least `phase`, or the client was killed; otherwise the task is
+    /// woken when either changes. Cheap when polled again: an unchanged waker is not stored twice.
     pub fn poll_reached(
         &self,
         cx: &mut Context<'_>,
         shutdown: &Shutdown,
         phase: Phase,
     ) -> Poll<()> {
-        // Registered before the phase is read: a change stored after the read wakes this waker.
-        self.0.register(cx.waker());
-        if shutdown.phase() >= phase {
+        // Registered before the state is read: a change stored after the read wakes this waker.
+        self.waker.register(cx.waker());
+        if shutdown.phase() >= phase || self.killed() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Ends this client (KILL_CLIENT): it is woken and closes, whatever it was doing.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
     }
 
     pub async fn reached(&self, shutdown: &Shutdown, phase: Phase) {
@@ -148,7 +162,7 @@ impl Nudge {
     }
 
     pub fn wake(&self) {
-        self.0.wake();
+        self.waker.wake();
     }
 }
 

@@ -494,3 +494,71 @@ async fn show_clients_lists_each_client_with_its_state() {
     let rows = mine(show(&console, "SHOW CLIENTS").await);
     assert_eq!(rows[0]["state"].as_deref(), Some("idle"), "after COMMIT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_closes_that_client_only_idle_or_mid_transaction() {
+    let (s, db) = pooler("admin_kill", "").await;
+    let console = admin(&s).await;
+    let ids = |rows: Vec<std::collections::HashMap<String, Option<String>>>, state: &str| {
+        rows.into_iter()
+            .filter(|r| r["database"].as_deref() == Some(db.as_str()))
+            .filter(|r| r["state"].as_deref() == Some(state))
+            .map(|r| num(&r, "id"))
+            .collect::<Vec<_>>()
+    };
+    // An idle client, on the raw wire: it hears why it is closed.
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    wire::login_md5_to(&mut raw, &db).await;
+    let bystander = s.connect(&db).await;
+    let idle = ids(show(&console, "SHOW CLIENTS").await, "idle");
+    assert_eq!(idle.len(), 2);
+    // The raw client logged in first: the lower id.
+    let victim = *idle.iter().min().unwrap();
+    console
+        .simple_query(&format!("KILL_CLIENT {victim}"))
+        .await
+        .unwrap();
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(5), wire::read_message(&mut raw))
+        .await
+        .expect("the killed client is told at once");
+    assert_eq!(tag, b'E');
+    assert!(
+        String::from_utf8_lossy(&body).contains("admin forced disconnect"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // A client inside a transaction: closed too, and its server is not handed to anyone.
+    let busy = s.connect(&db).await;
+    busy.batch_execute("BEGIN; CREATE TEMP TABLE t (x int)")
+        .await
+        .unwrap();
+    let active = ids(show(&console, "SHOW CLIENTS").await, "active");
+    assert_eq!(active.len(), 1);
+    console
+        .simple_query(&format!("KILL_CLIENT {}", active[0]))
+        .await
+        .unwrap();
+    let mut closed = false;
+    for _ in 0..50 {
+        if busy.simple_query("SELECT 1").await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the killed client's connection is closed");
+    // The bystander goes on, and never sees the killed transaction's temp table.
+    let e = bystander.simple_query("SELECT * FROM t").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42P01"), "{}", error_text(&e));
+    bystander.simple_query("SELECT 1").await.unwrap();
+    let e = console
+        .simple_query("KILL_CLIENT 999999")
+        .await
+        .unwrap_err();
+    assert!(
+        error_text(&e).contains("client not found"),
+        "{}",
+        error_text(&e)
+    );
+}

@@ -195,6 +195,8 @@ pub trait Console {
     fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String>;
     /// Servers of `db` (or all) are closed as they are released; idle ones at once.
     fn reconnect(&self, db: Option<&str>) -> Result<(), String>;
+    /// Closes the client with SHOW CLIENTS' `id`.
+    fn kill_client(&self, id: u64) -> Result<(), String>;
     fn shutdown(&self, mode: ShutdownMode);
 }
 
@@ -276,11 +278,14 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
             encode::command_complete(out, "SHUTDOWN");
             After::Ready
         }
-        Command::Suspend
-        | Command::Kill(_)
-        | Command::KillClient(_)
-        | Command::WaitClose(_)
-        | Command::Set { .. } => {
+        Command::KillClient(id) => {
+            let r = id
+                .parse::<u64>()
+                .map_err(|_| "invalid client pointer supplied".to_owned())
+                .and_then(|id| console.kill_client(id));
+            done(out, r, "KILL_CLIENT")
+        }
+        Command::Suspend | Command::Kill(_) | Command::WaitClose(_) | Command::Set { .. } => {
             error(
                 out,
                 FEATURE_NOT_SUPPORTED,
@@ -345,6 +350,9 @@ mod tests {
         fn reconnect(&self, _: Option<&str>) -> Result<(), String> {
             Ok(())
         }
+        fn kill_client(&self, _: u64) -> Result<(), String> {
+            Err("client not found".into())
+        }
         fn shutdown(&self, _: ShutdownMode) {}
     }
 
@@ -407,6 +415,13 @@ mod tests {
                 "KILL app",
                 "0A000",
                 "not supported by pgsluice yet",
+            ),
+            (Role::Admin, "KILL_CLIENT 12", "08P01", "client not found"),
+            (
+                Role::Admin,
+                "KILL_CLIENT x",
+                "08P01",
+                "invalid client pointer supplied",
             ),
         ];
         for (role, query, code, message) in cases {

@@ -357,6 +357,13 @@ impl Console for App {
         Ok(())
     }
 
+    fn kill_client(&self, id: u64) -> Result<(), String> {
+        let client = self.cancels.all().into_iter().find(|c| c.id == id);
+        let client = client.ok_or_else(|| "client not found".to_owned())?;
+        client.nudge.kill();
+        Ok(())
+    }
+
     fn shutdown(&self, mode: ShutdownMode) {
         self.shutdown.request(match mode {
             ShutdownMode::Immediate => Phase::Immediate,

@@ -174,7 +174,7 @@ pub async fn farewell(s: &mut Session, why: Farewell) -> EndReason {
             "client_idle_timeout".into()
         }
         Farewell::Eof => "client unexpected eof".into(),
-        Farewell::Shutdown => close_for_shutdown(stream).await,
+        Farewell::Shutdown => close_for_shutdown(stream, &s.me.cancel.target.nudge).await,
         Farewell::Terminate => "client close request".into(),
         Farewell::ProtocolViolation(e) => {
             send_error(
@@ -223,7 +223,9 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     return Some(format!("{e}"));
                 }
             },
-            () = me.cancel.target.nudge.reached(&app.shutdown, Phase::Immediate) => return Some("pooler shutdown".into()),
+            () = me.cancel.target.nudge.reached(&app.shutdown, Phase::Immediate) => {
+                return Some(close_for_shutdown(stream, &me.cancel.target.nudge).await);
+            }
         };
         // One string comparison in the common case: the server's projection of the tracked
         // parameters (cached until its set changes) is the client's set.
@@ -282,8 +284,9 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
         match outcome {
             Ok(Outcome::Released) => {
                 give_back(g, &pool, conn, mode, false).await;
-                if app.shutdown.phase() >= Phase::WaitForServers {
-                    return Some(close_for_shutdown(stream).await);
+                if app.shutdown.phase() >= Phase::WaitForServers || me.cancel.target.nudge.killed()
+                {
+                    return Some(close_for_shutdown(stream, &me.cancel.target.nudge).await);
                 }
             }
             Ok(Outcome::ClientGone { clean }) => {
@@ -374,7 +377,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             }
             Ok(Outcome::Shutdown) => {
                 drop(conn);
-                return Some(close_for_shutdown(stream).await);
+                return Some(close_for_shutdown(stream, &me.cancel.target.nudge).await);
             }
             Err(e) => {
                 drop(conn);
@@ -409,16 +412,23 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
 }
 
 /// Tells the client the pooler is going away (57P01) and gives the reason for the log.
-async fn close_for_shutdown(stream: &mut Stream) -> EndReason {
-    send_error(
-        stream,
-        Severity::Fatal,
-        sqlstate::ADMIN_SHUTDOWN,
-        "pooler is shutting down",
-        None,
-    )
-    .await;
-    "pooler shutdown".into()
+/// Tells the client why it is closed: the pooler shuts down, or an admin killed it (KILL_CLIENT).
+async fn close_for_shutdown(stream: &mut Stream, nudge: &crate::shutdown::Nudge) -> EndReason {
+    let (code, message, reason) = if nudge.killed() {
+        (
+            sqlstate::PROTOCOL_VIOLATION,
+            "admin forced disconnect",
+            "admin forced disconnect",
+        )
+    } else {
+        (
+            sqlstate::ADMIN_SHUTDOWN,
+            "pooler is shutting down",
+            "pooler shutdown",
+        )
+    };
+    send_error(stream, Severity::Fatal, code, message, None).await;
+    reason.into()
 }
 
 /// Returns a server after use. In session mode (or with `server_reset_query_always`) the reset query

@@ -562,3 +562,61 @@ async fn kill_client_closes_that_client_only_idle_or_mid_transaction() {
         error_text(&e)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_db_closes_its_clients_and_holds_new_ones_until_resume() {
+    let (s, db) = pooler("admin_killdb", "").await;
+    let other = Postgres::shared().create_database("admin_killdb_other");
+    let console = admin(&s).await;
+    let idle = s.connect(&db).await;
+    let busy = s.connect(&db).await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let elsewhere = s.connect(&other).await;
+    elsewhere.simple_query("SELECT 1").await.unwrap();
+
+    console.simple_query(&format!("KILL {db}")).await.unwrap();
+    for c in [&idle, &busy] {
+        let mut closed = false;
+        for _ in 0..50 {
+            if c.simple_query("SELECT 1").await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(closed, "a client of the killed database is closed");
+    }
+    elsewhere.simple_query("SELECT 1").await.unwrap();
+    let e = console
+        .simple_query(&format!("KILL {db}"))
+        .await
+        .unwrap_err();
+    assert!(error_text(&e).contains("paused"), "{}", error_text(&e));
+
+    // A new client of the killed database waits for RESUME.
+    let fresh = s.connect(&db).await;
+    let q = tokio::spawn(async move {
+        fresh
+            .simple_query("SELECT 5")
+            .await
+            .map(|m| first_value(&m))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !q.is_finished(),
+        "a query ran on a killed database before RESUME"
+    );
+    console.simple_query(&format!("RESUME {db}")).await.unwrap();
+    let v = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("RESUME lets it run")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("5"));
+    let e = console.simple_query("KILL pgbouncer").await.unwrap_err();
+    assert!(
+        error_text(&e).contains("cannot kill admin db"),
+        "{}",
+        error_text(&e)
+    );
+}

@@ -195,6 +195,8 @@ pub trait Console {
     fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String>;
     /// Servers of `db` (or all) are closed as they are released; idle ones at once.
     fn reconnect(&self, db: Option<&str>) -> Result<(), String>;
+    /// KILL: pauses one database (or all) and closes its clients and servers at once.
+    fn kill(&self, db: Option<&str>) -> Result<(), String>;
     /// Closes the client with SHOW CLIENTS' `id`.
     fn kill_client(&self, id: u64) -> Result<(), String>;
     fn shutdown(&self, mode: ShutdownMode);
@@ -285,7 +287,8 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
                 .and_then(|id| console.kill_client(id));
             done(out, r, "KILL_CLIENT")
         }
-        Command::Suspend | Command::Kill(_) | Command::WaitClose(_) | Command::Set { .. } => {
+        Command::Kill(db) => done(out, console.kill(db.as_deref()), "KILL"),
+        Command::Suspend | Command::WaitClose(_) | Command::Set { .. } => {
             error(
                 out,
                 FEATURE_NOT_SUPPORTED,
@@ -350,6 +353,9 @@ mod tests {
         fn reconnect(&self, _: Option<&str>) -> Result<(), String> {
             Ok(())
         }
+        fn kill(&self, _: Option<&str>) -> Result<(), String> {
+            Ok(())
+        }
         fn kill_client(&self, _: u64) -> Result<(), String> {
             Err("client not found".into())
         }
@@ -412,7 +418,7 @@ mod tests {
             ),
             (
                 Role::Admin,
-                "KILL app",
+                "SUSPEND",
                 "0A000",
                 "not supported by pgsluice yet",
             ),

@@ -357,6 +357,28 @@ impl Console for App {
         Ok(())
     }
 
+    fn kill(&self, db: Option<&str>) -> Result<(), String> {
+        if let Some(d) = db {
+            if crate::admin::is_console(d) {
+                return Err(format!("cannot kill admin db: {d}"));
+            }
+            if !self.known_database(d) {
+                return Err(format!("no such database: {d}"));
+            }
+        }
+        if self.pools.is_paused(db) {
+            return Err("already suspended/paused".into());
+        }
+        // Paused first: the clients closed now cannot be replaced by new requests before RESUME.
+        self.pools.pause(db);
+        for c in self.cancels.all() {
+            if db.is_none_or(|d| c.who.pool.key.database == d) {
+                c.nudge.kill();
+            }
+        }
+        Ok(())
+    }
+
     fn kill_client(&self, id: u64) -> Result<(), String> {
         let client = self.cancels.all().into_iter().find(|c| c.id == id);
         let client = client.ok_or_else(|| "client not found".to_owned())?;

@@ -3,7 +3,7 @@
 //! that moment. Each entry also carries the client's [`Nudge`] (shutdown wakes them all from here)
 //! and who the client is, for SHOW CLIENTS.
 
-use crate::backend::{BackendKey, ServerAddr};
+use crate::backend::{Server, ServerInfo};
 use crate::pool::Pool;
 use crate::shutdown::Nudge;
 use dashmap::DashMap;
@@ -21,7 +21,7 @@ pub enum Link {
     /// Asking its pool for a server.
     Waiting,
     /// Holding this server.
-    Active(Arc<ServerAddr>, BackendKey),
+    Active(ServerInfo),
 }
 
 /// Who a client is: fixed at login.
@@ -48,8 +48,8 @@ pub struct CancelTarget {
 }
 
 impl CancelTarget {
-    pub fn attach(&self, addr: &Arc<ServerAddr>, key: BackendKey) {
-        *self.link.lock() = Link::Active(addr.clone(), key);
+    pub fn attach(&self, server: &Server) {
+        *self.link.lock() = Link::Active(server.info());
     }
 
     pub fn detach(&self) {
@@ -142,9 +142,9 @@ impl CancelMap {
             }
             entry.link()
         };
-        let Link::Active(addr, key) = target else {
+        let Link::Active(server) = target else {
             return;
         };
-        crate::backend::cancel::send(&addr, key).await;
+        crate::backend::cancel::send(&server.addr, server.key).await;
     }
 }

@@ -620,3 +620,48 @@ async fn kill_db_closes_its_clients_and_holds_new_ones_until_resume() {
         error_text(&e)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_servers_lists_held_and_idle_servers_by_backend_pid() {
+    let (s, db) = pooler("admin_servers", "").await;
+    let want: Vec<(String, u32)> = SOCKETS.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+    assert_eq!(layout(&s, "SHOW SERVERS").await, want);
+    let a = s.connect(&db).await;
+    let b = s.connect(&db).await;
+    a.batch_execute("BEGIN").await.unwrap();
+    let held = first_value(&a.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
+    // b needs a second server while a holds the first; it goes idle afterwards.
+    let other = first_value(&b.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
+    assert_ne!(held, other);
+
+    let console = admin(&s).await;
+    let rows: Vec<_> = show(&console, "SHOW SERVERS")
+        .await
+        .into_iter()
+        .filter(|r| r["database"].as_deref() == Some(db.as_str()))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let by_pid = |pid: &str| {
+        rows.iter()
+            .find(|r| r["remote_pid"].as_deref() == Some(pid))
+            .unwrap_or_else(|| panic!("no server with pid {pid}: {rows:?}"))
+    };
+    assert_eq!(by_pid(&held)["state"].as_deref(), Some("active"));
+    assert_eq!(by_pid(&other)["state"].as_deref(), Some("idle"));
+    // The held server names its client, as SHOW CLIENTS numbers it.
+    let clients = show(&console, "SHOW CLIENTS").await;
+    let holder = clients
+        .iter()
+        .find(|r| r["state"].as_deref() == Some("active"))
+        .unwrap();
+    assert_eq!(
+        by_pid(&held)["link"].as_deref(),
+        Some(format!("{:x}", num(holder, "id")).as_str())
+    );
+    for r in &rows {
+        assert_eq!(r["type"].as_deref(), Some("S"));
+        assert_eq!(r["user"].as_deref(), Some(SCRAM_USER));
+        assert_eq!(num(r, "port"), i64::from(Postgres::shared().port));
+    }
+    a.batch_execute("COMMIT").await.unwrap();
+}

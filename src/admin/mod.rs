@@ -152,6 +152,26 @@ pub struct ClientRow {
     pub id: u64,
 }
 
+/// One server, for SHOW SERVERS.
+#[derive(Debug, Clone, Default)]
+pub struct ServerRow {
+    pub user: String,
+    pub database: String,
+    /// `active` (held by a client) or `idle`.
+    pub state: &'static str,
+    pub addr: String,
+    pub port: u16,
+    /// PgBouncer's time texts: when it was opened, and last used (idle) or checked out (active).
+    pub connect_time: String,
+    pub request_time: String,
+    /// The PostgreSQL backend pid.
+    pub remote_pid: u32,
+    pub tls: bool,
+    pub id: u64,
+    /// SHOW CLIENTS' id of the client holding it.
+    pub client: Option<u64>,
+}
+
 /// One setting, for SHOW CONFIG.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigRow {
@@ -179,6 +199,7 @@ pub trait Console {
     fn version(&self) -> String;
     fn pools(&self) -> Vec<PoolRow>;
     fn clients(&self) -> Vec<ClientRow>;
+    fn servers(&self) -> Vec<ServerRow>;
     fn stats(&self) -> Vec<DatabaseStats>;
     fn databases(&self) -> Vec<DatabaseRow>;
     fn users(&self) -> Vec<UserRow>;
@@ -315,6 +336,9 @@ mod tests {
             Vec::new()
         }
         fn clients(&self) -> Vec<ClientRow> {
+            Vec::new()
+        }
+        fn servers(&self) -> Vec<ServerRow> {
             Vec::new()
         }
         fn stats(&self) -> Vec<DatabaseStats> {

@@ -215,6 +215,7 @@ pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> 
         }
         "pools" => pools(console, out),
         "clients" => clients(console, out),
+        "servers" => servers(console, out),
         "stats" => stats(console, out),
         "stats_totals" | "stats_averages" => {
             let averages = target == "stats_averages";
@@ -408,6 +409,38 @@ fn clients(console: &impl Console, out: &mut BytesMut) {
             "".into(),
             0u64.into(),
             c.id.into(),
+        ]);
+    }
+    t.finish();
+}
+
+fn servers(console: &impl Console, out: &mut BytesMut) {
+    let mut t = Table::new(out, SOCKETS);
+    for s in console.servers() {
+        let link = s.client.map_or(String::new(), |c| format!("{c:x}"));
+        let tls = if s.tls { "TLS" } else { "" };
+        t.row(&[
+            "S".into(),
+            s.user.into(),
+            s.database.into(),
+            "none".into(),
+            s.state.into(),
+            s.addr.into(),
+            u64::from(s.port).into(),
+            "".into(),
+            0u64.into(),
+            s.connect_time.into(),
+            s.request_time.into(),
+            0u64.into(),
+            0u64.into(),
+            0u64.into(),
+            format!("{:x}", s.id).into(),
+            link.into(),
+            u64::from(s.remote_pid).into(),
+            tls.into(),
+            "".into(),
+            0u64.into(),
+            s.id.into(),
         ]);
     }
     t.finish();

@@ -5,9 +5,10 @@
 
 use super::App;
 use crate::admin::{
-    ClientRow, ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PoolRow,
+    ClientRow, ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PoolRow, ServerRow,
     ShutdownMode, UserRow,
 };
+use crate::backend::ServerInfo;
 use crate::clients::Link;
 use crate::config::{Config, PoolMode};
 use crate::pool::stats::averages;
@@ -43,6 +44,18 @@ fn counters(v: [u64; 11]) -> Counters {
 
 fn seconds(d: Option<Duration>) -> String {
     d.map_or_else(|| "0".to_owned(), |d| d.as_secs_f64().to_string())
+}
+
+/// PgBouncer's time text for SHOW CLIENTS and SERVERS.
+fn time_text(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string()
+}
+
+/// A monotonic instant as wall time.
+fn wall_time(t: tokio::time::Instant) -> String {
+    time_text(std::time::SystemTime::now() - t.elapsed())
 }
 
 /// Servers and clients of the pools whose key `mine` picks (a database's, or a user's).
@@ -157,9 +170,9 @@ impl Console for App {
                 let (state, server_pid) = match c.link() {
                     Link::Idle => ("idle", 0),
                     Link::Waiting => ("waiting", 0),
-                    Link::Active(_, key) => ("active", key.pid),
+                    Link::Active(server) => ("active", server.key.pid),
                 };
-                let time = chrono::DateTime::<chrono::Utc>::from(who.connected);
+
                 ClientRow {
                     user: who.pool.key.user.clone(),
                     database: who.pool.key.database.clone(),
@@ -168,13 +181,44 @@ impl Console for App {
                     port: who.peer.map_or(0, |a| a.port()),
                     local_addr: who.local.map_or("unix".into(), |a| a.ip().to_string()),
                     local_port: who.local.map_or(0, |a| a.port()),
-                    connect_time: time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    connect_time: time_text(who.connected),
                     server_pid,
                     tls: who.tls,
                     id: c.id,
                 }
             })
             .collect()
+    }
+
+    fn servers(&self) -> Vec<ServerRow> {
+        let row = |key: &crate::pool::PoolKey, s: &ServerInfo, client: Option<u64>| ServerRow {
+            user: key.user.clone(),
+            database: key.database.clone(),
+            state: if client.is_some() { "active" } else { "idle" },
+            addr: s.addr.host.clone(),
+            port: s.addr.port,
+            connect_time: wall_time(s.created),
+            request_time: wall_time(s.last_used),
+            remote_pid: s.key.pid,
+            tls: s.tls,
+            id: s.id,
+            client,
+        };
+        // Held servers are known from their clients, idle ones from their pools.
+        let mut rows: Vec<ServerRow> = self
+            .cancels
+            .all()
+            .iter()
+            .filter_map(|c| match c.link() {
+                Link::Active(s) => Some(row(&c.who.pool.key, &s, Some(c.id))),
+                _ => None,
+            })
+            .collect();
+        for p in self.pools.all() {
+            rows.extend(p.idle_servers().iter().map(|s| row(&p.key, s, None)));
+        }
+        rows.sort_by(|a, b| (&a.database, &a.user, a.id).cmp(&(&b.database, &b.user, b.id)));
+        rows
     }
 
     fn stats(&self) -> Vec<DatabaseStats> {

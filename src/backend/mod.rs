@@ -47,7 +47,29 @@ pub struct Server {
     pub tracked: Option<(u64, usize, ParamSet)>,
 }
 
+/// What the admin console shows of a server: copied at checkout (no allocation) and for idle ones.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub addr: Arc<ServerAddr>,
+    pub key: BackendKey,
+    pub id: u64,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub tls: bool,
+}
+
 impl Server {
+    pub fn info(&self) -> ServerInfo {
+        ServerInfo {
+            addr: self.addr.clone(),
+            key: self.key,
+            id: self.id,
+            created: self.created,
+            last_used: self.last_used,
+            tls: self.stream.is_tls(),
+        }
+    }
+
     /// Whether this server's values of the `tracked` parameters are `client`'s (a client's set
     /// holds only tracked names, as their projection). Made once per change of the server's set.
     pub fn agrees_with(&mut self, client: &ParamSet, tracked: &[String]) -> bool {

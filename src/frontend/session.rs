@@ -249,7 +249,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 }
             }
         }
-        me.cancel.target.attach(&conn.server.addr, conn.server.key);
+        me.cancel.target.attach(&conn.server);
         let outcome = relay::run(
             ClientSide {
                 stream,

@@ -59,4 +59,9 @@ impl Pool {
             .filter(|w| !w.tx.is_closed())
             .count()
     }
+
+    /// The idle servers, for SHOW SERVERS.
+    pub fn idle_servers(&self) -> Vec<crate::backend::ServerInfo> {
+        self.inner.lock().idle.iter().map(|s| s.info()).collect()
+    }
 }

@@ -418,3 +418,40 @@ async fn no_password_or_fetched_secret_reaches_the_log() {
         );
     }
 }
+
+/// The salt of an unknown user's mock SCRAM exchange is stable, as a real user's is, and cannot be
+/// computed from the user name alone (PostgreSQL keys it with a secret too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_users_mock_salt_is_stable_and_not_derivable_from_the_name() {
+    let s = Sluice::start("auth_type = scram-sha-256", "").await;
+    let salt_of = |user: &'static str| {
+        let s = &s;
+        async move {
+            let mut raw = send_startup(s, user, "appdb").await;
+            let (code, _) = read_auth(&mut raw).await;
+            assert_eq!(code, AUTH_SASL);
+            let first = client_first();
+            raw.write_all(&sasl_initial("SCRAM-SHA-256", first.len() as i32, &first))
+                .await
+                .unwrap();
+            let (code, data) = read_auth(&mut raw).await;
+            assert_eq!(code, AUTH_SASL_CONTINUE);
+            let server_first = String::from_utf8(data).unwrap();
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix("s="))
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let first = salt_of("no_such_user_x").await;
+    assert_eq!(salt_of("no_such_user_x").await, first, "stable per user");
+    assert_ne!(salt_of("no_such_user_y").await, first, "distinct per user");
+    use base64::Engine;
+    let from_name = base64::engine::general_purpose::STANDARD
+        .encode(&pgsluice::auth::scram::mock_verifier(b"no_such_user_x").salt);
+    assert_ne!(
+        first, from_name,
+        "the salt must not be derivable from the name alone"
+    );
+}

@@ -8,9 +8,20 @@ use subtle::ConstantTimeEq;
 /// SCRAM verifiers derived from plain-text secrets, per user, so that PBKDF2 runs once per user and
 /// secret rather than once per login. The secret is kept beside the verifier so that a changed
 /// secret is never served a stale verifier.
-#[derive(Default)]
 pub struct VerifierCache {
     entries: DashMap<String, Arc<(Secret, ScramVerifier)>>,
+    /// A random key of this process, so that an unknown user's mock salt (stable per user, as a
+    /// real one is) cannot be computed from the user name alone (as PostgreSQL's mock_auth_nonce).
+    mock_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl Default for VerifierCache {
+    fn default() -> Self {
+        Self {
+            entries: DashMap::new(),
+            mock_key: zeroize::Zeroizing::new(rand::random()),
+        }
+    }
 }
 
 impl std::fmt::Debug for VerifierCache {
@@ -22,6 +33,14 @@ impl std::fmt::Debug for VerifierCache {
 }
 
 impl VerifierCache {
+    /// The seed of `user`'s mock verifier: the process's key, then the name.
+    pub fn mock_seed(&self, user: &str) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut seed = zeroize::Zeroizing::new(self.mock_key.to_vec());
+        seed.push(0);
+        seed.extend_from_slice(user.as_bytes());
+        seed
+    }
+
     pub async fn verifier(&self, user: &str, secret: &Secret) -> Option<ScramVerifier> {
         let password = match secret {
             Secret::Scram(v) => return Some(v.clone()),

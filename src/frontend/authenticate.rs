@@ -250,7 +250,7 @@ async fn scram(
     };
     let server = match &verifier {
         Some(v) => ScramServer::new(v.clone(), nonce),
-        None => ScramServer::new_mock(user.as_bytes(), nonce),
+        None => ScramServer::new_mock(&ctx.verifiers.mock_seed(user), nonce),
     };
     let plus = ctx.end_point.filter(|_| stream.is_tls());
     if plus.is_some() {

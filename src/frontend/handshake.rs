@@ -25,10 +25,16 @@ pub enum Login {
 /// A client that is logged in and has been welcomed.
 #[derive(Debug)]
 pub struct LoggedIn {
-    /// The client's pool; its key holds the database and user names the client logged in with.
-    pub pool: Arc<Pool>,
     pub params: ParamSet,
+    /// The client's entry in the registry, which also names its pool.
     pub cancel: crate::clients::CancelRegistration,
+}
+
+impl LoggedIn {
+    /// The client's pool; its key holds the database and user names the client logged in with.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.cancel.target.who.pool
+    }
 }
 
 /// Parameters a client may set at startup without being refused.
@@ -315,7 +321,6 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
     let shared = pool.share_client_params(shown);
     pool.client_joined();
     Ok(Login::Pool(LoggedIn {
-        pool,
         params: shared,
         cancel,
     }))
@@ -323,6 +328,6 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
 
 impl Drop for LoggedIn {
     fn drop(&mut self) {
-        self.pool.client_left();
+        self.pool().client_left();
     }
 }

@@ -93,7 +93,7 @@ async fn login_within_timeout(
     };
     if let (true, handshake::Login::Pool(me)) = (g.log_connections, &me) {
         let tls = if stream.is_tls() { "yes" } else { "no" };
-        let (db, user) = (&me.pool.key.database, &me.pool.key.user);
+        let (db, user) = (&me.pool().key.database, &me.pool().key.user);
         tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls={tls}");
     }
     Some(me)

@@ -209,7 +209,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
     let g = &config.general;
     {
         // A request: get a server.
-        let pool = me.pool.clone();
+        let pool = me.pool().clone();
         let mode = pool.with_settings(|s| s.mode);
         me.cancel.target.wait();
         let mut conn = tokio::select! {
@@ -217,7 +217,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 Ok(c) => c,
                 Err(e) => {
                     if g.log_pooler_errors {
-                        tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "pooler error");
+                        tracing::warn!(db = %me.pool().key.database, user = %me.pool().key.user, error = %e, "pooler error");
                     }
                     send_error(stream, Severity::Fatal, e.sqlstate(), &e.client_message(), None).await;
                     return Some(format!("{e}"));
@@ -236,7 +236,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 // Boxed, as every rare path here: an idle client's task is as large as its
                 // largest state.
                 if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
-                    tracing::warn!(db = %me.pool.key.database, user = %me.pool.key.user, error = %e, "could not apply client parameters on server");
+                    tracing::warn!(db = %me.pool().key.database, user = %me.pool().key.user, error = %e, "could not apply client parameters on server");
                     send_error(
                         stream,
                         Severity::Fatal,

@@ -48,6 +48,7 @@ auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
 default_pool_size = 20
+admin_users = demo
 INI
 
 echo "Building pgsluice (release)..."
@@ -61,6 +62,8 @@ pgsluice is listening on 127.0.0.1:$PORT in transaction mode, in front of Postgr
 Connect with:
     psql "postgresql://demo:demo@127.0.0.1:$PORT/demo"
     pgbench -i -h 127.0.0.1 -p $PORT -U demo demo    # password: demo
+The admin console (PgBouncer's SHOW, PAUSE, RESUME, RELOAD, ...):
+    psql "postgresql://demo:demo@127.0.0.1:$PORT/pgbouncer" -c 'SHOW POOLS'
 Config: $WORK/pgbouncer.ini    Press Ctrl-C to stop both.
 HELLO
 wait "$SLUICE_PID"

@@ -194,6 +194,9 @@ pub async fn run(
         counts: Counts::default(),
         stats,
     };
+    // What the session read before attaching (the start of the request) is the client's too; a
+    // relay is released only with nothing left over, so none of it was counted before.
+    t.counts.received += cbuf.len() as u64;
     let mut to_client = BytesMut::new();
     let mut to_server = scan_client(
         cbuf,

@@ -667,3 +667,38 @@ async fn show_servers_lists_held_and_idle_servers_by_backend_pid() {
     }
     a.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_close_returns_once_the_servers_reconnect_retired_are_gone() {
+    let (s, db) = pooler("admin_waitclose", "").await;
+    let console = admin(&s).await;
+    let a = s.connect(&db).await;
+    a.batch_execute("BEGIN").await.unwrap();
+    let before = first_value(&a.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
+    // Nothing retired yet: WAIT_CLOSE has nothing to wait for.
+    console
+        .simple_query(&format!("WAIT_CLOSE {db}"))
+        .await
+        .unwrap();
+
+    console
+        .simple_query(&format!("RECONNECT {db}"))
+        .await
+        .unwrap();
+    let wait = tokio::spawn(async move {
+        console.simple_query("WAIT_CLOSE").await.unwrap();
+        console
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !wait.is_finished(),
+        "WAIT_CLOSE returned while a retired server was held"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("WAIT_CLOSE returns once the transaction releases the server")
+        .unwrap();
+    let after = first_value(&a.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
+    assert_ne!(before, after, "the retired server was closed, not reused");
+}

@@ -211,6 +211,10 @@ pub trait Console {
     fn pause(&self, db: Option<&str>) -> Result<(), String>;
     /// No server of the paused target is in use any more.
     fn paused(&self, db: Option<&str>) -> bool;
+    /// No server opened before the last RECONNECT of the target remains.
+    fn closed(&self, db: Option<&str>) -> bool;
+    /// A database by that name is configured (or opened through `*`).
+    fn has_database(&self, db: &str) -> bool;
     fn resume(&self, db: Option<&str>) -> Result<(), String>;
     fn reload(&self) -> Result<(), String>;
     fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String>;
@@ -228,10 +232,29 @@ pub trait Console {
 pub enum After {
     /// ReadyForQuery; the next command.
     Ready,
-    /// Wait until [`Console::paused`], then CommandComplete `PAUSE` and ReadyForQuery.
-    WaitPaused(Option<String>),
+    /// Wait until the condition holds for the database (or all), then CommandComplete (`PAUSE`,
+    /// `WAIT_CLOSE`) and ReadyForQuery.
+    Wait(Until, Option<String>),
     /// Close the connection (the process is going away).
     Close,
+}
+
+/// What a deferred command waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// [`Console::paused`]: PAUSE.
+    Paused,
+    /// [`Console::closed`]: WAIT_CLOSE.
+    Closed,
+}
+
+impl Until {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Until::Paused => "PAUSE",
+            Until::Closed => "WAIT_CLOSE",
+        }
+    }
 }
 
 /// PgBouncer's admin errors: S ERROR, the given code, the message.
@@ -270,7 +293,7 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
             After::Ready
         }
         Command::Pause(db) => match console.pause(db.as_deref()) {
-            Ok(()) => After::WaitPaused(db),
+            Ok(()) => After::Wait(Until::Paused, db),
             Err(e) => {
                 error(out, PROTOCOL_VIOLATION, &e);
                 After::Ready
@@ -309,7 +332,14 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
             done(out, r, "KILL_CLIENT")
         }
         Command::Kill(db) => done(out, console.kill(db.as_deref()), "KILL"),
-        Command::Suspend | Command::WaitClose(_) | Command::Set { .. } => {
+        Command::WaitClose(db) => match db {
+            Some(d) if !console.has_database(&d) => {
+                error(out, PROTOCOL_VIOLATION, &format!("no such database: {d}"));
+                After::Ready
+            }
+            db => After::Wait(Until::Closed, db),
+        },
+        Command::Suspend | Command::Set { .. } => {
             error(
                 out,
                 FEATURE_NOT_SUPPORTED,
@@ -364,6 +394,12 @@ mod tests {
         }
         fn paused(&self, _: Option<&str>) -> bool {
             true
+        }
+        fn closed(&self, _: Option<&str>) -> bool {
+            true
+        }
+        fn has_database(&self, db: &str) -> bool {
+            db == "app"
         }
         fn resume(&self, _: Option<&str>) -> Result<(), String> {
             Ok(())
@@ -424,7 +460,7 @@ mod tests {
         let (tags, after, _) = reply(Role::Admin, "PAUSE app");
         assert_eq!(
             (tags.as_str(), after),
-            ("", After::WaitPaused(Some("app".into())))
+            ("", After::Wait(Until::Paused, Some("app".into())))
         );
         assert_eq!(reply(Role::Admin, "SHUTDOWN").1, After::Close);
     }
@@ -447,6 +483,12 @@ mod tests {
                 "not supported by pgsluice yet",
             ),
             (Role::Admin, "KILL_CLIENT 12", "08P01", "client not found"),
+            (
+                Role::Admin,
+                "WAIT_CLOSE nosuch",
+                "08P01",
+                "no such database: nosuch",
+            ),
             (
                 Role::Admin,
                 "KILL_CLIENT x",

@@ -365,6 +365,29 @@ impl Console for App {
         self.pools.drained(db)
     }
 
+    fn closed(&self, db: Option<&str>) -> bool {
+        let wanted = |key: &PoolKey| db.is_none_or(|d| key.database == d);
+        // The servers a RECONNECT retired: idle ones are closed at once, held ones when released.
+        let retired: Vec<(PoolKey, tokio::time::Instant)> = self
+            .pools
+            .all()
+            .iter()
+            .filter(|p| wanted(&p.key))
+            .filter_map(|p| p.retired_before().map(|t| (p.key.clone(), t)))
+            .collect();
+        let still_held = self.cancels.all().iter().any(|c| match c.link() {
+            Link::Active(s) => retired
+                .iter()
+                .any(|(k, t)| *k == c.who.pool.key && s.created <= *t),
+            _ => false,
+        });
+        !still_held
+    }
+
+    fn has_database(&self, db: &str) -> bool {
+        self.known_database(db)
+    }
+
     fn resume(&self, db: Option<&str>) -> Result<(), String> {
         if self.shutdown.phase() != Phase::Running {
             return Err("pooler is shutting down".into());

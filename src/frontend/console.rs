@@ -6,7 +6,7 @@
 //! Sync), and the connection stays usable in every case.
 
 use super::login::{auth_method, reject, LoginEnd};
-use crate::admin::{self, After, Console, Role};
+use crate::admin::{self, After, Console, Role, Until};
 use crate::app::App;
 use crate::frontend::authenticate::{authenticate, AuthContext, AuthError};
 use crate::net::stream::Stream;
@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 /// The longest command read; PgBouncer's own parser takes far less.
 pub const MAX_COMMAND: usize = 64 * 1024;
 
-/// How often a PAUSE waiting for servers to be released looks again.
+/// How often a PAUSE or WAIT_CLOSE waiting for servers to go looks again.
 const PAUSE_POLL: Duration = Duration::from_millis(20);
 
 /// PgBouncer's rule: user `pgbouncer` on the unix socket, from the uid the pooler runs as, is an
@@ -200,11 +200,11 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
                 let _ = stream.write_flushed(&out).await;
                 return;
             }
-            After::WaitPaused(db) => {
-                if !wait_paused(app, stream, buf, db.as_deref()).await {
+            After::Wait(until, db) => {
+                if !wait_until(app, stream, buf, until, db.as_deref()).await {
                     return;
                 }
-                encode::command_complete(&mut out, "PAUSE");
+                encode::command_complete(&mut out, until.tag());
             }
         }
         encode::ready_for_query(&mut out, b'I');
@@ -214,10 +214,20 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
     }
 }
 
-/// Waits until no server of the paused target is in use; false if the client left meanwhile (the
-/// pause stays, as in PgBouncer).
-async fn wait_paused(app: &App, stream: &mut Stream, buf: &mut BytesMut, db: Option<&str>) -> bool {
-    while !app.paused(db) {
+/// Waits until a PAUSE or WAIT_CLOSE is done for the target; false if the client left meanwhile
+/// (a pause stays, as in PgBouncer).
+async fn wait_until(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    until: Until,
+    db: Option<&str>,
+) -> bool {
+    let done = || match until {
+        Until::Paused => app.paused(db),
+        Until::Closed => app.closed(db),
+    };
+    while !done() {
         tokio::select! {
             () = tokio::time::sleep(PAUSE_POLL) => {}
             r = stream.read_buf(buf) => {

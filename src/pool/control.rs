@@ -45,6 +45,11 @@ impl Pool {
         self.inner.lock().total == 0
     }
 
+    /// When the last RECONNECT was: servers opened before it are closed as they come back.
+    pub fn retired_before(&self) -> Option<Instant> {
+        self.inner.lock().retire_before
+    }
+
     /// Servers opened before now are closed: idle ones at once, the others when released.
     fn reconnect(self: &Arc<Self>) {
         self.inner.lock().retire_before = Some(Instant::now());

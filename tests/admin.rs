@@ -702,3 +702,73 @@ async fn wait_close_returns_once_the_servers_reconnect_retired_are_gone() {
     let after = first_value(&a.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
     assert_ne!(before, after, "the retired server was closed, not reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moving_a_database_drains_its_old_servers_without_dropping_clients() {
+    let pg = Postgres::shared();
+    let first = pg.create_database("admin_move_a");
+    let second = pg.create_database("admin_move_b");
+    let s = Sluice::start(
+        &format!("pool_mode = transaction\nadmin_users = {MD5_USER}"),
+        &format!(
+            "moving = host=127.0.0.1 port={} dbname={first} pool_size=2",
+            pg.port
+        ),
+    )
+    .await;
+    let console = admin(&s).await;
+    let idle = s.connect("moving").await;
+    let busy = s.connect("moving").await;
+    let db_of = |m: Vec<SimpleQueryMessage>| first_value(&m).unwrap();
+    assert_eq!(
+        db_of(
+            idle.simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        first
+    );
+    busy.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        db_of(
+            busy.simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        first
+    );
+
+    let ini = s.dir.path().join("pgbouncer.ini");
+    let text = std::fs::read_to_string(&ini)
+        .unwrap()
+        .replace(&format!("dbname={first}"), &format!("dbname={second}"));
+    std::fs::write(&ini, text).unwrap();
+    console.simple_query("RELOAD").await.unwrap();
+
+    // The transaction under way keeps its server; everything after goes to the new place.
+    assert_eq!(
+        db_of(
+            busy.simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        first
+    );
+    busy.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        db_of(
+            busy.simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        second
+    );
+    assert_eq!(
+        db_of(
+            idle.simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        second
+    );
+}

@@ -51,7 +51,7 @@ impl Pool {
     }
 
     /// Servers opened before now are closed: idle ones at once, the others when released.
-    fn reconnect(self: &Arc<Self>) {
+    pub(super) fn reconnect(self: &Arc<Self>) {
         self.inner.lock().retire_before = Some(Instant::now());
         self.evict_idle(|_, _| true);
     }

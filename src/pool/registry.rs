@@ -68,12 +68,32 @@ impl Registry {
                     if let Some(l) = self.user_limits.get(&key.user) {
                         l.set_max(s.max_user_connections);
                     }
+                    // A database moved (host, port, dbname or login user): its old servers
+                    // drain as they are released, as after RECONNECT.
+                    let moved = p.with_settings(|old| {
+                        let (a, b) = (&old.login, &s.login);
+                        (&a.addr.host, a.addr.port, &a.dbname, &a.user)
+                            != (&b.addr.host, b.addr.port, &b.dbname, &b.user)
+                    });
                     p.update_settings(s);
+                    if moved {
+                        p.reconnect();
+                    }
                 }
                 None => {
                     let mut s = (*p.settings()).clone();
                     s.closing = true;
+                    // A database moved (host, port, dbname or login user): its old servers
+                    // drain as they are released, as after RECONNECT.
+                    let moved = p.with_settings(|old| {
+                        let (a, b) = (&old.login, &s.login);
+                        (&a.addr.host, a.addr.port, &a.dbname, &a.user)
+                            != (&b.addr.host, b.addr.port, &b.dbname, &b.user)
+                    });
                     p.update_settings(s);
+                    if moved {
+                        p.reconnect();
+                    }
                 }
             }
         }

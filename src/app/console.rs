@@ -55,7 +55,8 @@ fn time_text(t: std::time::SystemTime) -> String {
 
 /// A monotonic instant as wall time.
 fn wall_time(t: tokio::time::Instant) -> String {
-    time_text(std::time::SystemTime::now() - t.elapsed())
+    let now = std::time::SystemTime::now();
+    time_text(now.checked_sub(t.elapsed()).unwrap_or(now))
 }
 
 /// Servers and clients of the pools whose key `mine` picks (a database's, or a user's).
@@ -172,7 +173,6 @@ impl Console for App {
                     Link::Waiting => ("waiting", 0),
                     Link::Active(server) => ("active", server.key.pid),
                 };
-
                 ClientRow {
                     user: who.pool.key.user.clone(),
                     database: who.pool.key.database.clone(),
@@ -191,7 +191,7 @@ impl Console for App {
     }
 
     fn servers(&self) -> Vec<ServerRow> {
-        let row = |key: &crate::pool::PoolKey, s: &ServerInfo, client: Option<u64>| ServerRow {
+        let row = |key: &PoolKey, s: &ServerInfo, client: Option<u64>| ServerRow {
             user: key.user.clone(),
             database: key.database.clone(),
             state: if client.is_some() { "active" } else { "idle" },

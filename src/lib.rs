@@ -9,6 +9,8 @@
 //! back to the pool when it is idle and clean (transaction and statement mode) or when the client leaves
 //! (session mode).
 //!
+//! Counters and probes for Prometheus and Kubernetes are served by [`metrics`].
+//!
 //! Protocol code in [`proto`] and the SCRAM exchange in [`auth::scram`] are sans-IO and fuzzed.
 
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod clients;
 pub mod config;
 pub mod frontend;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod prepared;

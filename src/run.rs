@@ -26,6 +26,21 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     if signals {
         spawn_signal_handlers(app.clone())?;
     }
+    // Bound before anything is served, so that a taken port stops the start; it keeps answering
+    // through the drain, where /readyz says "shutting down".
+    let metrics = match app.config().general.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
+            tracing::info!("metrics and health on http://{}", listener.local_addr()?);
+            let endpoint: Arc<dyn crate::metrics::Endpoint> = app.clone();
+            Some(tokio::spawn(crate::metrics::http::serve(
+                listener, endpoint,
+            )))
+        }
+        None => None,
+    };
     let janitor = tokio::spawn(crate::pool::maintenance::run(app.pools.clone()));
     let stats = tokio::spawn(stats_loop(app.clone()));
     let statements = {
@@ -61,6 +76,9 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     stats.abort();
     statements.abort();
     nudger.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     // The broadcaster may be aborted before it saw the last change.
     app.cancels.wake_all();
     tracing::info!("shutdown complete");

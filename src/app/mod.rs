@@ -2,6 +2,7 @@
 //! hands them out explicitly (no process-global state, so tests can run many Apps side by side).
 
 mod console;
+mod metrics;
 
 use crate::auth::store::SecretStore;
 use crate::auth::verifiers::VerifierCache;
@@ -23,6 +24,8 @@ pub struct App {
     pub secrets: Arc<SecretStore>,
     /// Prepared statement definitions shared by all clients (transaction and statement mode).
     pub statements: crate::prepared::Registry,
+    /// Logins, errors, reloads and TLS handshakes, for the metrics endpoint.
+    pub events: crate::metrics::Events,
 }
 
 impl App {
@@ -35,6 +38,7 @@ impl App {
             verifiers: VerifierCache::default(),
             secrets: Arc::default(),
             statements: Default::default(),
+            events: Default::default(),
         })
     }
 
@@ -52,7 +56,9 @@ impl App {
     /// restart, as in PgBouncer); pools take their new settings at once.
     pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
         let source = self.config().source.clone();
-        let new = crate::config::load(&source)?;
+        let loaded = crate::config::load(&source);
+        self.events.reload(loaded.is_ok());
+        let new = loaded?;
         for w in &new.warnings {
             tracing::warn!("{w}");
         }

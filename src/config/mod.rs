@@ -11,11 +11,13 @@ pub mod ini;
 mod kinds;
 mod model;
 pub mod pgbouncer;
+mod raw;
 pub mod toml;
 pub mod userlist;
 
 pub use kinds::*;
 pub use model::*;
+pub use raw::*;
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;

@@ -16,16 +16,18 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     for section in &doc.sections {
         match section.name.as_str() {
             "pgbouncer" => {
-                for e in &section.entries {
-                    if !set_general(&mut raw.general, e)? {
-                        warnings.push(format!(
-                            "{}:{}: setting \"{}\" is not implemented by pgsluice and is ignored",
-                            e.file.display(),
-                            e.line,
-                            e.key
-                        ));
-                    }
-                }
+                let ignored = "is not implemented by pgsluice and is ignored";
+                set_all(
+                    &mut raw.general,
+                    section,
+                    set_general,
+                    ignored,
+                    &mut warnings,
+                )?;
+            }
+            "pgsluice" => {
+                let ignored = "is not a pgsluice setting and is ignored";
+                set_all(&mut raw.general, section, set_own, ignored, &mut warnings)?;
             }
             "databases" => {
                 for e in &section.entries {
@@ -46,6 +48,23 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         }
     }
     Ok(Loaded { raw, warnings })
+}
+
+/// Applies a settings section with `set`; a key it does not take is a warning that it is `ignored`.
+fn set_all(
+    g: &mut RawGeneral,
+    section: &ini::IniSection,
+    set: fn(&mut RawGeneral, &IniEntry) -> Result<bool, ConfigError>,
+    ignored: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for e in &section.entries {
+        if !set(g, e)? {
+            let (file, line) = (e.file.display(), e.line);
+            warnings.push(format!("{file}:{line}: setting \"{}\" {ignored}", e.key));
+        }
+    }
+    Ok(())
 }
 
 fn bad(e: &IniEntry, key: &str, message: impl Into<String>) -> ConfigError {
@@ -135,7 +154,6 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "server_reset_query" => g.server_reset_query = v.to_owned(),
         "server_reset_query_always" => set!(server_reset_query_always, parse_bool),
         "max_prepared_statements" => set!(max_prepared_statements, parse_num),
-        "max_held_message" => set!(max_held_message, parse_num),
         "server_check_query" => g.server_check_query = v.to_owned(),
         "server_check_delay" => set!(server_check_delay, parse_seconds),
         "server_connect_timeout" => set!(server_connect_timeout, parse_seconds),
@@ -153,7 +171,6 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "log_disconnections" => set!(log_disconnections, parse_bool),
         "log_pooler_errors" => set!(log_pooler_errors, parse_bool),
         "stats_period" => set!(stats_period, parse_seconds),
-        "workers" => set!(workers, parse_num),
         "auth_hba_file" => g.auth_hba_file = path(v),
         "pidfile" => g.pidfile = path(v),
         "logfile" => g.logfile = path(v),
@@ -176,6 +193,22 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "server_tls_protocols" => g.server_tls_protocols = v.to_owned(),
         "server_tls_ciphers" => g.server_tls_ciphers = v.to_owned(),
         "server_tls13_ciphers" => g.server_tls13_ciphers = v.to_owned(),
+        // pgsluice's own keys belong in [pgsluice], which PgBouncer ignores; taken here too.
+        _ => return set_own(g, e),
+    }
+    Ok(true)
+}
+
+/// The `[pgsluice]` section: settings PgBouncer does not have, kept apart so that the `[pgbouncer]`
+/// section stays loadable by PgBouncer itself.
+fn set_own(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
+    let key = e.key.to_ascii_lowercase();
+    let v = e.value.as_str();
+    let err = |m: String| bad(e, &key, m);
+    match key.as_str() {
+        "max_held_message" => g.max_held_message = parse_num(v).map_err(err)?,
+        "workers" => g.workers = parse_num(v).map_err(err)?,
+        "metrics_addr" => g.metrics_addr = v.to_owned(),
         "log_format" => {
             g.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => super::LogFormat::Text,

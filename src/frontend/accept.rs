@@ -61,8 +61,10 @@ where
         };
         let max = app.config().general.max_client_conn;
         let Some(guard) = app.shutdown.admit(max) else {
+            let app = app.clone();
             tokio::spawn(async move {
                 super::send_error(
+                    &app.events,
                     &mut stream,
                     Severity::Fatal,
                     sqlstate::TOO_MANY_CONNECTIONS,

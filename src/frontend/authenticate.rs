@@ -101,6 +101,20 @@ impl Method {
         }
     }
 
+    /// The metrics' label for logins by method.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Trust => "trust",
+            Method::Any => "any",
+            Method::Password => "password",
+            Method::Md5 => "md5",
+            Method::ScramSha256 => "scram-sha-256",
+            Method::Cert => "cert",
+            Method::Peer => "peer",
+            Method::Reject => "reject",
+        }
+    }
+
     /// Whether the method needs the user's stored secret (auth file or auth_query).
     pub fn needs_secret(self) -> bool {
         !matches!(

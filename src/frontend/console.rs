@@ -8,7 +8,7 @@
 use super::login::{auth_method, reject, LoginEnd};
 use crate::admin::{self, After, Console, Role, Until};
 use crate::app::App;
-use crate::frontend::authenticate::{authenticate, AuthContext, AuthError};
+use crate::frontend::authenticate::{authenticate, AuthContext, AuthError, Method};
 use crate::net::stream::Stream;
 use crate::proto::{encode, sqlstate};
 use bytes::{Buf, BytesMut};
@@ -36,6 +36,7 @@ pub(super) async fn log_in(
     buf: &mut BytesMut,
     user: &str,
     database: &str,
+    method_seen: &mut Option<Method>,
 ) -> Result<Role, LoginEnd> {
     let config = app.config();
     let g = &config.general;
@@ -46,11 +47,14 @@ pub(super) async fn log_in(
     } else {
         None
     };
-    if !same_uid_superuser(stream, user) {
+    if same_uid_superuser(stream, user) {
+        *method_seen = Some(Method::Peer);
+    } else {
         let method = match auth_method(g, stream, database, user) {
             Ok(m) => m,
-            Err((code, message)) => return Err(reject(stream, code, message).await),
+            Err((code, message)) => return Err(reject(&app.events, stream, code, message).await),
         };
+        *method_seen = Some(method);
         let ctx = AuthContext {
             user,
             secret: config.auth_secrets.get(user),
@@ -63,15 +67,15 @@ pub(super) async fn log_in(
                 AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
                 AuthError::Failed(_) => {
                     let m = format!("password authentication failed for user \"{user}\"");
-                    reject(stream, e.sqlstate(), m).await
+                    reject(&app.events, stream, e.sqlstate(), m).await
                 }
-                other => reject(stream, other.sqlstate(), other.to_string()).await,
+                other => reject(&app.events, stream, other.sqlstate(), other.to_string()).await,
             });
         }
     }
     let Some(role) = role else {
         let m = format!("user \"{user}\" is not allowed to use the admin console");
-        return Err(reject(stream, sqlstate::INVALID_AUTHORIZATION, m).await);
+        return Err(reject(&app.events, stream, sqlstate::INVALID_AUTHORIZATION, m).await);
     };
     let mut out = BytesMut::with_capacity(256);
     encode::auth_ok(&mut out);

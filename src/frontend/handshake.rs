@@ -4,7 +4,7 @@ pub use super::login::LoginEnd;
 use super::login::{auth_method, reject};
 use crate::app::App;
 use crate::backend::params::ParamSet;
-use crate::frontend::authenticate::{authenticate, AuthContext, AuthError};
+use crate::frontend::authenticate::{authenticate, AuthContext, AuthError, Method};
 use crate::net::stream::Stream;
 use crate::net::tls::{ClientTls, ALPN_POSTGRESQL};
 use crate::pool::{Pool, PoolKey, PoolSettings};
@@ -55,13 +55,11 @@ async fn read_startup(
     if let Some(acceptor) = &tls.acceptor {
         if buf.is_empty() && stream.peek_first().await.ok().flatten() == Some(TLS_HANDSHAKE_RECORD)
         {
-            stream
-                .accept_tls(acceptor)
-                .await
-                .map_err(|_| LoginEnd::Gone)?;
+            let accepted = stream.accept_tls(acceptor).await;
+            app.events.client_tls_handshake(accepted.is_ok());
+            accepted.map_err(|_| LoginEnd::Gone)?;
             if stream.alpn_protocol().as_deref() != Some(ALPN_POSTGRESQL) {
-                return Err(reject(
-                    stream,
+                return Err(reject(&app.events, stream,
                     sqlstate::PROTOCOL_VIOLATION,
                     "received direct SSL connection request without ALPN protocol negotiation extension".into(),
                 )
@@ -76,6 +74,7 @@ async fn read_startup(
             {
                 // Bytes after an SSLRequest, before our answer, would be a buffer-stuffing attack.
                 return Err(reject(
+                    &app.events,
                     stream,
                     sqlstate::PROTOCOL_VIOLATION,
                     "unexpected data after SSLRequest".into(),
@@ -89,10 +88,9 @@ async fn read_startup(
                         .await
                         .map_err(|_| LoginEnd::Gone)?;
                     // A failed handshake leaves nothing to send an error over.
-                    stream
-                        .accept_tls(acceptor)
-                        .await
-                        .map_err(|_| LoginEnd::Gone)?;
+                    let accepted = stream.accept_tls(acceptor).await;
+                    app.events.client_tls_handshake(accepted.is_ok());
+                    accepted.map_err(|_| LoginEnd::Gone)?;
                     continue;
                 }
                 _ => {
@@ -117,10 +115,17 @@ async fn read_startup(
             Ok(Some(StartupPacket::Startup(m))) => return Ok(m),
             Ok(None) => {}
             Err(e @ ProtoError::UnsupportedProtocol { .. }) => {
-                return Err(reject(stream, sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()).await)
+                return Err(reject(
+                    &app.events,
+                    stream,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    e.to_string(),
+                )
+                .await)
             }
             Err(e) => {
                 return Err(reject(
+                    &app.events,
                     stream,
                     sqlstate::PROTOCOL_VIOLATION,
                     format!("invalid startup packet: {e}"),
@@ -137,7 +142,13 @@ async fn read_startup(
 
 /// Runs the whole login. On success the client has received AuthenticationOk, the parameters,
 /// its BackendKeyData and ReadyForQuery.
-pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result<Login, LoginEnd> {
+/// `method_seen` tells the caller how the client was to authenticate, once that is known.
+pub async fn login(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    method_seen: &mut Option<Method>,
+) -> Result<Login, LoginEnd> {
     let config = app.config();
     let g = &config.general;
     let mut m = read_startup(app, stream, buf, &g.client_tls).await?;
@@ -162,6 +173,7 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
 
     let Some(user) = m.get("user").map(str::to_owned) else {
         return Err(reject(
+            &app.events,
             stream,
             sqlstate::INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet".into(),
@@ -176,12 +188,12 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
 
     if crate::admin::is_console(&database) {
         // The console's own welcome ignores startup parameters, as PgBouncer's does.
-        let role = super::console::log_in(app, stream, buf, &user, &database).await?;
+        let role = super::console::log_in(app, stream, buf, &user, &database, method_seen).await?;
         return Ok(Login::Console(role));
     }
     if app.pools.is_disabled(&database) {
         let m = format!("database \"{database}\" is disabled");
-        return Err(reject(stream, sqlstate::PROTOCOL_VIOLATION, m).await);
+        return Err(reject(&app.events, stream, sqlstate::PROTOCOL_VIOLATION, m).await);
     }
 
     let mut params = ParamSet::default();
@@ -202,6 +214,7 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
             continue;
         } else {
             return Err(reject(
+                &app.events,
                 stream,
                 sqlstate::PROTOCOL_VIOLATION,
                 format!("unsupported startup parameter: {k}"),
@@ -213,6 +226,7 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
     let Some(settings) = PoolSettings::resolve(&config, &database, &user, &app.secrets) else {
         // Refused before authentication, with PgBouncer's message and SQLSTATE.
         return Err(reject(
+            &app.events,
             stream,
             sqlstate::PROTOCOL_VIOLATION,
             format!("no such database: {database}"),
@@ -222,8 +236,9 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
 
     let method = match auth_method(g, stream, &database, &user) {
         Ok(m) => m,
-        Err((code, message)) => return Err(reject(stream, code, message).await),
+        Err((code, message)) => return Err(reject(&app.events, stream, code, message).await),
     };
+    *method_seen = Some(method);
 
     let db_entry = config.database(&database);
     let mut fetched_from = None;
@@ -238,7 +253,9 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
                     }
                     Err(e) => {
                         tracing::warn!(db = %database, user = %user, error = %e, "auth_query failed");
-                        return Err(reject(stream, e.sqlstate(), e.client_message()).await);
+                        return Err(
+                            reject(&app.events, stream, e.sqlstate(), e.client_message()).await,
+                        );
                     }
                 }
             }
@@ -263,13 +280,14 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
             AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
             AuthError::Failed(_) => {
                 reject(
+                    &app.events,
                     stream,
                     e.sqlstate(),
                     format!("password authentication failed for user \"{user}\""),
                 )
                 .await
             }
-            other => reject(stream, other.sqlstate(), other.to_string()).await,
+            other => reject(&app.events, stream, other.sqlstate(), other.to_string()).await,
         });
     }
 
@@ -288,7 +306,13 @@ pub async fn login(app: &App, stream: &mut Stream, buf: &mut BytesMut) -> Result
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no server for a logging-in client");
-                return Err(reject(stream, e.sqlstate(), e.client_message().into_owned()).await);
+                return Err(reject(
+                    &app.events,
+                    stream,
+                    e.sqlstate(),
+                    e.client_message().into_owned(),
+                )
+                .await);
             }
         },
     };

@@ -19,8 +19,13 @@ pub enum LoginEnd {
     Gone,
 }
 
-pub(super) async fn reject(stream: &mut Stream, code: &str, message: String) -> LoginEnd {
-    send_error(stream, Severity::Fatal, code, &message, None).await;
+pub(super) async fn reject(
+    events: &crate::metrics::Events,
+    stream: &mut Stream,
+    code: &str,
+    message: String,
+) -> LoginEnd {
+    send_error(events, stream, Severity::Fatal, code, &message, None).await;
     LoginEnd::Rejected(message)
 }
 

@@ -18,15 +18,33 @@ use bytes::BytesMut;
 
 /// Sends an ErrorResponse, best effort: the client may already be gone.
 pub async fn send_error(
+    events: &crate::metrics::Events,
     stream: &mut Stream,
     severity: Severity,
     code: &str,
     message: &str,
     detail: Option<&str>,
 ) {
+    events.client_error(code);
     let mut out = BytesMut::with_capacity(64 + message.len());
     encode::error_response(&mut out, severity, code, message, detail);
     let _ = stream.write_flushed(&out).await;
+}
+
+/// Counts a login by result (ok, failed, timeout, abandoned) and method ("none" when it ended
+/// before the method was chosen), and how long it took.
+fn count_login(
+    app: &crate::app::App,
+    method: Option<authenticate::Method>,
+    result: &str,
+    started: tokio::time::Instant,
+) {
+    let method = method.map_or("none", authenticate::Method::label);
+    let e = &app.events;
+    e.logins.with_label_values(&[result, method]).inc();
+    e.login_seconds
+        .with_label_values(&[method])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// A connection just accepted, and who it is from (for the log).
@@ -60,12 +78,15 @@ async fn login_within_timeout(
 ) -> Option<handshake::Login> {
     let config = app.config();
     let g = &config.general;
-    let login = handshake::login(app, stream, buf);
+    let started = tokio::time::Instant::now();
+    let mut method = None;
+    let login = handshake::login(app, stream, buf, &mut method);
     let logged_in = match g.client_login_timeout {
         Some(t) => match tokio::time::timeout(t, login).await {
             Ok(r) => r,
             Err(_) => {
                 send_error(
+                    &app.events,
                     stream,
                     Severity::Fatal,
                     crate::proto::sqlstate::PROTOCOL_VIOLATION,
@@ -76,6 +97,7 @@ async fn login_within_timeout(
                 if g.log_pooler_errors {
                     tracing::warn!(peer = %peer, "client_login_timeout");
                 }
+                count_login(app, method, "timeout", started);
                 return None;
             }
         },
@@ -83,14 +105,20 @@ async fn login_within_timeout(
     };
     let me = match logged_in {
         Ok(me) => me,
-        Err(handshake::LoginEnd::Cancel | handshake::LoginEnd::Gone) => return None,
+        Err(handshake::LoginEnd::Cancel) => return None,
+        Err(handshake::LoginEnd::Gone) => {
+            count_login(app, method, "abandoned", started);
+            return None;
+        }
         Err(handshake::LoginEnd::Rejected(reason)) => {
             if g.log_pooler_errors {
                 tracing::warn!(peer = %peer, "login rejected: {reason}");
             }
+            count_login(app, method, "failed", started);
             return None;
         }
     };
+    count_login(app, method, "ok", started);
     if let (true, handshake::Login::Pool(me)) = (g.log_connections, &me) {
         let tls = if stream.is_tls() { "yes" } else { "no" };
         let (db, user) = (&me.pool().key.database, &me.pool().key.user);

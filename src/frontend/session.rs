@@ -151,7 +151,7 @@ pub fn poll_idle(app: &App, s: &mut Session, cx: &mut Context<'_>) -> Poll<Woke>
 /// One request, or the error owed from the last one. `Some` ends the session with that reason.
 pub async fn serve(app: &App, s: &mut Session) -> Option<EndReason> {
     if let Some(message) = s.owed_error.take() {
-        return answer_with_error(&mut s.stream, &mut s.buf, &message)
+        return answer_with_error(app, &mut s.stream, &mut s.buf, &message)
             .await
             .err();
     }
@@ -159,11 +159,12 @@ pub async fn serve(app: &App, s: &mut Session) -> Option<EndReason> {
 }
 
 /// Tells the client why its session ends, where it should be told; the reason, for the log.
-pub async fn farewell(s: &mut Session, why: Farewell) -> EndReason {
+pub async fn farewell(app: &App, s: &mut Session, why: Farewell) -> EndReason {
     let stream = &mut s.stream;
     match why {
         Farewell::IdleTimeout => {
             send_error(
+                &app.events,
                 stream,
                 Severity::Fatal,
                 sqlstate::PROTOCOL_VIOLATION,
@@ -174,10 +175,11 @@ pub async fn farewell(s: &mut Session, why: Farewell) -> EndReason {
             "client_idle_timeout".into()
         }
         Farewell::Eof => "client unexpected eof".into(),
-        Farewell::Shutdown => close_for_shutdown(stream, &s.me.cancel.target.nudge).await,
+        Farewell::Shutdown => close_for_shutdown(app, stream, &s.me.cancel.target.nudge).await,
         Farewell::Terminate => "client close request".into(),
         Farewell::ProtocolViolation(e) => {
             send_error(
+                &app.events,
                 stream,
                 Severity::Fatal,
                 sqlstate::PROTOCOL_VIOLATION,
@@ -219,12 +221,12 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     if g.log_pooler_errors {
                         tracing::warn!(db = %me.pool().key.database, user = %me.pool().key.user, error = %e, "pooler error");
                     }
-                    send_error(stream, Severity::Fatal, e.sqlstate(), &e.client_message(), None).await;
+                    send_error(&app.events, stream, Severity::Fatal, e.sqlstate(), &e.client_message(), None).await;
                     return Some(format!("{e}"));
                 }
             },
             () = me.cancel.target.nudge.reached(&app.shutdown, Phase::Immediate) => {
-                return Some(close_for_shutdown(stream, &me.cancel.target.nudge).await);
+                return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
             }
         };
         // One string comparison in the common case: the server's projection of the tracked
@@ -238,6 +240,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
                     tracing::warn!(db = %me.pool().key.database, user = %me.pool().key.user, error = %e, "could not apply client parameters on server");
                     send_error(
+                        &app.events,
                         stream,
                         Severity::Fatal,
                         e.sqlstate(),
@@ -286,7 +289,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 give_back(g, &pool, conn, mode, false).await;
                 if app.shutdown.phase() >= Phase::WaitForServers || me.cancel.target.nudge.killed()
                 {
-                    return Some(close_for_shutdown(stream, &me.cancel.target.nudge).await);
+                    return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
                 }
             }
             Ok(Outcome::ClientGone { clean }) => {
@@ -307,6 +310,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 // silent half-transaction. It is closed instead, as PgBouncer does.
                 if mode == PoolMode::Session || in_transaction {
                     send_error(
+                        &app.events,
                         stream,
                         Severity::Fatal,
                         sqlstate::CONNECTION_FAILURE,
@@ -321,6 +325,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     return None;
                 }
                 let mut out = BytesMut::new();
+                app.events.client_error(sqlstate::CONNECTION_FAILURE);
                 encode::error_response(
                     &mut out,
                     Severity::Error,
@@ -339,6 +344,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 drop(conn);
                 let m = "transaction blocks not allowed in statement pooling mode";
                 send_error(
+                    &app.events,
                     stream,
                     Severity::Fatal,
                     sqlstate::PROTOCOL_VIOLATION,
@@ -354,6 +360,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                 tokio::spawn(async move { crate::backend::cancel::send(&addr, key).await });
                 drop(conn);
                 send_error(
+                    &app.events,
                     stream,
                     Severity::Fatal,
                     sqlstate::QUERY_CANCELED,
@@ -366,6 +373,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             Ok(Outcome::IdleTransactionTimeout) => {
                 drop(conn);
                 send_error(
+                    &app.events,
                     stream,
                     Severity::Fatal,
                     sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -377,7 +385,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
             }
             Ok(Outcome::Shutdown) => {
                 drop(conn);
-                return Some(close_for_shutdown(stream, &me.cancel.target.nudge).await);
+                return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
             }
             Err(e) => {
                 drop(conn);
@@ -385,6 +393,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     RelayError::ClientIo(_) => {}
                     RelayError::ClientProto(p) => {
                         send_error(
+                            &app.events,
                             stream,
                             Severity::Fatal,
                             sqlstate::PROTOCOL_VIOLATION,
@@ -395,6 +404,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     }
                     RelayError::ServerProto(_) | RelayError::ServerLostMidMessage => {
                         send_error(
+                            &app.events,
                             stream,
                             Severity::Fatal,
                             sqlstate::CONNECTION_FAILURE,
@@ -413,7 +423,11 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
 
 /// Tells the client the pooler is going away (57P01) and gives the reason for the log.
 /// Tells the client why it is closed: the pooler shuts down, or an admin killed it (KILL_CLIENT).
-async fn close_for_shutdown(stream: &mut Stream, nudge: &crate::shutdown::Nudge) -> EndReason {
+async fn close_for_shutdown(
+    app: &App,
+    stream: &mut Stream,
+    nudge: &crate::shutdown::Nudge,
+) -> EndReason {
     let (code, message, reason) = if nudge.killed() {
         (
             sqlstate::PROTOCOL_VIOLATION,
@@ -427,7 +441,7 @@ async fn close_for_shutdown(stream: &mut Stream, nudge: &crate::shutdown::Nudge)
             "pooler shutdown",
         )
     };
-    send_error(stream, Severity::Fatal, code, message, None).await;
+    send_error(&app.events, stream, Severity::Fatal, code, message, None).await;
     reason.into()
 }
 
@@ -485,6 +499,7 @@ fn drop_leading_noise(buf: &mut BytesMut) -> Result<Noise, crate::proto::ProtoEr
 /// to and including the request's Query or Sync are read and dropped, streaming (a large one is
 /// never held).
 async fn answer_with_error(
+    app: &App,
     stream: &mut Stream,
     buf: &mut BytesMut,
     message: &str,
@@ -521,6 +536,7 @@ async fn answer_with_error(
         }
     }
     let mut out = BytesMut::new();
+    app.events.client_error(sqlstate::CONNECTION_FAILURE);
     encode::error_response(
         &mut out,
         Severity::Error,

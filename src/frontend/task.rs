@@ -105,7 +105,7 @@ fn idle(app: Arc<App>, mut s: Session) -> State {
 
 /// The end of a session: what the client is told, the disconnect line, the socket shut down.
 async fn goodbye(app: Arc<App>, mut s: Session, why: Farewell) {
-    let reason = session::farewell(&mut s, why).await;
+    let reason = session::farewell(&app, &mut s, why).await;
     if app.config().general.log_disconnections {
         let age = s.started.elapsed().as_secs_f64();
         let key = &s.me.pool().key;

@@ -8,6 +8,7 @@
 mod census;
 mod connect_gate;
 mod control;
+pub mod latency;
 pub mod limit;
 pub mod maintenance;
 mod open;
@@ -467,10 +468,14 @@ impl Pool {
 
     /// Counts a checkout, and the time it spent queued; one served at once waited for nothing.
     fn note_wait(&self, started: Instant, waited: bool) {
-        if waited {
+        let us = if waited {
             let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.stats.wait_us.fetch_add(us, Ordering::Relaxed);
-        }
+            us
+        } else {
+            0
+        };
+        self.stats.wait_latency.observe_us(us);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
     }
 

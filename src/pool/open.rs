@@ -63,8 +63,11 @@ impl Pool {
         // Boxed: a login (TLS, SCRAM) is a large future, and inline it would enlarge every client's
         // task for its whole life, idle or not. Opening a server is rare enough for the allocation.
         let opening = Opening::new(self);
+        let started = Instant::now();
         let opened = Box::pin(self.open_now(settings)).await;
         drop(opening);
+        let result = opened.as_ref().map(|s| &**s);
+        self.stats.note_connect(result, started.elapsed());
         match &opened {
             Ok(_) => {
                 *self.last_login_failure.lock() = None;

@@ -4,8 +4,10 @@
 //! relay counts bytes, queries and times locally (relay/counts.rs) and adds them as each
 //! transaction ends.
 
+use super::latency::Latency;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Positions in [`PoolStats::totals`], in PgBouncer's SHOW STATS order.
 pub mod idx {
@@ -36,7 +38,69 @@ pub struct PoolStats {
     pub query_us: AtomicU64,
     pub wait_us: AtomicU64,
     pub prepared: crate::prepared::PreparedStats,
+    /// For the metrics endpoint: how long transactions, queries, waits for a server and server
+    /// logins took.
+    pub xact_latency: Latency,
+    pub query_latency: Latency,
+    pub wait_latency: Latency,
+    pub connect_latency: Latency,
+    /// Servers opened, and attempts that failed, by [`ConnectFailure`].
+    pub connects: AtomicU64,
+    pub connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
+    /// Servers opened over TLS (failed handshakes are `ConnectFailure::Tls`).
+    pub tls_handshakes: AtomicU64,
     period: Mutex<Period>,
+}
+
+/// Why opening a server failed, as the metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Unreachable, refused, reset.
+    Network,
+    Timeout,
+    Tls,
+    /// The server refused the login (password, database, too many connections).
+    Login,
+    /// pgsluice could not answer the server's authentication request.
+    Auth,
+    /// The server broke the protocol or hung up.
+    Protocol,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 6] = [
+        Self::Network,
+        Self::Timeout,
+        Self::Tls,
+        Self::Login,
+        Self::Auth,
+        Self::Protocol,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::Login => "login",
+            Self::Auth => "auth",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    /// None for a refusal pgsluice made itself (within `server_login_retry`): no attempt was made.
+    pub fn of(e: &crate::backend::BackendError) -> Option<Self> {
+        use crate::backend::BackendError as E;
+        Some(match e {
+            E::Connect { .. } | E::Io(_) => Self::Network,
+            E::Timeout => Self::Timeout,
+            E::Tls { .. } => Self::Tls,
+            E::Login { .. } => Self::Login,
+            E::UnsupportedAuth(_) | E::Scram(_) => Self::Auth,
+            E::Protocol(_) | E::Closed => Self::Protocol,
+            E::LoginRetry { .. } => return None,
+        })
+    }
 }
 
 /// The totals at the last tick, and how they moved over the period before it.
@@ -48,6 +112,29 @@ struct Period {
 }
 
 impl PoolStats {
+    /// Counts an attempt to open a server that took `took`, and why it failed if it did.
+    pub fn note_connect(
+        &self,
+        opened: Result<&crate::backend::Server, &crate::backend::BackendError>,
+        took: Duration,
+    ) {
+        let counter = match opened {
+            Ok(server) => {
+                if server.info().tls {
+                    self.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                }
+                &self.connects
+            }
+            Err(e) => match ConnectFailure::of(e) {
+                Some(f) => &self.connect_failures[f as usize],
+                // Refused within server_login_retry: no attempt was made.
+                None => return,
+            },
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.connect_latency.observe(took);
+    }
+
     pub fn totals(&self) -> [u64; 11] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let p = &self.prepared;

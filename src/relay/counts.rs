@@ -4,6 +4,7 @@
 //! transaction (and for what is left when the attachment ends): the hot path touches no cache line
 //! that other workers write.
 
+use crate::pool::latency::LocalLatency;
 use crate::pool::PoolStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;
@@ -20,6 +21,9 @@ pub(super) struct Counts {
     pub xacts: u64,
     pub query_us: u64,
     pub xact_us: u64,
+    /// The same times, bucketed for the metrics endpoint's histograms.
+    query_latency: LocalLatency,
+    xact_latency: LocalLatency,
     /// When the request now in flight, and the transaction it belongs to, began.
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -40,11 +44,15 @@ impl Counts {
     /// The server answered every request in flight; `status` is its ReadyForQuery status.
     pub fn requests_answered(&mut self, status: u8, now: Instant) {
         let since = |t: Option<Instant>| t.map_or(0, |t| micros(now.saturating_duration_since(t)));
+        let query = since(self.query_start.take());
         self.queries += 1;
-        self.query_us += since(self.query_start.take());
+        self.query_us += query;
+        self.query_latency.observe_us(query);
         if status == b'I' {
+            let xact = since(self.xact_start.take());
             self.xacts += 1;
-            self.xact_us += since(self.xact_start.take());
+            self.xact_us += xact;
+            self.xact_latency.observe_us(xact);
         }
     }
 
@@ -61,6 +69,8 @@ impl Counts {
         add(&stats.xacts, self.xacts);
         add(&stats.query_us, self.query_us);
         add(&stats.xact_us, self.xact_us);
+        stats.query_latency.add(&mut self.query_latency);
+        stats.xact_latency.add(&mut self.xact_latency);
         *self = Counts {
             query_start: self.query_start,
             xact_start: self.xact_start,
@@ -100,8 +110,12 @@ mod tests {
             "from the first request to the end"
         );
         assert_eq!(totals[idx::RECEIVED], 50);
+        assert_eq!(stats.query_latency.snapshot().count(), 2);
+        let xact = stats.xact_latency.snapshot();
+        assert_eq!((xact.count(), xact.sum_us), (1, 1_300));
         // Added once: a second add adds nothing.
         c.add_to(&stats);
         assert_eq!(stats.totals(), totals);
+        assert_eq!(stats.query_latency.snapshot().count(), 2);
     }
 }

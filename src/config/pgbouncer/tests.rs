@@ -102,3 +102,32 @@ fn seconds_with_units() {
     assert!(parse_seconds("-1").is_err());
     assert!(parse_seconds("5 parsecs").is_err());
 }
+
+#[test]
+fn the_pgsluice_section_holds_our_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = write(
+        dir.path(),
+        "pgbouncer.ini",
+        "[pgbouncer]\nlisten_port = 7432\n\
+         [pgsluice]\nmetrics_addr = 127.0.0.1:9930\nworkers = 2\nlisten_port = 1\n",
+    );
+    let loaded = load(&ini).unwrap();
+    // A PgBouncer key in [pgsluice] is not taken: that section is for pgsluice's own.
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("\"listen_port\" is not a pgsluice setting"));
+    let c = Config::from_raw(loaded.raw, &ini, loaded.warnings).unwrap();
+    assert_eq!(
+        c.general.metrics_addr,
+        Some("127.0.0.1:9930".parse().unwrap())
+    );
+    assert_eq!((c.general.workers, c.general.listen_port), (2, 7432));
+
+    let bad = write(
+        dir.path(),
+        "bad.ini",
+        "[pgsluice]\nmetrics_addr = localhost\n",
+    );
+    let e = Config::from_raw(load(&bad).unwrap().raw, &bad, Vec::new()).unwrap_err();
+    assert!(e.to_string().contains("metrics_addr"), "{e}");
+}

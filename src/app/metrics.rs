@@ -1,0 +1,39 @@
+//! What the metrics endpoint asks of the running pooler: `impl Endpoint for App`.
+
+use super::App;
+use crate::metrics::{Endpoint, Family};
+use crate::shutdown::Phase;
+
+impl Endpoint for App {
+    fn metrics_text(&self) -> String {
+        let mut connections = Family::gauge(
+            "pgsluice_client_connections",
+            "Client connections open, logging in or logged in (the console's too).",
+        );
+        connections.add(&[], self.shutdown.clients() as f64);
+        let mut max = Family::gauge(
+            "pgsluice_max_client_conn",
+            "Client connections allowed (max_client_conn).",
+        );
+        max.add(&[], self.with_config(|c| c.general.max_client_conn) as f64);
+        let mut ready = Family::gauge(
+            "pgsluice_ready",
+            "1 while /readyz answers 200: not shutting down and not paused.",
+        );
+        ready.add(&[], f64::from(u8::from(self.ready().is_ok())));
+        let mut info = Family::gauge("pgsluice_info", "pgsluice's version, as a label.");
+        info.add(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        let extra = vec![connections.done(), max.done(), ready.done(), info.done()];
+        crate::metrics::render(&self.events, &self.pools, extra)
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.shutdown.phase() != Phase::Running {
+            return Err("shutting down");
+        }
+        if self.pools.is_paused(None) {
+            return Err("paused");
+        }
+        Ok(())
+    }
+}

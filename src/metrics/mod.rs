@@ -88,6 +88,10 @@ impl Default for Events {
             "Configuration reloads by result (ok, failed).",
             &["result"],
         );
+        // Series that alerts watch exist from the start, at zero, not from their first event.
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
         Self {
             registry,
             logins,

@@ -6,7 +6,7 @@ Starts a throwaway PostgreSQL, PgBouncer (Debian's package) and pgsluice with th
 target measures TPS, average latency, pooler CPU time per transaction (utime+stime from /proc) and
 pooler RSS, and prints the ratios pgsluice/PgBouncer and pgsluice/direct. Every loop is bounded.
 """
-import argparse, asyncio, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, asyncio, concurrent.futures, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import idle  # noqa: E402
@@ -72,6 +72,7 @@ class Env:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self.pg_port, self.bouncer_port, self.sluice_port = free_port(), free_port(), free_port()
+        self.metrics_port = free_port()
         self.procs = []
         data = f"{self.dir}/data"
         subprocess.run(as_pg([f"{self.bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"]), check=True, stdout=subprocess.DEVNULL)
@@ -104,6 +105,7 @@ class Env:
             f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.bouncer_port}\n{common}")
         with open(f"{self.dir}/pgsluice.ini", "w") as f:
             f.write(f"[databases]\nbench = host=127.0.0.1 port={self.pg_port}\n[pgbouncer]\nlisten_port = {self.sluice_port}\n{common}"
+                    + f"[pgsluice]\nmetrics_addr = 127.0.0.1:{self.metrics_port}\n"
                     + (f"workers = {workers}\n" if workers else ""))
         if os.geteuid() == 0:
             for name in ("pgbouncer.ini", "userlist.txt", "server.crt", "server.key"):
@@ -161,8 +163,23 @@ SCENARIOS = {
     "S3": ("select-only, prepared, 50 clients", ["-S", "-M", "prepared", "-c", "50", "-j", "1"]),
     "S4": ("connection storm -C, SCRAM, 10 clients", ["-S", "-C", "-M", "simple", "-c", "10", "-j", "1"]),
     "S4T": ("connection storm -C, SCRAM over TLS, 10 clients", ["-S", "-C", "-M", "simple", "-c", "10", "-j", "1"]),
+    # S1 again while /metrics is scraped every second: what scraping costs the data path.
+    "S1M": ("select-only, simple, 50 clients, /metrics scraped 1/s", ["-S", "-M", "simple", "-c", "50", "-j", "1"]),
     "S6": ("select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1", "-j", "1"]),
 }
+
+
+def scrape_every_second(port, stop):
+    """S1M's scraper: GET /metrics once a second until `stop` is set; the number of scrapes."""
+    n = 0
+    while not stop.wait(1.0):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                r.read()
+            n += 1
+        except OSError:
+            pass
+    return n
 
 
 def pgbouncer_has_prepared_statements():
@@ -237,7 +254,8 @@ def main():
                 continue
             title, scenario_args = SCENARIOS[sid]
             tls = sid.endswith("T")
-            for name, port, pid in targets:
+            scraped = sid == "S1M"
+            for name, port, pid in (targets[:1] if scraped else targets):
                 args = scenario_args
                 if tls and name == "direct":
                     continue  # the throwaway PostgreSQL runs without TLS; the ratio is against PgBouncer
@@ -251,7 +269,13 @@ def main():
                 pgbench(env, port, args[:0] + ["-S", "-c", "4", "-T", "1"], 60)
                 cpu0 = cpu_seconds(pid) if pid else None
                 busy0, idle0 = machine_busy()
+                if scraped:
+                    stop = threading.Event()
+                    scraper = concurrent.futures.ThreadPoolExecutor(1).submit(scrape_every_second, env.metrics_port, stop)
                 r = pgbench(env, port, args + ["-T", str(a.duration)], a.duration + 120, sslmode)
+                if scraped:
+                    stop.set()
+                    r["scrapes"] = scraper.result()
                 busy1, idle1 = machine_busy()
                 if pid:
                     cpu = cpu_seconds(pid) - cpu0
@@ -277,6 +301,11 @@ def main():
                      f"{r.get('pooler_rss_kib', '–')} | {r['failed'] if r['error'] is None else 'ERROR'} | "
                      f"{ratio(r['tps'], b and b['ok'] and b['tps'])} | {ratio(r.get('pooler_cpu_us_per_xact'), b and b.get('pooler_cpu_us_per_xact'))} | "
                      f"{ratio(r['tps'], d and d['tps'])} |")
+    plain = by.get((SCENARIOS["S1"][0], "pgsluice"))
+    for r in results:
+        if r["scenario"] == "S1M" and plain and plain.get("pooler_cpu_us_per_xact") and r.get("pooler_cpu_us_per_xact"):
+            lines += ["", f"S1M: pgsluice CPU per transaction with /metrics scraped every second ({r.get('scrapes')} scrapes) "
+                          f"÷ without: {r['pooler_cpu_us_per_xact'] / plain['pooler_cpu_us_per_xact']:.3f}"]
     idle_rows = [r for r in results if r["scenario"] == "S5"]
     if idle_rows:
         lines += ["", "| S5 | target | pooler RSS KiB | RSS per idle client KiB | ÷ PgBouncer |", "|---|---|---|---|---|"]

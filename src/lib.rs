@@ -21,6 +21,7 @@ pub mod auth;
 pub mod backend;
 pub mod clients;
 pub mod config;
+pub mod discovery;
 pub mod frontend;
 pub mod logging;
 pub mod metrics;

@@ -26,6 +26,8 @@ pub struct App {
     pub statements: crate::prepared::Registry,
     /// Logins, errors, reloads and TLS handshakes, for the metrics endpoint.
     pub events: crate::metrics::Events,
+    /// The Kubernetes Services watched for primaries, one watcher each.
+    pub discovery: crate::discovery::Discovery,
 }
 
 impl App {
@@ -39,6 +41,7 @@ impl App {
             secrets: Arc::default(),
             statements: Default::default(),
             events: Default::default(),
+            discovery: Default::default(),
         })
     }
 
@@ -62,7 +65,7 @@ impl App {
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
-        self.pools.reload(&new, &self.secrets);
+        self.pools.reload(&new, &self.secrets, &self.discovery);
         *self.config.write() = Arc::new(new);
         tracing::info!(file = %source.display(), "configuration reloaded");
         Ok(())

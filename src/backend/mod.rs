@@ -165,6 +165,12 @@ pub enum BackendError {
     /// Logging in failed a moment ago; no new attempt before `server_login_retry`.
     #[error("server login has been failing, try again later (server_login_retry): {last}")]
     LoginRetry { code: String, last: String },
+    /// Every candidate server is in recovery or read-only, where a writable one is required.
+    #[error("no writable server: every candidate is in recovery or read-only")]
+    ReadOnly,
+    /// Discovery found no primary within `discovery_hold_timeout`.
+    #[error("no primary server found within discovery_hold_timeout")]
+    NoPrimary,
 }
 
 impl BackendError {
@@ -187,6 +193,10 @@ impl BackendError {
             BackendError::LoginRetry { last, .. } => Cow::Owned(format!(
                 "server login has been failing, try again later (server_login_retry): {last}"
             )),
+            BackendError::ReadOnly => Cow::Borrowed("no writable server is available"),
+            BackendError::NoPrimary => {
+                Cow::Borrowed("no primary server is available (discovery_hold_timeout)")
+            }
         }
     }
 
@@ -199,7 +209,9 @@ impl BackendError {
             BackendError::Connect { .. }
             | BackendError::Timeout
             | BackendError::Io(_)
-            | BackendError::Closed => true,
+            | BackendError::Closed
+            // A standby may be promoted in a moment: clients wait for the next attempt.
+            | BackendError::ReadOnly => true,
             BackendError::Login { code, .. } => {
                 code.starts_with("57P") || code.starts_with("08") || code == "53300"
             }

@@ -9,6 +9,7 @@
 pub mod connstr;
 pub mod ini;
 mod kinds;
+mod locate;
 mod model;
 pub mod pgbouncer;
 mod raw;
@@ -16,6 +17,7 @@ pub mod toml;
 pub mod userlist;
 
 pub use kinds::*;
+pub use locate::{KubeService, Locate};
 pub use model::*;
 pub use raw::*;
 

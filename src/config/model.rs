@@ -30,6 +30,8 @@ pub struct Database {
     pub pool_mode: Option<PoolMode>,
     /// Startup parameters sent to the server (client_encoding, datestyle, timezone).
     pub startup_params: Vec<(String, String)>,
+    /// Every host, whether servers must be writable, the Kubernetes Service.
+    pub locate: super::Locate,
 }
 
 impl std::fmt::Debug for Database {
@@ -115,6 +117,10 @@ pub struct General {
     pub server_tls: Arc<ServerTls>,
     /// pgsluice only: where `/metrics`, `/healthz` and `/readyz` are served; off when None.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// pgsluice only: the Kubernetes API's kubeconfig for discovery (None: in-cluster/inferred).
+    pub kubeconfig: Option<PathBuf>,
+    /// pgsluice only: how long a transaction waits for discovery to find a primary.
+    pub discovery_hold_timeout: Duration,
 }
 
 /// The whole validated configuration. Immutable; a reload builds a new one.
@@ -158,6 +164,7 @@ impl Config {
             ("client_login_timeout", g.client_login_timeout),
             ("idle_transaction_timeout", g.idle_transaction_timeout),
             ("stats_period", g.stats_period),
+            ("discovery_hold_timeout", g.discovery_hold_timeout),
         ] {
             if !(v.is_finite() && (0.0..=1.0e9).contains(&v)) {
                 return Err(ConfigError::Invalid(format!(
@@ -301,6 +308,8 @@ impl Config {
             client_tls: Arc::new(client_tls),
             server_tls: Arc::new(server_tls),
             metrics_addr,
+            kubeconfig: g.kubeconfig.as_deref().map(|p| resolve(source, p)),
+            discovery_hold_timeout: Duration::from_secs_f64(g.discovery_hold_timeout),
         };
         let mut databases = BTreeMap::new();
         for (name, d) in raw.databases {
@@ -314,10 +323,20 @@ impl Config {
                     startup_params.push((k.to_owned(), v.clone()));
                 }
             }
+            let host = d.host.unwrap_or_else(|| "127.0.0.1".into());
+            let port = d.port.unwrap_or(5432);
+            let locate = super::Locate::parse(
+                &name,
+                &host,
+                port,
+                d.target_session_attrs.as_deref(),
+                d.discovery.as_deref(),
+                d.discovery_service.as_deref(),
+            )?;
             let db = Database {
                 name: name.clone(),
-                host: d.host.unwrap_or_else(|| "127.0.0.1".into()),
-                port: d.port.unwrap_or(5432),
+                host: locate.hosts[0].0.clone(),
+                port: locate.hosts[0].1,
                 dbname: d.dbname,
                 user: d.user,
                 password: d.password.map(|p| Secret::parse(&p)),
@@ -330,6 +349,7 @@ impl Config {
                 max_db_connections: d.max_db_connections,
                 pool_mode: d.pool_mode,
                 startup_params,
+                locate,
             };
             databases.insert(name, db);
         }

@@ -209,6 +209,8 @@ fn set_own(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "max_held_message" => g.max_held_message = parse_num(v).map_err(err)?,
         "workers" => g.workers = parse_num(v).map_err(err)?,
         "metrics_addr" => g.metrics_addr = v.to_owned(),
+        "kubeconfig" => g.kubeconfig = path(v),
+        "discovery_hold_timeout" => g.discovery_hold_timeout = parse_seconds(v).map_err(err)?,
         "log_format" => {
             g.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => super::LogFormat::Text,
@@ -245,6 +247,9 @@ fn parse_database(e: &IniEntry, warnings: &mut Vec<String>) -> Result<RawDatabas
             "client_encoding" => d.client_encoding = Some(v),
             "datestyle" => d.datestyle = Some(v),
             "timezone" => d.timezone = Some(v),
+            "target_session_attrs" => d.target_session_attrs = Some(v),
+            "discovery" => d.discovery = Some(v),
+            "discovery_service" => d.discovery_service = Some(v),
             _ => warnings.push(format!(
                 "{}:{}: database option \"{k}\" is not implemented by pgsluice and is ignored",
                 e.file.display(),

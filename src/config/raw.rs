@@ -76,6 +76,10 @@ pub struct RawGeneral {
     pub server_tls13_ciphers: String,
     /// pgsluice only: `host:port` of the metrics and health endpoint; empty (the default) is off.
     pub metrics_addr: String,
+    /// pgsluice only: the Kubernetes API for discovery; by default what kube infers (in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// pgsluice only: how long a transaction waits while discovery knows no primary.
+    pub discovery_hold_timeout: f64,
 }
 
 /// PgBouncer's default auth query: the secret from pg_authid, none once `rolvaliduntil` has passed.
@@ -143,6 +147,8 @@ impl Default for RawGeneral {
             server_tls_ciphers: "default".into(),
             server_tls13_ciphers: String::new(),
             metrics_addr: String::new(),
+            kubeconfig: None,
+            discovery_hold_timeout: 10.0,
         }
     }
 }
@@ -167,6 +173,12 @@ pub struct RawDatabase {
     pub client_encoding: Option<String>,
     pub datestyle: Option<String>,
     pub timezone: Option<String>,
+    /// libpq's: `read-write` skips a server in recovery or read-only (`any` is the default).
+    pub target_session_attrs: Option<String>,
+    /// pgsluice only: `kubernetes` finds the primary among a Service's endpoints.
+    pub discovery: Option<String>,
+    /// pgsluice only: the Service, `name` or `namespace/name`; by default from `host`.
+    pub discovery_service: Option<String>,
 }
 
 impl std::fmt::Debug for RawDatabase {

@@ -223,7 +223,9 @@ pub async fn login(
         }
     }
 
-    let Some(settings) = PoolSettings::resolve(&config, &database, &user, &app.secrets) else {
+    let Some(settings) =
+        PoolSettings::resolve(&config, &database, &user, &app.secrets, &app.discovery)
+    else {
         // Refused before authentication, with PgBouncer's message and SQLSTATE.
         return Err(reject(
             &app.events,

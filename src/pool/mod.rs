@@ -13,6 +13,7 @@ pub mod limit;
 pub mod maintenance;
 mod open;
 pub mod registry;
+mod route;
 mod settings;
 pub mod stats;
 

@@ -87,6 +87,8 @@ impl Pool {
                     .failed(Instant::now(), settings.server_login_retry);
                 tracing::warn!(db = %self.key.database, user = %self.key.user, error = %e, retry_in_ms = wait.as_millis() as u64, "could not open a server; clients wait for the retry");
             }
+            // Discovery's hold ran out: the next client waits afresh.
+            Err(BackendError::NoPrimary) => {}
             Err(e) => {
                 *self.last_login_failure.lock() = Some(LoginFailure {
                     at: Instant::now(),
@@ -99,21 +101,41 @@ impl Pool {
         opened
     }
 
+    /// Logs in to the first candidate that answers (and is writable, where that is required).
     async fn open_now(&self, settings: &PoolSettings) -> Result<Box<Server>, BackendError> {
         let login = &settings.login;
         let (secret, client_key) = login.credentials();
-        let params = LoginParams {
-            addr: login.addr.clone(),
-            user: &login.user,
-            database: &login.dbname,
-            secret: secret.as_ref(),
-            startup: &login.startup,
-            tls: &login.tls,
-            client_key,
-        };
-        let server = connect::connect(&params, settings.server_connect_timeout).await?;
-        *self.welcome.lock() = Some(server.params.clone());
-        Ok(Box::new(server))
+        let mut last = BackendError::NoPrimary;
+        for addr in super::route::candidates(login).await? {
+            let params = LoginParams {
+                addr: addr.clone(),
+                user: &login.user,
+                database: &login.dbname,
+                secret: secret.as_ref(),
+                startup: &login.startup,
+                tls: &login.tls,
+                client_key: client_key.clone(),
+            };
+            let mut server = match connect::connect(&params, settings.server_connect_timeout).await
+            {
+                Ok(s) => s,
+                // A refused login is refused by every host alike.
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            if login.read_write && !super::route::writable(&mut server).await? {
+                tracing::info!(db = %self.key.database, server = %format!("{}:{}", addr.host, addr.port),
+                    "server is in recovery or read-only: not used");
+                last = BackendError::ReadOnly;
+                continue;
+            }
+            *self.welcome.lock() = Some(server.params.clone());
+            return Ok(Box::new(server));
+        }
+        Err(last)
     }
 
     /// Opens a server without a client, for `min_pool_size`; it goes straight to idle.

@@ -3,6 +3,7 @@
 use super::limit::Limit;
 use super::{Pool, PoolKey, PoolSettings};
 use crate::config::Config;
+use crate::discovery::Discovery;
 use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ impl Registry {
                 }
                 db_limit.join(&pool);
                 user_limit.join(&pool);
+                if let Some(watch) = &pool.settings().login.discovery {
+                    tokio::spawn(super::route::follow(Arc::downgrade(&pool), watch.clone()));
+                }
                 pool
             })
             .clone()
@@ -57,10 +61,15 @@ impl Registry {
 
     /// Applies a reloaded configuration to the existing pools. A pool whose database entry is gone
     /// keeps serving its connected clients and closes servers as they come back.
-    pub fn reload(&self, config: &Config, store: &Arc<crate::auth::store::SecretStore>) {
+    pub fn reload(
+        &self,
+        config: &Config,
+        store: &Arc<crate::auth::store::SecretStore>,
+        discovery: &Discovery,
+    ) {
         for p in self.pools.iter() {
             let key = p.key();
-            match PoolSettings::resolve(config, &key.database, &key.user, store) {
+            match PoolSettings::resolve(config, &key.database, &key.user, store, discovery) {
                 Some(s) => {
                     if let Some(l) = self.db_limits.get(&key.database) {
                         l.set_max(s.max_db_connections);
@@ -68,12 +77,11 @@ impl Registry {
                     if let Some(l) = self.user_limits.get(&key.user) {
                         l.set_max(s.max_user_connections);
                     }
-                    // A database moved (host, port, dbname or login user): its old servers
-                    // drain as they are released, as after RECONNECT.
+                    // A database moved (hosts, dbname or login user): its old servers drain as
+                    // they are released, as after RECONNECT.
                     let moved = p.with_settings(|old| {
                         let (a, b) = (&old.login, &s.login);
-                        (&a.addr.host, a.addr.port, &a.dbname, &a.user)
-                            != (&b.addr.host, b.addr.port, &b.dbname, &b.user)
+                        (&a.hosts, &a.dbname, &a.user) != (&b.hosts, &b.dbname, &b.user)
                     });
                     p.update_settings(s);
                     if moved {
@@ -83,17 +91,7 @@ impl Registry {
                 None => {
                     let mut s = (*p.settings()).clone();
                     s.closing = true;
-                    // A database moved (host, port, dbname or login user): its old servers
-                    // drain as they are released, as after RECONNECT.
-                    let moved = p.with_settings(|old| {
-                        let (a, b) = (&old.login, &s.login);
-                        (&a.addr.host, a.addr.port, &a.dbname, &a.user)
-                            != (&b.addr.host, b.addr.port, &b.dbname, &b.user)
-                    });
                     p.update_settings(s);
-                    if moved {
-                        p.reconnect();
-                    }
                 }
             }
         }

@@ -4,6 +4,7 @@ use crate::auth::secret::Secret;
 use crate::auth::store::{FetchKey, SecretStore};
 use crate::backend::ServerAddr;
 use crate::config::{Config, PoolMode};
+use crate::discovery::{ApiAccess, Discovery, Watch};
 use crate::net::tls::ServerTls;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,16 @@ use std::time::Duration;
 /// How the pool logs in to its servers.
 #[derive(Clone)]
 pub struct LoginInfo {
+    /// The database's first host: what the secrets fetched by auth_query are filed under.
     pub addr: Arc<ServerAddr>,
+    /// Every configured host, tried in order; the DNS fallback when discovery is used.
+    pub hosts: Arc<[Arc<ServerAddr>]>,
+    /// The candidates come from here when set (route.rs).
+    pub discovery: Option<Watch>,
+    /// A server in recovery or read-only is not used.
+    pub read_write: bool,
+    /// How long an opening waits while discovery knows no endpoint.
+    pub hold: Duration,
     pub user: String,
     pub dbname: String,
     /// From the configuration (database entry or auth file); `None` leaves it to what `auth_query`
@@ -79,6 +89,7 @@ impl PoolSettings {
         database: &str,
         user: &str,
         store: &Arc<SecretStore>,
+        discovery: &Discovery,
     ) -> Option<PoolSettings> {
         let g = &config.general;
         let db = config.database(database)?;
@@ -117,6 +128,25 @@ impl PoolSettings {
                     host: db.host.clone(),
                     port: db.port,
                 }),
+                hosts: db
+                    .locate
+                    .hosts
+                    .iter()
+                    .map(|(host, port)| {
+                        Arc::new(ServerAddr {
+                            host: host.clone(),
+                            port: *port,
+                        })
+                    })
+                    .collect(),
+                discovery: db.locate.kubernetes.as_ref().map(|k| {
+                    let access = ApiAccess {
+                        kubeconfig: g.kubeconfig.clone(),
+                    };
+                    discovery.service(k, &access, db.port)
+                }),
+                read_write: db.locate.read_write,
+                hold: g.discovery_hold_timeout,
                 user: server_user,
                 dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
                 secret,

@@ -65,16 +65,19 @@ pub enum ConnectFailure {
     Auth,
     /// The server broke the protocol or hung up.
     Protocol,
+    /// Every candidate was in recovery or read-only.
+    ReadOnly,
 }
 
 impl ConnectFailure {
-    pub const ALL: [ConnectFailure; 6] = [
+    pub const ALL: [ConnectFailure; 7] = [
         Self::Network,
         Self::Timeout,
         Self::Tls,
         Self::Login,
         Self::Auth,
         Self::Protocol,
+        Self::ReadOnly,
     ];
 
     pub fn label(self) -> &'static str {
@@ -85,6 +88,7 @@ impl ConnectFailure {
             Self::Login => "login",
             Self::Auth => "auth",
             Self::Protocol => "protocol",
+            Self::ReadOnly => "read_only",
         }
     }
 
@@ -98,7 +102,9 @@ impl ConnectFailure {
             E::Login { .. } => Self::Login,
             E::UnsupportedAuth(_) | E::Scram(_) => Self::Auth,
             E::Protocol(_) | E::Closed => Self::Protocol,
-            E::LoginRetry { .. } => return None,
+            E::ReadOnly => Self::ReadOnly,
+            // No attempt was made: refused within server_login_retry, or no primary known.
+            E::LoginRetry { .. } | E::NoPrimary => return None,
         })
     }
 }

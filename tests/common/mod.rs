@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod certs;
+pub mod cluster;
+pub mod kube_api;
 pub mod tls;
 pub mod wire;
 
@@ -45,7 +47,8 @@ pub fn psql_bin() -> PathBuf {
     bindir().join("psql")
 }
 
-fn bindir() -> PathBuf {
+/// PostgreSQL's programs (initdb, pg_ctl, psql, pgbench, ...).
+pub fn bindir() -> PathBuf {
     if let Ok(d) = std::env::var("PG_BINDIR") {
         return d.into();
     }
@@ -66,7 +69,7 @@ fn bindir() -> PathBuf {
         .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -1,0 +1,92 @@
+//! Where a database's primary is. Discovery answers with the endpoints of a source; it knows
+//! nothing of clients or pools. Pools consume a [`Watch`]: they open servers at the endpoints it
+//! gives, check each is writable, wait while it gives none, and retire their servers when an
+//! endpoint goes away (pool/route.rs).
+//!
+//! The one source today is Kubernetes (kubernetes.rs): the ready, non-terminating endpoints of a
+//! Service's EndpointSlices. A CloudNativePG cluster's `-rw` Service has its primary as its only
+//! endpoint, and none between the old primary's demotion and the new one's promotion. Static host
+//! lists need no watch: the pool tries them in order, as libpq does (`target_session_attrs`).
+
+pub mod endpoints;
+pub mod kubernetes;
+
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use tokio::sync::watch;
+
+/// What a source knows of a Service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Nothing yet (the first list is under way): the configured host name is used meanwhile.
+    Unknown,
+    /// The source cannot be used (the watch is forbidden, no API server is configured): the
+    /// configured host name, resolved by DNS, is used from now on.
+    Fallback,
+    /// The ready endpoints, sorted; none while the Service has none (mid-switchover).
+    Ready(Vec<SocketAddr>),
+}
+
+/// A pool's view of a source.
+#[derive(Debug, Clone)]
+pub struct Watch(watch::Receiver<Endpoints>);
+
+impl Watch {
+    pub fn current(&self) -> Endpoints {
+        self.0.borrow().clone()
+    }
+
+    /// Waits for the next change; false when the source has ended.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+
+    /// A source that never changes: for tests of what consumes a watch.
+    pub fn fixed(e: Endpoints) -> (watch::Sender<Endpoints>, Watch) {
+        let (tx, rx) = watch::channel(e);
+        (tx, Watch(rx))
+    }
+}
+
+pub use crate::config::KubeService as Service;
+
+/// How to reach the Kubernetes API: a kubeconfig file, or what `kube` infers ($KUBECONFIG,
+/// ~/.kube/config, then the pod's service account).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiAccess {
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// The sources in use, one per Service however many pools read it. Owned by the application.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    services: DashMap<Service, Watch>,
+}
+
+impl Discovery {
+    /// The watch on `service`'s endpoints, started on first use; `default_port` is used when the
+    /// slices name no port.
+    pub fn service(&self, service: &Service, access: &ApiAccess, default_port: u16) -> Watch {
+        if let Some(w) = self.services.get(service) {
+            return w.clone();
+        }
+        self.services
+            .entry(service.clone())
+            .or_insert_with(|| {
+                let (tx, rx) = watch::channel(Endpoints::Unknown);
+                let task =
+                    kubernetes::watch_service(service.clone(), access.clone(), default_port, tx);
+                tokio::spawn(task);
+                Watch(rx)
+            })
+            .clone()
+    }
+
+    /// The Services watched and what each has, for SHOW and the log.
+    pub fn all(&self) -> Vec<(Service, Endpoints)> {
+        self.services
+            .iter()
+            .map(|e| (e.key().clone(), e.value().current()))
+            .collect()
+    }
+}

@@ -239,16 +239,20 @@ impl FakeApi {
         self.state.watches.load(Ordering::SeqCst)
     }
 
-    /// Stops answering: the listener closes and every watch ends.
+    /// Stops answering: connections are hung up on and every watch ends, until [`FakeApi::resume`].
     pub fn stop(&self) {
         self.state.down.store(true, Ordering::SeqCst);
-        self.task.abort();
         self.drop_watches();
+    }
+
+    pub fn resume(&self) {
+        self.state.down.store(false, Ordering::SeqCst);
     }
 }
 
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.stop();
+        self.task.abort();
     }
 }

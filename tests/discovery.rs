@@ -93,6 +93,17 @@ async fn the_pool_follows_the_endpoint_and_holds_transactions_while_there_is_non
     for _ in 0..5 {
         assert_eq!(server_ip(&c).await.unwrap(), "127.0.0.2");
     }
+    // The moves are counted: the first list, the endpoint gone, the new one.
+    let text = pgsluice::metrics::Endpoint::metrics_text(&*s.app);
+    let labels = "{namespace=\"testns\",service=\"pg-rw\"}";
+    assert!(
+        text.contains(&format!("pgsluice_discovery_changes_total{labels} 3")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pgsluice_discovery_endpoints{labels} 1")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,10 +183,14 @@ async fn a_forbidden_watch_falls_back_to_the_configured_host() {
     let api = FakeApi::start(&["127.0.0.2"], pg.port).await;
     api.forbid();
     let dir = tempfile::tempdir().unwrap();
+    // Discovery asked for every database at once, as PGSLUICE_DISCOVERY does in Pooler pods.
     let s = Sluice::start_exact(
-        &format!("pool_mode = transaction\n[pgsluice]\nkubeconfig = {}\n", api.kubeconfig(dir.path()).display()),
         &format!(
-            "appdb = host=127.0.0.1 port={} dbname=appdb discovery=kubernetes discovery_service=testns/pg-rw",
+            "pool_mode = transaction\n[pgsluice]\ndiscovery = kubernetes\nkubeconfig = {}\n",
+            api.kubeconfig(dir.path()).display()
+        ),
+        &format!(
+            "appdb = host=127.0.0.1 port={} dbname=appdb discovery_service=testns/pg-rw",
             pg.port
         ),
     )

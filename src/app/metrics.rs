@@ -4,6 +4,34 @@ use super::App;
 use crate::metrics::{Endpoint, Family};
 use crate::shutdown::Phase;
 
+impl App {
+    /// Per watched Service: how many ready endpoints (-1 while unknown or fallen back to DNS), and
+    /// how often they changed.
+    fn discovery_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut endpoints = Family::gauge(
+            "pgsluice_discovery_endpoints",
+            "Ready endpoints of a watched Service; -1 before the first list, or after falling back to DNS.",
+        );
+        let mut changes = Family::counter(
+            "pgsluice_discovery_changes_total",
+            "Times a watched Service's ready endpoints changed (a primary going, or coming).",
+        );
+        for s in self.discovery.states() {
+            let labels = [
+                ("namespace", s.service.namespace.as_str()),
+                ("service", s.service.name.as_str()),
+            ];
+            let n = match &s.endpoints {
+                crate::discovery::Endpoints::Ready(v) => v.len() as f64,
+                _ => -1.0,
+            };
+            endpoints.add(&labels, n);
+            changes.add(&labels, s.changes as f64);
+        }
+        vec![endpoints.done(), changes.done()]
+    }
+}
+
 impl Endpoint for App {
     fn metrics_text(&self) -> String {
         let mut connections = Family::gauge(
@@ -23,7 +51,8 @@ impl Endpoint for App {
         ready.add(&[], f64::from(u8::from(self.ready().is_ok())));
         let mut info = Family::gauge("pgsluice_info", "pgsluice's version, as a label.");
         info.add(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
-        let extra = vec![connections.done(), max.done(), ready.done(), info.done()];
+        let mut extra = vec![connections.done(), max.done(), ready.done(), info.done()];
+        extra.extend(self.discovery_families());
         crate::metrics::render(&self.events, &self.pools, extra)
     }
 

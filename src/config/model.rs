@@ -330,7 +330,9 @@ impl Config {
                 &host,
                 port,
                 d.target_session_attrs.as_deref(),
-                d.discovery.as_deref(),
+                d.discovery
+                    .as_deref()
+                    .or(Some(g.discovery.as_str()).filter(|d| !d.is_empty())),
                 d.discovery_service.as_deref(),
             )?;
             let db = Database {

@@ -12,6 +12,11 @@ use std::str::FromStr;
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let doc = ini::load(path)?;
     let mut raw = RawConfig::default();
+    // CloudNativePG writes its Pooler pods' ini itself: the pod's environment is where discovery
+    // can be asked for there. The file's own [pgsluice] setting, if any, comes after and wins.
+    if let Ok(d) = std::env::var("PGSLUICE_DISCOVERY") {
+        raw.general.discovery = d;
+    }
     let mut warnings = Vec::new();
     for section in &doc.sections {
         match section.name.as_str() {
@@ -211,6 +216,7 @@ fn set_own(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "metrics_addr" => g.metrics_addr = v.to_owned(),
         "kubeconfig" => g.kubeconfig = path(v),
         "discovery_hold_timeout" => g.discovery_hold_timeout = parse_seconds(v).map_err(err)?,
+        "discovery" => g.discovery = v.to_owned(),
         "log_format" => {
             g.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => super::LogFormat::Text,

@@ -80,6 +80,8 @@ pub struct RawGeneral {
     pub kubeconfig: Option<PathBuf>,
     /// pgsluice only: how long a transaction waits while discovery knows no primary.
     pub discovery_hold_timeout: f64,
+    /// pgsluice only: the `discovery` of databases that do not set their own (`kubernetes`).
+    pub discovery: String,
 }
 
 /// PgBouncer's default auth query: the secret from pg_authid, none once `rolvaliduntil` has passed.
@@ -149,6 +151,7 @@ impl Default for RawGeneral {
             metrics_addr: String::new(),
             kubeconfig: None,
             discovery_hold_timeout: 10.0,
+            discovery: String::new(),
         }
     }
 }

@@ -15,6 +15,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 async fn client(access: &ApiAccess) -> Result<kube::Client, String> {
@@ -53,6 +55,7 @@ pub async fn watch_service(
     access: ApiAccess,
     default_port: u16,
     tx: watch::Sender<Endpoints>,
+    changes: Arc<AtomicU64>,
 ) {
     let (ns, name) = (service.namespace.as_str(), service.name.as_str());
     let client = match client(&access).await {
@@ -111,12 +114,15 @@ pub async fn watch_service(
                         slices.remove(&key(&s));
                     }
                 }
-                if listed && relisting.is_none() {
-                    publish(
+                if listed
+                    && relisting.is_none()
+                    && publish(
                         &tx,
                         &service,
                         endpoints::ready(slices.values(), default_port),
-                    );
+                    )
+                {
+                    changes.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -137,7 +143,12 @@ pub async fn watch_service(
     }
 }
 
-fn publish(tx: &watch::Sender<Endpoints>, service: &Service, now: Vec<std::net::SocketAddr>) {
+/// Tells the pools, if the endpoints changed; whether they did.
+fn publish(
+    tx: &watch::Sender<Endpoints>,
+    service: &Service,
+    now: Vec<std::net::SocketAddr>,
+) -> bool {
     let now = Endpoints::Ready(now);
     tx.send_if_modified(|e| {
         if *e == now {
@@ -146,5 +157,5 @@ fn publish(tx: &watch::Sender<Endpoints>, service: &Service, now: Vec<std::net::
         tracing::info!(namespace = %service.namespace, service = %service.name, from = ?e, to = ?now, "endpoints changed");
         *e = now;
         true
-    });
+    })
 }

@@ -13,6 +13,8 @@ pub mod kubernetes;
 
 use dashmap::DashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What a source knows of a Service's endpoints.
@@ -60,33 +62,70 @@ pub struct ApiAccess {
 /// The sources in use, one per Service however many pools read it. Owned by the application.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    services: DashMap<Service, Watch>,
+    services: DashMap<Service, Source>,
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    watch: Watch,
+    /// How often the endpoints changed (each a primary moving, or going and coming back).
+    changes: Arc<AtomicU64>,
+}
+
+/// One Service as the metrics show it.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    pub service: Service,
+    pub endpoints: Endpoints,
+    pub changes: u64,
 }
 
 impl Discovery {
     /// The watch on `service`'s endpoints, started on first use; `default_port` is used when the
     /// slices name no port.
     pub fn service(&self, service: &Service, access: &ApiAccess, default_port: u16) -> Watch {
-        if let Some(w) = self.services.get(service) {
-            return w.clone();
+        if let Some(s) = self.services.get(service) {
+            return s.watch.clone();
         }
         self.services
             .entry(service.clone())
             .or_insert_with(|| {
                 let (tx, rx) = watch::channel(Endpoints::Unknown);
-                let task =
-                    kubernetes::watch_service(service.clone(), access.clone(), default_port, tx);
+                let changes = Arc::new(AtomicU64::new(0));
+                let task = kubernetes::watch_service(
+                    service.clone(),
+                    access.clone(),
+                    default_port,
+                    tx,
+                    changes.clone(),
+                );
                 tokio::spawn(task);
-                Watch(rx)
+                Source {
+                    watch: Watch(rx),
+                    changes,
+                }
             })
+            .watch
             .clone()
     }
 
-    /// The Services watched and what each has, for SHOW and the log.
+    /// The Services watched and what each has.
     pub fn all(&self) -> Vec<(Service, Endpoints)> {
+        self.states()
+            .into_iter()
+            .map(|s| (s.service, s.endpoints))
+            .collect()
+    }
+
+    /// The Services watched, what each has and how often it changed, for the metrics.
+    pub fn states(&self) -> Vec<SourceState> {
         self.services
             .iter()
-            .map(|e| (e.key().clone(), e.value().current()))
+            .map(|e| SourceState {
+                service: e.key().clone(),
+                endpoints: e.value().watch.current(),
+                changes: e.value().changes.load(Ordering::Relaxed),
+            })
             .collect()
     }
 }

@@ -9,7 +9,7 @@
   where the Deployment's args look for it;
 - PromQL in the rules and the dashboard parses (promql-parser), and every pgsluice_* metric it
   names is one pgsluice exposes (the names a live scrape found, from --metrics);
-- the Grafana dashboard has the structure Grafana needs to load it;
+- the Grafana dashboard decodes with Grafana's schema models and has the structure Grafana needs;
 - the Dockerfile parses and gives CloudNativePG's layout (/usr/bin/pgbouncer, uid 998, gid 996).
 
 Prints one line per file checked; exits non-zero with every problem found.
@@ -27,6 +27,7 @@ import kubernetes_validate
 import promql_parser
 import yaml
 from dockerfile_parse import DockerfileParser
+from grafana_foundation_sdk.models.dashboard import Dashboard
 
 K8S_VERSION = "1.33.0"
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"
@@ -194,6 +195,16 @@ def check_dashboard(path, metric_names):
     for key in ("uid", "title", "panels", "schemaVersion", "templating"):
         if key not in d:
             problem(path, f"dashboard has no {key}")
+    # Grafana's own schema models (grafana-foundation-sdk) decode it: a field of the wrong shape raises.
+    try:
+        model = Dashboard.from_json(d)
+        if model.title != d.get("title") or len(model.panels or []) != len(d.get("panels", [])):
+            problem(path, "Grafana's dashboard model does not read the title or every panel")
+        for p in model.panels or []:
+            if p.grid_pos is None or p.grid_pos.w <= 0 or p.grid_pos.h <= 0:
+                problem(path, f"panel {p.title!r} has no size in Grafana's model")
+    except Exception as e:
+        problem(path, f"Grafana's dashboard model refuses it: {e!r}")
     ids = set()
     for p in d.get("panels", []):
         where = f"{path} panel {p.get('title')!r}"
@@ -203,7 +214,8 @@ def check_dashboard(path, metric_names):
         if p.get("id") in ids:
             problem(where, f"id {p.get('id')} is used twice")
         ids.add(p.get("id"))
-        g = p.get("gridPos", {})
+        g = p.get("gridPos")
+        g = g if isinstance(g, dict) else {}
         if not all(isinstance(g.get(k), int) for k in "hwxy") or g.get("x", 0) + g.get("w", 0) > 24:
             problem(where, f"gridPos {g} is not within Grafana's 24 columns")
         for t in p.get("targets", []):

@@ -310,3 +310,61 @@ async fn a_server_killed_mid_transaction_fails_that_client_alone_and_is_not_retr
         .await
         .unwrap();
 }
+
+/// Servers terminated under clients that pipeline prepared statements (tokio-postgres closes a
+/// statement and prepares the next in one write): every request owed a reply gets an error of its
+/// own and its ReadyForQuery, so the client stays in step and carries on. With a single error for
+/// several requests, tokio-postgres read a bare ReadyForQuery as its Parse's answer and dropped the
+/// connection ("unexpected message from server").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_killed_under_pipelined_prepared_statements_leave_clients_in_step() {
+    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 4", "").await;
+    let admin = Postgres::shared().super_client().await;
+    // The servers carry the clients' application_name: the killer spares other tests' servers.
+    let name = unique("pipelined");
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let c = s
+            .connect_with("appdb", &format!("application_name={name}"))
+            .await;
+        clients.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+            let (mut ok, mut lost, mut other) = (0u32, 0u32, Vec::new());
+            let mut n = 0i32;
+            while tokio::time::Instant::now() < deadline && !c.is_closed() {
+                match c.execute("SELECT $1::int + 1", &[&n]).await {
+                    Ok(_) => ok += 1,
+                    Err(e) if sqlstate(&e) == Some("08006") => lost += 1,
+                    Err(e) => other.push(error_text(&e)),
+                }
+                n += 1;
+            }
+            (ok, lost, other, c.is_closed())
+        }));
+    }
+    let killer = tokio::spawn(async move {
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = admin
+                .simple_query(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = '{name}'"
+                ))
+                .await;
+        }
+    });
+    let (mut lost_total, mut ok_total) = (0, 0);
+    for c in clients {
+        let (ok, lost, other, closed) = c.await.unwrap();
+        assert!(other.is_empty(), "errors other than 08006: {other:?}");
+        assert!(!closed, "a client lost its connection to the pooler");
+        lost_total += lost;
+        ok_total += ok;
+    }
+    killer.abort();
+    assert!(
+        lost_total > 0,
+        "no server was lost under a request: the test did not test"
+    );
+    assert!(ok_total > 100);
+}

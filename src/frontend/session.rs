@@ -324,16 +324,19 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     *owed_error = Some(message.unwrap_or_else(|| text.to_owned()).into());
                     return None;
                 }
+                // Each request owed a reply gets what PostgreSQL gives a failed one: an error, then
+                // ReadyForQuery. A pipelined request answered by ReadyForQuery alone would look
+                // complete to the client without the replies it waits for, and desync it.
                 let mut out = BytesMut::new();
-                app.events.client_error(sqlstate::CONNECTION_FAILURE);
-                encode::error_response(
-                    &mut out,
-                    Severity::Error,
-                    sqlstate::CONNECTION_FAILURE,
-                    text,
-                    message.as_deref(),
-                );
                 for _ in 0..in_flight {
+                    app.events.client_error(sqlstate::CONNECTION_FAILURE);
+                    encode::error_response(
+                        &mut out,
+                        Severity::Error,
+                        sqlstate::CONNECTION_FAILURE,
+                        text,
+                        message.as_deref(),
+                    );
                     encode::ready_for_query(&mut out, b'I');
                 }
                 if stream.write_flushed(&out).await.is_err() {

@@ -805,3 +805,52 @@ fn a_missing_auth_file_is_one_clear_message() {
         "the OS error once: {err}"
     );
 }
+
+/// A shutdown is not held up by clients queued at a paused pool, nor by a console client waiting
+/// for its PAUSE: SIGINT closes the first (they hold no server) and SIGQUIT everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_by_a_paused_pool_or_a_waiting_console() {
+    for (sig, name) in [("-INT", "SIGINT"), ("-QUIT", "SIGQUIT")] {
+        let mut r = start_binary("transaction");
+        let holder = client(r.port).await.unwrap();
+        holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let console = console_over_unix(&r).await;
+        // PAUSE waits for the server of the holder's open transaction.
+        let pause = tokio::spawn(async move { console.simple_query("PAUSE").await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !pause.is_finished(),
+            "PAUSE returned while a server was held"
+        );
+        // A second client queues at the paused pool.
+        let queued = tokio::spawn(async move {
+            let c = client(r.port).await?;
+            c.simple_query("SELECT 1").await.map(|_| ())
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        signal(&r.child, sig);
+        // The queued client and the console hold no server: both are told at once.
+        let queued = tokio::time::timeout(Duration::from_secs(5), queued).await;
+        let e = queued
+            .expect("the queued client was left waiting")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), Some("57P01"), "{name}: {e}");
+        let pause = tokio::time::timeout(Duration::from_secs(5), pause).await;
+        let e = pause
+            .expect("the console was left waiting")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), Some("57P01"), "{name}: {e}");
+        if sig == "-INT" {
+            // SIGINT lets the open transaction finish; its end lets the pooler go.
+            holder.batch_execute("COMMIT").await.unwrap();
+        }
+        let exited =
+            tokio::task::block_in_place(|| wait_exit(&mut r.child, Duration::from_secs(5)));
+        assert!(
+            exited.is_some(),
+            "{name}: still running once every client was closed"
+        );
+    }
+}

@@ -286,6 +286,18 @@ impl Pod {
     }
 }
 
+/// Kills the process when the test ends, however it ends (a no-op once it has exited).
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn ok_text(out: std::process::Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -304,6 +316,8 @@ async fn the_image_layout_serves_clients_and_the_console_as_cloudnativepg_runs_i
     let pod = Pod::new();
     let before = pod.paths();
     let mut child = pod.exec();
+    // A failed assertion must not leave the pooler running as another user.
+    let _reaper = Reaper(child.id());
     let mut up = false;
     for _ in 0..200 {
         if pod.run.join(format!(".s.PGSQL.{}", pod.port)).exists() {

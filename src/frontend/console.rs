@@ -6,11 +6,14 @@
 //! Sync), and the connection stays usable in every case.
 
 use super::login::{auth_method, reject, LoginEnd};
+use super::send_error;
 use crate::admin::{self, After, Console, Role, Until};
 use crate::app::App;
 use crate::frontend::authenticate::{authenticate, AuthContext, AuthError, Method};
 use crate::net::stream::Stream;
+use crate::proto::encode::Severity;
 use crate::proto::{encode, sqlstate};
+use crate::shutdown::Phase;
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -153,9 +156,19 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
     let mut out = BytesMut::with_capacity(4096);
     // An extended-protocol batch was refused: its messages are ignored until its Sync.
     let mut refused_batch = false;
+    // A console client holds no server: a shutdown that closes such clients (SIGINT on) closes it
+    // too, waiting for a command or for its PAUSE alike.
+    let mut phase = app.shutdown.watch();
     loop {
         out.clear();
-        let after = match next_message(stream, buf).await {
+        let next = tokio::select! {
+            m = next_message(stream, buf) => Some(m),
+            () = crate::shutdown::reached(&mut phase, Phase::WaitForServers) => None,
+        };
+        let Some(next) = next else {
+            return shut_down(app, stream).await;
+        };
+        let after = match next {
             Message::Gone | Message::Frame(b'X', _) => return,
             Message::Frame(b'Q', body) => {
                 refused_batch = false;
@@ -205,10 +218,15 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
                 return;
             }
             After::Wait(until, db) => {
-                if !wait_until(app, stream, buf, until, db.as_deref()).await {
-                    return;
+                let waited = tokio::select! {
+                    done = wait_until(app, stream, buf, until, db.as_deref()) => Some(done),
+                    () = crate::shutdown::reached(&mut phase, Phase::WaitForServers) => None,
+                };
+                match waited {
+                    Some(true) => encode::command_complete(&mut out, until.tag()),
+                    Some(false) => return,
+                    None => return shut_down(app, stream).await,
                 }
-                encode::command_complete(&mut out, until.tag());
             }
         }
         encode::ready_for_query(&mut out, b'I');
@@ -216,6 +234,20 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
             return;
         }
     }
+}
+
+/// Tells a console client the pooler is shutting down, as other clients are told.
+async fn shut_down(app: &App, stream: &mut Stream) {
+    let message = "pooler is shutting down";
+    send_error(
+        &app.events,
+        stream,
+        Severity::Fatal,
+        sqlstate::ADMIN_SHUTDOWN,
+        message,
+        None,
+    )
+    .await;
 }
 
 /// Waits until a PAUSE or WAIT_CLOSE is done for the target; false if the client left meanwhile

@@ -225,7 +225,9 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
                     return Some(format!("{e}"));
                 }
             },
-            () = me.cancel.target.nudge.reached(&app.shutdown, Phase::Immediate) => {
+            // Waiting, the client holds no server: SIGINT's shutdown closes it now, as it closes
+            // every client whose server is released (it would not be served before the exit).
+            () = me.cancel.target.nudge.reached(&app.shutdown, Phase::WaitForServers) => {
                 return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
             }
         };

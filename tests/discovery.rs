@@ -268,3 +268,25 @@ async fn a_static_host_list_skips_the_standby_and_follows_a_promotion() {
     assert_eq!(server_ip(&c).await.unwrap(), r.ip);
     assert_eq!(r.psql("SELECT count(*) FROM t"), "2");
 }
+
+/// An endpoint that does not speak PostgreSQL (a stale address now used by something else) is
+/// skipped for the next one: no client hears of it, and nothing is sent there but a startup packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_not_postgres_is_skipped() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let p = &cluster.primary;
+    // Sorted before the primary's address, so it is tried first.
+    let stranger = tokio::net::TcpListener::bind(("127.0.0.2", p.port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = stranger.accept().await {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let api = FakeApi::start(&["127.0.0.2", p.ip], p.port).await;
+    let (s, _dir) = discovered(&api, "").await;
+    let c = s.connect("appdb").await;
+    assert_eq!(server_ip(&c).await.unwrap(), p.ip);
+}

@@ -119,8 +119,13 @@ impl Pool {
             let mut server = match connect::connect(&params, settings.server_connect_timeout).await
             {
                 Ok(s) => s,
-                // A refused login is refused by every host alike.
-                Err(e) if !e.is_transient() => return Err(e),
+                // A refused login is refused by every host alike; anything else (a host that does
+                // not speak PostgreSQL, a TLS mismatch) is that host's, and the next is tried.
+                Err(
+                    e @ (BackendError::Login { .. }
+                    | BackendError::UnsupportedAuth(_)
+                    | BackendError::Scram(_)),
+                ) if !e.is_transient() => return Err(e),
                 Err(e) => {
                     last = e;
                     continue;

@@ -837,11 +837,14 @@ async fn shutdown_is_not_held_by_a_paused_pool_or_a_waiting_console() {
             .unwrap_err();
         assert_eq!(sqlstate(&e), Some("57P01"), "{name}: {e}");
         let pause = tokio::time::timeout(Duration::from_secs(5), pause).await;
-        let e = pause
-            .expect("the console was left waiting")
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(sqlstate(&e), Some("57P01"), "{name}: {e}");
+        let pause = pause.expect("the console was left waiting").unwrap();
+        match (sig, pause) {
+            (_, Err(e)) => assert_eq!(sqlstate(&e), Some("57P01"), "{name}: {e}"),
+            // SIGQUIT closes the held server too: the PAUSE may complete just before the console
+            // hears of the shutdown. Under SIGINT the server stays held, so it cannot.
+            ("-QUIT", Ok(())) => {}
+            (_, Ok(())) => panic!("{name}: PAUSE completed while a server was held"),
+        }
         if sig == "-INT" {
             // SIGINT lets the open transaction finish; its end lets the pooler go.
             holder.batch_execute("COMMIT").await.unwrap();

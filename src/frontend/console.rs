@@ -219,8 +219,9 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
             }
             After::Wait(until, db) => {
                 let waited = tokio::select! {
-                    done = wait_until(app, stream, buf, until, db.as_deref()) => Some(done),
+                    biased;
                     () = crate::shutdown::reached(&mut phase, Phase::WaitForServers) => None,
+                    done = wait_until(app, stream, buf, until, db.as_deref()) => Some(done),
                 };
                 match waited {
                     Some(true) => encode::command_complete(&mut out, until.tag()),

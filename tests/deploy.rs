@@ -41,15 +41,22 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_in_deploy_validates_offline_against_the_metrics_pgsluice_exposes() {
-    // The names the dashboard and the rules may use: those of a pooler that has served a client
-    // and refused one.
+    // The names the dashboard and the rules may use: those of a pooler that has served a client,
+    // refused one, and found a database's primary through a Service.
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let s = Sluice::start(&format!("[pgsluice]\nmetrics_addr = {metrics}"), "").await;
-    s.connect("appdb")
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    let api = common::kube_api::FakeApi::start(&["127.0.0.1"], Postgres::shared().port).await;
+    let kube_dir = tempfile::tempdir().unwrap();
+    let s = Sluice::start(
+        &format!(
+            "[pgsluice]\nmetrics_addr = {metrics}\nkubeconfig = {}",
+            api.kubeconfig(kube_dir.path()).display()
+        ),
+        "found = host=pg-rw dbname=appdb discovery=kubernetes discovery_service=testns/pg-rw",
+    )
+    .await;
+    for db in ["appdb", "found"] {
+        s.connect(db).await.simple_query("SELECT 1").await.unwrap();
+    }
     assert!(s.connect_as(SCRAM_USER, "wrong", "appdb").await.is_err());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let names = sample_names(&http_get(metrics, "/metrics").await);

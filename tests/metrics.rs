@@ -427,3 +427,33 @@ async fn errors_and_failed_logins_are_counted_by_class_and_reason() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_endpoint_are_capped_and_probes_still_answer_after_they_go() {
+    let (_s, metrics) = sluice_with_metrics("").await;
+    // 200 connections that send nothing: at most 64 are kept; the rest are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(metrics).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), s.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 200 - 64,
+        "only {closed} of 200 idle connections were refused"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(metrics, "/healthz").await.0,
+        200,
+        "the endpoint serves once they are gone"
+    );
+}

@@ -24,6 +24,10 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A scraper that sends nothing is cut off after this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections served at once: scrapers and probes need a handful; more are refused (closed at
+/// once), so that idle keep-alive connections cannot pile up without bound.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until dropped (every connection task with it).
 pub async fn serve(listener: TcpListener, endpoint: Arc<dyn Endpoint>) {
     let mut connections = JoinSet::new();
@@ -40,6 +44,10 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<dyn Endpoint>) {
             // Reap finished connections so the set stays as large as the open ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
+        if connections.len() >= MAX_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
         let endpoint = endpoint.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {

@@ -719,24 +719,9 @@ async fn reload_moving_a_database_drains_its_old_servers_without_dropping_client
     let console = admin(&s).await;
     let idle = s.connect("moving").await;
     let busy = s.connect("moving").await;
-    let db_of = |m: Vec<SimpleQueryMessage>| first_value(&m).unwrap();
-    assert_eq!(
-        db_of(
-            idle.simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
-        first
-    );
+    assert_eq!(database_of(&idle).await, first);
     busy.batch_execute("BEGIN").await.unwrap();
-    assert_eq!(
-        db_of(
-            busy.simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
-        first
-    );
+    assert_eq!(database_of(&busy).await, first);
 
     let ini = s.dir.path().join("pgbouncer.ini");
     let text = std::fs::read_to_string(&ini)
@@ -746,29 +731,14 @@ async fn reload_moving_a_database_drains_its_old_servers_without_dropping_client
     console.simple_query("RELOAD").await.unwrap();
 
     // The transaction under way keeps its server; everything after goes to the new place.
-    assert_eq!(
-        db_of(
-            busy.simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
-        first
-    );
+    assert_eq!(database_of(&busy).await, first);
     busy.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(
-        db_of(
-            busy.simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
-        second
-    );
-    assert_eq!(
-        db_of(
-            idle.simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
-        second
-    );
+    assert_eq!(database_of(&busy).await, second);
+    assert_eq!(database_of(&idle).await, second);
+}
+
+/// The database a client's next transaction runs in.
+async fn database_of(c: &tokio_postgres::Client) -> String {
+    let rows = c.simple_query("SELECT current_database()").await.unwrap();
+    first_value(&rows).unwrap()
 }

@@ -83,17 +83,25 @@ fn start_binary_with(extra: &str) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Built first, so that a pooler that does not come up is killed with it.
+    let r = Running {
+        child,
+        port,
+        _dir: dir,
+    };
+    assert!(listening(port), "pgsluice did not start listening");
+    r
+}
+
+/// Whether something listens on `port` within 5 s.
+fn listening(port: u16) -> bool {
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Running {
-                child,
-                port,
-                _dir: dir,
-            };
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("pgsluice did not start listening");
+    false
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -494,14 +502,7 @@ async fn toml_config_with_environment_overrides_ignores_unrelated_pgsluice_varia
         port,
         _dir: dir,
     };
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let up = listening(port);
     if !up {
         let log = stop_and_read_log(&mut r);
         panic!("pgsluice --config pgsluice.toml did not listen on the overridden port: {log}");
@@ -670,14 +671,7 @@ async fn quiet_keeps_stderr_empty_and_the_logfile_gets_the_lines() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let up = listening(port);
     assert!(up, "pgsluice -q did not start");
     let c = client(port).await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();
@@ -767,14 +761,7 @@ async fn user_flag_switches_to_that_user_when_root() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let up = listening(port);
     assert!(up, "pgsluice -u nobody did not start");
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

@@ -148,7 +148,7 @@ impl Console for App {
                     user: p.key.user.clone(),
                     cl_active: c.clients.saturating_sub(c.waiting),
                     cl_waiting: c.waiting,
-                    sv_active: c.servers.saturating_sub(c.idle + c.opening),
+                    sv_active: c.active_servers(),
                     sv_idle: c.idle,
                     sv_used: 0,
                     sv_tested: 0,

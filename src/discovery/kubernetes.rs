@@ -9,7 +9,7 @@
 //! - when the watch is forbidden (or no API is configured) before anything was listed,
 //!   [`Endpoints::Fallback`], said once in the log.
 
-use super::{endpoints, ApiAccess, Endpoints, Service};
+use super::{endpoints, Endpoints, Service};
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-async fn client(access: &ApiAccess) -> Result<kube::Client, String> {
-    let config = match &access.kubeconfig {
+async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
@@ -52,13 +52,13 @@ fn refused(e: &watcher::Error) -> Option<u16> {
 /// Watches `service` until the pools no longer read it (every receiver dropped).
 pub async fn watch_service(
     service: Service,
-    access: ApiAccess,
+    kubeconfig: Option<std::path::PathBuf>,
     default_port: u16,
     tx: watch::Sender<Endpoints>,
     changes: Arc<AtomicU64>,
 ) {
     let (ns, name) = (service.namespace.as_str(), service.name.as_str());
-    let client = match client(&access).await {
+    let client = match client(kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(

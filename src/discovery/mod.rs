@@ -42,22 +42,9 @@ impl Watch {
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
     }
-
-    /// A source that never changes: for tests of what consumes a watch.
-    pub fn fixed(e: Endpoints) -> (watch::Sender<Endpoints>, Watch) {
-        let (tx, rx) = watch::channel(e);
-        (tx, Watch(rx))
-    }
 }
 
 pub use crate::config::KubeService as Service;
-
-/// How to reach the Kubernetes API: a kubeconfig file, or what `kube` infers ($KUBECONFIG,
-/// ~/.kube/config, then the pod's service account).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ApiAccess {
-    pub kubeconfig: Option<std::path::PathBuf>,
-}
 
 /// The sources in use, one per Service however many pools read it. Owned by the application.
 #[derive(Debug, Default)]
@@ -82,8 +69,14 @@ pub struct SourceState {
 
 impl Discovery {
     /// The watch on `service`'s endpoints, started on first use; `default_port` is used when the
-    /// slices name no port.
-    pub fn service(&self, service: &Service, access: &ApiAccess, default_port: u16) -> Watch {
+    /// slices name no port. The API is reached through `kubeconfig`, or else what `kube` infers
+    /// ($KUBECONFIG, ~/.kube/config, then the pod's service account).
+    pub fn service(
+        &self,
+        service: &Service,
+        kubeconfig: Option<&std::path::Path>,
+        default_port: u16,
+    ) -> Watch {
         if let Some(s) = self.services.get(service) {
             return s.watch.clone();
         }
@@ -94,7 +87,7 @@ impl Discovery {
                 let changes = Arc::new(AtomicU64::new(0));
                 let task = kubernetes::watch_service(
                     service.clone(),
-                    access.clone(),
+                    kubeconfig.map(std::path::Path::to_path_buf),
                     default_port,
                     tx,
                     changes.clone(),

@@ -70,7 +70,7 @@ fn gauges(pools: &[Arc<Pool>], registry: &Registry) -> Vec<MetricFamily> {
     for p in pools {
         let (db, user) = (p.key.database.as_str(), p.key.user.as_str());
         let c = p.census();
-        let active_servers = c.servers.saturating_sub(c.idle + c.opening);
+        let active_servers = c.active_servers();
         // A client holding a server is active; one lent no server and not queued is idle.
         let idle_clients = c.clients.saturating_sub(c.waiting + active_servers);
         for (state, v) in [

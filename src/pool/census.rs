@@ -17,6 +17,13 @@ pub struct Census {
     pub max_wait_us: u64,
 }
 
+impl Census {
+    /// Servers lent to clients: neither idle nor being opened.
+    pub fn active_servers(&self) -> usize {
+        self.servers.saturating_sub(self.idle + self.opening)
+    }
+}
+
 impl Pool {
     pub fn client_joined(&self) {
         self.clients.fetch_add(1, Ordering::Relaxed);

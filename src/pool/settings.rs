@@ -4,7 +4,7 @@ use crate::auth::secret::Secret;
 use crate::auth::store::{FetchKey, SecretStore};
 use crate::backend::ServerAddr;
 use crate::config::{Config, PoolMode};
-use crate::discovery::{ApiAccess, Discovery, Watch};
+use crate::discovery::{Discovery, Watch};
 use crate::net::tls::ServerTls;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,12 +139,11 @@ impl PoolSettings {
                         })
                     })
                     .collect(),
-                discovery: db.locate.kubernetes.as_ref().map(|k| {
-                    let access = ApiAccess {
-                        kubeconfig: g.kubeconfig.clone(),
-                    };
-                    discovery.service(k, &access, db.port)
-                }),
+                discovery: db
+                    .locate
+                    .kubernetes
+                    .as_ref()
+                    .map(|k| discovery.service(k, g.kubeconfig.as_deref(), db.port)),
                 read_write: db.locate.read_write,
                 hold: g.discovery_hold_timeout,
                 user: server_user,

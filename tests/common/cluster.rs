@@ -88,11 +88,15 @@ impl Node {
         run(c, "pg_ctl promote");
     }
 
-    /// Runs SQL as the superuser over TCP; the first column of each row.
+    /// Runs SQL as the superuser over TCP in `appdb`; the first column of each row.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_db("appdb", sql)
+    }
+
+    fn psql_db(&self, db: &str, sql: &str) -> String {
         let out = Command::new(bindir().join("psql"))
             .args(["-X", "-qAt", "-h", self.ip, "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", "appdb", "-c", sql])
+            .args(["-U", "postgres", "-d", db, "-c", sql])
             .output()
             .unwrap();
         assert!(
@@ -193,22 +197,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the replica does not stream");
-    }
-}
-
-impl Node {
-    fn psql_db(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(bindir().join("psql"))
-            .args(["-X", "-qAt", "-h", self.ip, "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", db, "-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 

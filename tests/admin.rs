@@ -635,6 +635,15 @@ async fn show_servers_lists_held_and_idle_servers_by_backend_pid() {
     // b needs a second server while a holds the first; it goes idle afterwards.
     let other = first_value(&b.simple_query("SELECT pg_backend_pid()").await.unwrap()).unwrap();
     assert_ne!(held, other);
+    // b's server goes back to the pool just after b has its answer.
+    let pool = s
+        .app
+        .pools
+        .all()
+        .into_iter()
+        .find(|p| p.key.database == db)
+        .unwrap();
+    pool_settles(&pool, (1, 2)).await;
 
     let console = admin(&s).await;
     let rows: Vec<_> = show(&console, "SHOW SERVERS")

@@ -35,10 +35,9 @@ pub struct Who {
     pub connected: SystemTime,
 }
 
-/// One logged-in client: its cancel key, the server it holds, its task's waker.
+/// One logged-in client: the server it holds, its task's waker.
 #[derive(Debug)]
 pub struct CancelTarget {
-    secret: u32,
     link: Mutex<Link>,
     /// The client task's waker, for shutdown.
     pub nudge: Nudge,
@@ -66,9 +65,11 @@ impl CancelTarget {
     }
 }
 
+/// Clients by the key they were given, filed as [`crate::peers::Peers::lookup`] says (the whole
+/// key, so that a guess must match all of it).
 #[derive(Debug, Default)]
 pub struct CancelMap {
-    clients: DashMap<u32, Arc<CancelTarget>>,
+    clients: DashMap<u64, Arc<CancelTarget>>,
     next_id: AtomicU64,
 }
 
@@ -76,40 +77,44 @@ pub struct CancelMap {
 #[derive(Debug)]
 pub struct CancelRegistration {
     map: Arc<CancelMap>,
+    lookup: u64,
+    /// The key sent to the client in BackendKeyData.
     pub pid: u32,
+    pub secret: u32,
     pub target: Arc<CancelTarget>,
-}
-
-impl CancelRegistration {
-    /// The secret half of the key, sent to the client in BackendKeyData.
-    pub fn target_secret(&self) -> u32 {
-        self.target.secret
-    }
 }
 
 impl Drop for CancelRegistration {
     fn drop(&mut self) {
-        self.map.clients.remove(&self.pid);
+        self.map.clients.remove(&self.lookup);
     }
 }
 
 impl CancelMap {
-    /// Hands out a fresh, unused key for a client.
-    pub fn register(self: &Arc<Self>, who: Who) -> CancelRegistration {
+    /// Files a client under a fresh key from `mint`, drawn again until unused; `lookup` gives the
+    /// key it is filed under.
+    pub fn register(
+        self: &Arc<Self>,
+        who: Who,
+        mint: impl Fn() -> (u32, u32),
+        lookup: impl Fn(u32, u32) -> u64,
+    ) -> CancelRegistration {
         let target = Arc::new(CancelTarget {
-            secret: rand::random(),
             link: Mutex::new(Link::Idle),
             nudge: Nudge::default(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             who,
         });
         loop {
-            let pid: u32 = rand::random();
-            if let dashmap::Entry::Vacant(v) = self.clients.entry(pid) {
+            let (pid, secret) = mint();
+            let key = lookup(pid, secret);
+            if let dashmap::Entry::Vacant(v) = self.clients.entry(key) {
                 v.insert(target.clone());
                 return CancelRegistration {
                     map: self.clone(),
+                    lookup: key,
                     pid,
+                    secret,
                     target,
                 };
             }
@@ -130,16 +135,13 @@ impl CancelMap {
         }
     }
 
-    /// Forwards a cancel if the key matches a client that holds a server; silently does nothing
-    /// otherwise, as PostgreSQL does (a cancel never gets an answer).
-    pub async fn forward(&self, pid: u32, secret: u32) {
+    /// Forwards a cancel if the key (as filed) matches a client that holds a server; silently does
+    /// nothing otherwise, as PostgreSQL does (a cancel never gets an answer).
+    pub async fn forward(&self, lookup: u64) {
         let target = {
-            let Some(entry) = self.clients.get(&pid) else {
+            let Some(entry) = self.clients.get(&lookup) else {
                 return;
             };
-            if !bool::from(subtle::ConstantTimeEq::ct_eq(&entry.secret, &secret)) {
-                return;
-            }
             entry.link()
         };
         let Link::Active(server) = target else {

@@ -26,6 +26,7 @@ pub mod frontend;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod peers;
 pub mod pool;
 pub mod prepared;
 pub mod process;

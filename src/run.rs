@@ -42,6 +42,7 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
         None => None,
     };
     let janitor = tokio::spawn(crate::pool::maintenance::run(app.pools.clone()));
+    let peers = tokio::spawn(app.clone().follow_peers());
     let stats = tokio::spawn(stats_loop(app.clone()));
     let statements = {
         let app = app.clone();
@@ -73,6 +74,7 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     }
     let _ = accept.await;
     janitor.abort();
+    peers.abort();
     stats.abort();
     statements.abort();
     nudger.abort();

@@ -1,5 +1,5 @@
 #![no_main]
-//! Startup packets (SSLRequest, CancelRequest, StartupMessage) from arbitrary bytes, fed in two
+//! Startup packets (SSLRequest, CancelRequest, a peer's signed cancel, StartupMessage) from arbitrary bytes, fed in two
 //! pieces so that the "need more bytes" path is exercised too.
 use libfuzzer_sys::fuzz_target;
 

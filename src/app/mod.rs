@@ -3,6 +3,7 @@
 
 mod console;
 mod metrics;
+mod peers;
 
 use crate::auth::store::SecretStore;
 use crate::auth::verifiers::VerifierCache;
@@ -26,22 +27,38 @@ pub struct App {
     pub statements: crate::prepared::Registry,
     /// Logins, errors, reloads and TLS handshakes, for the metrics endpoint.
     pub events: crate::metrics::Events,
-    /// The Kubernetes Services watched for primaries, one watcher each.
+    /// The Kubernetes Services watched for primaries (and peers), one watcher each.
     pub discovery: crate::discovery::Discovery,
+    /// The other replicas of this pooler: forwarded cancels, shared budgets.
+    pub peers: crate::peers::Peers,
 }
 
 impl App {
     pub fn new(config: Config) -> Arc<Self> {
+        let discovery = crate::discovery::Discovery::default();
+        let g = &config.general;
+        let peers = crate::peers::Peers::new(
+            &g.peering,
+            &discovery,
+            g.kubeconfig.as_deref(),
+            g.listen_port,
+        );
+        let pools = Arc::new(Registry::default());
+        if g.peering.budget == crate::config::BudgetScope::Service {
+            let budget = crate::pool::budget::Budget::new(peers.split(), g.peering.settle);
+            pools.set_budget(budget);
+        }
         Arc::new(Self {
             config: RwLock::new(Arc::new(config)),
-            pools: Arc::default(),
+            pools,
             cancels: Arc::default(),
             shutdown: Arc::default(),
             verifiers: VerifierCache::default(),
             secrets: Arc::default(),
             statements: Default::default(),
             events: Default::default(),
-            discovery: Default::default(),
+            discovery,
+            peers,
         })
     }
 
@@ -66,6 +83,7 @@ impl App {
             tracing::warn!("{w}");
         }
         self.pools.reload(&new, &self.secrets, &self.discovery);
+        self.peers.reload(&new.general.peering);
         *self.config.write() = Arc::new(new);
         tracing::info!(file = %source.display(), "configuration reloaded");
         Ok(())

@@ -165,7 +165,7 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 ///
 /// Builds the block-sized key itself (RFC 2104: hash if longer, zero-pad) so
 /// that construction is infallible without an `unwrap`.
-fn keyed_hmac(key: &[u8]) -> Hmac<Sha256> {
+pub(crate) fn keyed_hmac(key: &[u8]) -> Hmac<Sha256> {
     let mut block = Zeroizing::new([0u8; 64]);
     let hashed;
     let key = if key.len() > block.len() {

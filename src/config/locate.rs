@@ -23,7 +23,7 @@ pub struct Locate {
 
 /// The namespace pgsluice runs in: `$NAMESPACE` (CloudNativePG sets it in Pooler pods), else the
 /// service account's, else `default`.
-fn own_namespace() -> String {
+pub(super) fn own_namespace() -> String {
     if let Ok(ns) = std::env::var("NAMESPACE") {
         if !ns.trim().is_empty() {
             return ns.trim().to_owned();

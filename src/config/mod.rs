@@ -11,6 +11,7 @@ pub mod ini;
 mod kinds;
 mod locate;
 mod model;
+mod peering;
 pub mod pgbouncer;
 mod raw;
 pub mod toml;
@@ -19,6 +20,7 @@ pub mod userlist;
 pub use kinds::*;
 pub use locate::{KubeService, Locate};
 pub use model::*;
+pub use peering::{id_of_address, BudgetScope, PeerAddr, Peering, MAX_PEER_ID};
 pub use raw::*;
 
 use std::path::{Path, PathBuf};

@@ -121,6 +121,8 @@ pub struct General {
     pub kubeconfig: Option<PathBuf>,
     /// pgsluice only: how long a transaction waits for discovery to find a primary.
     pub discovery_hold_timeout: Duration,
+    /// Peers, forwarded cancels and shared budgets.
+    pub peering: super::Peering,
 }
 
 /// The whole validated configuration. Immutable; a reload builds a new one.
@@ -150,6 +152,7 @@ impl Config {
         source: &Path,
         mut warnings: Vec<String>,
     ) -> Result<Self, ConfigError> {
+        let peering = super::peering::parse(&raw)?;
         let g = raw.general;
         for (name, v) in [
             ("reserve_pool_timeout", g.reserve_pool_timeout),
@@ -165,6 +168,7 @@ impl Config {
             ("idle_transaction_timeout", g.idle_transaction_timeout),
             ("stats_period", g.stats_period),
             ("discovery_hold_timeout", g.discovery_hold_timeout),
+            ("budget_settle", g.budget_settle),
         ] {
             if !(v.is_finite() && (0.0..=1.0e9).contains(&v)) {
                 return Err(ConfigError::Invalid(format!(
@@ -310,6 +314,7 @@ impl Config {
             metrics_addr,
             kubeconfig: g.kubeconfig.as_deref().map(|p| resolve(source, p)),
             discovery_hold_timeout: Duration::from_secs_f64(g.discovery_hold_timeout),
+            peering,
         };
         let mut databases = BTreeMap::new();
         for (name, d) in raw.databases {

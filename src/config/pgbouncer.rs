@@ -5,19 +5,15 @@
 
 use super::connstr;
 use super::ini::{self, IniEntry};
-use super::{ConfigError, Loaded, PoolMode, RawConfig, RawDatabase, RawGeneral, RawUser};
+use super::{ConfigError, Loaded, PoolMode, RawConfig, RawDatabase, RawGeneral, RawPeer, RawUser};
 use std::path::Path;
 use std::str::FromStr;
 
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let doc = ini::load(path)?;
     let mut raw = RawConfig::default();
-    // CloudNativePG writes its Pooler pods' ini itself: the pod's environment is where discovery
-    // can be asked for there. The file's own [pgsluice] setting, if any, comes after and wins.
-    if let Ok(d) = std::env::var("PGSLUICE_DISCOVERY") {
-        raw.general.discovery = d;
-    }
     let mut warnings = Vec::new();
+    set_from_env(&mut raw.general)?;
     for section in &doc.sections {
         match section.name.as_str() {
             "pgbouncer" => {
@@ -46,6 +42,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
                         .insert(e.key.clone(), parse_user(e, &mut warnings)?);
                 }
             }
+            "peers" => {
+                for e in &section.entries {
+                    raw.peers
+                        .insert(e.key.clone(), parse_peer(e, &mut warnings)?);
+                }
+            }
             other => warnings.push(format!(
                 "{}: section [{other}] is not known and is ignored",
                 path.display()
@@ -53,6 +55,26 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         }
     }
     Ok(Loaded { raw, warnings })
+}
+
+/// CloudNativePG writes its Pooler pods' ini itself: the pod's environment is where pgsluice's own
+/// settings can be given there. `PGSLUICE_<KEY>` sets `[pgsluice]`'s `<key>` (`PGSLUICE_DISCOVERY`,
+/// `PGSLUICE_PEER_SECRET`, ...); the file's own setting, if any, comes after and wins.
+fn set_from_env(g: &mut RawGeneral) -> Result<(), ConfigError> {
+    for (name, value) in std::env::vars() {
+        let Some(key) = name.strip_prefix("PGSLUICE_") else {
+            continue;
+        };
+        let e = IniEntry {
+            key: key.to_ascii_lowercase(),
+            value,
+            file: std::path::PathBuf::from(format!("${name}")),
+            line: 0,
+        };
+        // Other variables that share the prefix (a script's PGSLUICE_DSN) are not pgsluice's.
+        set_own(g, &e)?;
+    }
+    Ok(())
 }
 
 /// Applies a settings section with `set`; a key it does not take is a warning that it is `ignored`.
@@ -198,6 +220,7 @@ fn set_general(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "server_tls_protocols" => g.server_tls_protocols = v.to_owned(),
         "server_tls_ciphers" => g.server_tls_ciphers = v.to_owned(),
         "server_tls13_ciphers" => g.server_tls13_ciphers = v.to_owned(),
+        "peer_id" => set!(peer_id, parse_num),
         // pgsluice's own keys belong in [pgsluice], which PgBouncer ignores; taken here too.
         _ => return set_own(g, e),
     }
@@ -217,6 +240,12 @@ fn set_own(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
         "kubeconfig" => g.kubeconfig = path(v),
         "discovery_hold_timeout" => g.discovery_hold_timeout = parse_seconds(v).map_err(err)?,
         "discovery" => g.discovery = v.to_owned(),
+        "peer_discovery" => g.peer_discovery = v.to_owned(),
+        "peer_service" => g.peer_service = v.to_owned(),
+        "peer_address" => g.peer_address = v.to_owned(),
+        "peer_secret" => g.peer_secret = v.to_owned(),
+        "budget_scope" => g.budget_scope = v.to_owned(),
+        "budget_settle" => g.budget_settle = parse_seconds(v).map_err(err)?,
         "log_format" => {
             g.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => super::LogFormat::Text,
@@ -283,6 +312,26 @@ fn parse_user(e: &IniEntry, warnings: &mut Vec<String>) -> Result<RawUser, Confi
         }
     }
     Ok(u)
+}
+
+/// A `[peers]` entry: `id = host=... port=... pool_size=...`.
+fn parse_peer(e: &IniEntry, warnings: &mut Vec<String>) -> Result<RawPeer, ConfigError> {
+    let pairs = connstr::parse(&e.value).map_err(|m| bad(e, &e.key, m.to_string()))?;
+    let mut p = RawPeer::default();
+    for (k, v) in pairs {
+        let err = |m: String| bad(e, &format!("{}: {k}", e.key), m);
+        match k.as_str() {
+            "host" => p.host = Some(v),
+            "port" => p.port = Some(parse_num(&v).map_err(err)?),
+            "pool_size" => p.pool_size = Some(parse_num(&v).map_err(err)?),
+            _ => warnings.push(format!(
+                "{}:{}: peer option \"{k}\" is not implemented by pgsluice and is ignored",
+                e.file.display(),
+                e.line
+            )),
+        }
+    }
+    Ok(p)
 }
 
 #[cfg(test)]

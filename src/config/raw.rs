@@ -82,6 +82,20 @@ pub struct RawGeneral {
     pub discovery_hold_timeout: f64,
     /// pgsluice only: the `discovery` of databases that do not set their own (`kubernetes`).
     pub discovery: String,
+    /// This process's id among its peers (PgBouncer's; 0 is off).
+    pub peer_id: u16,
+    /// pgsluice only: `kubernetes` finds the peers in `peer_service`'s endpoints.
+    pub peer_discovery: String,
+    /// pgsluice only: the pooler's own Service, `name` or `namespace/name`.
+    pub peer_service: String,
+    /// pgsluice only: this replica's IP as its peers see it; by default `$POD_IP`.
+    pub peer_address: String,
+    /// pgsluice only: the secret that signs forwarded cancels (all peers share it).
+    pub peer_secret: String,
+    /// pgsluice only: `replica` (the default) or `service`: limits shared by all replicas.
+    pub budget_scope: String,
+    /// pgsluice only: seconds a replica waits before it takes a larger share of a budget.
+    pub budget_settle: f64,
 }
 
 /// PgBouncer's default auth query: the secret from pg_authid, none once `rolvaliduntil` has passed.
@@ -152,6 +166,13 @@ impl Default for RawGeneral {
             kubeconfig: None,
             discovery_hold_timeout: 10.0,
             discovery: String::new(),
+            peer_id: 0,
+            peer_discovery: String::new(),
+            peer_service: String::new(),
+            peer_address: String::new(),
+            peer_secret: String::new(),
+            budget_scope: String::new(),
+            budget_settle: 2.0,
         }
     }
 }
@@ -213,6 +234,18 @@ pub struct RawConfig {
     pub general: RawGeneral,
     pub databases: BTreeMap<String, RawDatabase>,
     pub users: BTreeMap<String, RawUser>,
+    /// PgBouncer's `[peers]`: peer id → where it listens.
+    pub peers: BTreeMap<String, RawPeer>,
+}
+
+/// One `[peers]` entry as read. `pool_size` (PgBouncer's cap on cancels in flight to the peer) is
+/// accepted; pgsluice bounds each forwarded cancel by a timeout instead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPeer {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub pool_size: Option<usize>,
 }
 
 /// A raw config plus the warnings met while reading it (keys not implemented, ...).

@@ -109,7 +109,16 @@ async fn read_startup(
                 continue;
             }
             Ok(Some(StartupPacket::Cancel { pid, secret })) => {
-                app.cancels.forward(pid, secret).await;
+                match app.peers.owner_elsewhere(pid) {
+                    Some(_) => app.peers.forward(pid, secret).await,
+                    None => app.cancels.forward(app.peers.lookup(pid, secret)).await,
+                }
+                return Err(LoginEnd::Cancel);
+            }
+            Ok(Some(StartupPacket::PeerCancel(c))) => {
+                if let Some((pid, secret)) = app.peers.accept(&c) {
+                    app.cancels.forward(app.peers.lookup(pid, secret)).await;
+                }
                 return Err(LoginEnd::Cancel);
             }
             Ok(Some(StartupPacket::Startup(m))) => return Ok(m),
@@ -323,19 +332,22 @@ pub async fn login(
     for (k, v) in params.iter() {
         shown.set(k, v);
     }
-    let cancel = app.cancels.register(crate::clients::Who {
+    let who = crate::clients::Who {
         pool: pool.clone(),
         peer: stream.peer_addr(),
         local: stream.local_addr(),
         tls: stream.is_tls(),
         connected: std::time::SystemTime::now(),
-    });
+    };
+    let cancel = app
+        .cancels
+        .register(who, || app.peers.mint(), |p, s| app.peers.lookup(p, s));
     let mut out = BytesMut::with_capacity(512);
     encode::auth_ok(&mut out);
     for (k, v) in shown.iter() {
         encode::parameter_status(&mut out, k, v);
     }
-    encode::backend_key_data(&mut out, cancel.pid, cancel.target_secret());
+    encode::backend_key_data(&mut out, cancel.pid, cancel.secret);
     encode::ready_for_query(&mut out, b'I');
     stream
         .write_flushed(&out)

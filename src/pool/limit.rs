@@ -57,6 +57,14 @@ impl Limit {
         self.freed.notify_waiters();
     }
 
+    /// How many connections are held beyond the maximum (after it was lowered).
+    pub fn excess(&self) -> usize {
+        match self.max.load(Ordering::Relaxed) {
+            0 => 0,
+            max => self.used().saturating_sub(max),
+        }
+    }
+
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }

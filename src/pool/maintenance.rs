@@ -33,6 +33,23 @@ pub async fn run(registry: Arc<Registry>) {
 fn tidy(pool: &Arc<Pool>) {
     let s = pool.settings();
     let now = Instant::now();
+    // Idle servers beyond a lowered limit go first (busy ones close as they are checked in).
+    let (_, total) = pool.counts();
+    let mut excess = [
+        total.saturating_sub(s.pool_size + s.reserve_pool_size),
+        pool.db_limit.excess(),
+        pool.user_limit.excess(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    if excess > 0 {
+        pool.evict_idle(|_, _| {
+            let hit = excess > 0;
+            excess = excess.saturating_sub(1);
+            hit
+        });
+    }
     pool.evict_idle(|server, total| {
         let too_old = s
             .server_lifetime

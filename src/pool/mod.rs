@@ -5,6 +5,7 @@
 //! server and frees its slot, so no error path can leak pool capacity. Waiting clients are served first
 //! come, first served: a returned server, or a freed slot, is handed straight to the oldest waiter.
 
+pub mod budget;
 mod census;
 mod connect_gate;
 mod control;
@@ -511,18 +512,23 @@ impl Pool {
     /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
     pub fn checkin(self: &Arc<Self>, conn: Conn) {
         let now = Instant::now();
-        let expired = self.with_settings(|s| {
-            s.closing
+        let (expired, cap) = self.with_settings(|s| {
+            let expired = s.closing
                 || s.server_lifetime
-                    .is_some_and(|l| now.saturating_duration_since(conn.server.created) >= l)
+                    .is_some_and(|l| now.saturating_duration_since(conn.server.created) >= l);
+            (expired, s.pool_size + s.reserve_pool_size)
         });
         if expired || self.is_paused() {
             return;
         }
         let mut inner = self.inner.lock();
-        if inner
-            .retire_before
-            .is_some_and(|t| conn.server.created <= t)
+        // A lowered limit (a reload, or a budget shared with more replicas now) closes servers
+        // as they come back until the pool is within it.
+        let over = inner.total > cap || self.db_limit.excess() > 0 || self.user_limit.excess() > 0;
+        if over
+            || inner
+                .retire_before
+                .is_some_and(|t| conn.server.created <= t)
         {
             // Closed outside the lock: the slot's release takes it.
             drop(inner);

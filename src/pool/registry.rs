@@ -1,5 +1,6 @@
 //! All pools, keyed by (database, user), with the database and user limits they share.
 
+use super::budget::{Budget, Split};
 use super::limit::Limit;
 use super::{Pool, PoolKey, PoolSettings};
 use crate::config::Config;
@@ -8,21 +9,62 @@ use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     pools: DashMap<PoolKey, Arc<Pool>>,
     db_limits: DashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
     /// PAUSE and DISABLE, per database (control.rs).
     pub(super) switches: parking_lot::Mutex<Switches>,
+    /// This replica's share of budgets declared for the whole Service.
+    budget: parking_lot::Mutex<Budget>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            pools: DashMap::new(),
+            db_limits: DashMap::new(),
+            user_limits: DashMap::new(),
+            switches: Default::default(),
+            budget: parking_lot::Mutex::new(Budget::new(Split::Whole, Default::default())),
+        }
+    }
 }
 
 impl Registry {
+    /// Replaces the budget (at start, when the Service's limits are shared among replicas).
+    pub fn set_budget(&self, budget: Budget) {
+        *self.budget.lock() = budget;
+    }
+
+    /// Reads or changes the budget; new shares take effect at the next [`Registry::reload`].
+    pub fn with_budget<R>(&self, f: impl FnOnce(&mut Budget) -> R) -> R {
+        f(&mut self.budget.lock())
+    }
+
+    /// Takes this replica's share of every limit the settings give for the whole Service.
+    fn divide(&self, s: &mut PoolSettings) {
+        let b = self.budget.lock();
+        let now = tokio::time::Instant::now();
+        for v in [
+            &mut s.pool_size,
+            &mut s.min_pool_size,
+            &mut s.reserve_pool_size,
+            &mut s.max_db_connections,
+            &mut s.max_user_connections,
+        ] {
+            *v = b.share(*v, now);
+        }
+        s.min_pool_size = s.min_pool_size.min(s.pool_size);
+    }
+
     /// The pool for `key`, created with `settings` on first use.
-    pub fn get_or_create(&self, key: PoolKey, settings: PoolSettings) -> Arc<Pool> {
+    pub fn get_or_create(&self, key: PoolKey, mut settings: PoolSettings) -> Arc<Pool> {
         if let Some(p) = self.pools.get(&key) {
             return p.clone();
         }
+        self.divide(&mut settings);
         let db_limit = self.limit(&self.db_limits, &key.database, settings.max_db_connections);
         let user_limit = self.limit(&self.user_limits, &key.user, settings.max_user_connections);
         self.pools
@@ -70,7 +112,8 @@ impl Registry {
         for p in self.pools.iter() {
             let key = p.key();
             match PoolSettings::resolve(config, &key.database, &key.user, store, discovery) {
-                Some(s) => {
+                Some(mut s) => {
+                    self.divide(&mut s);
                     if let Some(l) = self.db_limits.get(&key.database) {
                         l.set_max(s.max_db_connections);
                     }

@@ -172,6 +172,16 @@ pub fn cancel_request(buf: &mut BytesMut, pid: u32, secret: u32) {
     buf.put_u32(secret);
 }
 
+/// A forwarded cancel for a peer replica (see [`super::startup::PEER_CANCEL`]).
+pub fn peer_cancel(buf: &mut BytesMut, pid: u32, secret: u32, sent_ms: u64, tag: &[u8; 32]) {
+    buf.put_u32(8 + super::startup::PEER_CANCEL_BODY as u32);
+    buf.put_u32(super::startup::PEER_CANCEL);
+    buf.put_u32(pid);
+    buf.put_u32(secret);
+    buf.put_u64(sent_ms);
+    buf.put_slice(tag);
+}
+
 pub fn parse_complete(buf: &mut BytesMut) {
     framed(buf, b'1', |_| {});
 }

@@ -7,14 +7,34 @@ use bytes::{Buf, BytesMut};
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
+/// pgsluice's own: a cancel one pooler replica forwards to the replica that owns the key, signed
+/// with the peers' shared secret. Never sent by a client; a version no PostgreSQL uses.
+pub const PEER_CANCEL: u32 = (1234 << 16) | 7101;
+/// The body of a [`PEER_CANCEL`]: the 8-byte key, the sender's clock (ms since the epoch) and an
+/// HMAC-SHA-256 tag over both.
+pub const PEER_CANCEL_BODY: usize = 8 + 8 + 32;
 
 /// A parsed startup packet.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: u32, secret: u32 },
+    Cancel {
+        pid: u32,
+        secret: u32,
+    },
+    /// A forwarded cancel from a peer; its tag is checked by whoever knows the secret.
+    PeerCancel(PeerCancel),
     Startup(StartupMessage),
+}
+
+/// A [`PEER_CANCEL`] packet's body, not yet verified.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct PeerCancel {
+    pub pid: u32,
+    pub secret: u32,
+    pub sent_ms: u64,
+    pub tag: [u8; 32],
 }
 
 /// A protocol 3.x StartupMessage. `minor` above 0 is answered with NegotiateProtocolVersion.
@@ -66,7 +86,18 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtoError> {
             let secret = packet.get_u32();
             Ok(Some(StartupPacket::Cancel { pid, secret }))
         }
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
+        PEER_CANCEL if packet.len() == PEER_CANCEL_BODY => {
+            let (pid, secret, sent_ms) = (packet.get_u32(), packet.get_u32(), packet.get_u64());
+            let mut tag = [0u8; 32];
+            packet.copy_to_slice(&mut tag);
+            Ok(Some(StartupPacket::PeerCancel(PeerCancel {
+                pid,
+                secret,
+                sent_ms,
+                tag,
+            })))
+        }
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST | PEER_CANCEL => {
             Err(ProtoError::Malformed("startup packet"))
         }
         _ => {
@@ -144,6 +175,14 @@ mod tests {
             parse(&mut b).unwrap(),
             Some(StartupPacket::Cancel { pid: 7, secret: 9 })
         );
+        let mut body = vec![0, 0, 0, 7, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1, 0];
+        body.extend([5u8; 32]);
+        let Some(StartupPacket::PeerCancel(p)) = parse(&mut startup(PEER_CANCEL, &body)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.pid, p.secret, p.sent_ms, p.tag), (7, 9, 256, [5; 32]));
+        assert!(parse(&mut startup(PEER_CANCEL, &body[..40])).is_err());
     }
 
     #[test]

@@ -132,6 +132,15 @@ pub struct UserRow {
     pub current_client_connections: usize,
 }
 
+/// One peer, for SHOW PEERS.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRow {
+    pub id: u16,
+    pub host: String,
+    pub port: u16,
+    pub pool_size: usize,
+}
+
 /// One client, for SHOW CLIENTS.
 #[derive(Debug, Clone, Default)]
 pub struct ClientRow {
@@ -204,6 +213,7 @@ pub trait Console {
     fn databases(&self) -> Vec<DatabaseRow>;
     fn users(&self) -> Vec<UserRow>;
     fn config(&self) -> Vec<ConfigRow>;
+    fn peers(&self) -> Vec<PeerRow>;
     fn lists(&self) -> Lists;
     /// (paused, shutting down)
     fn state(&self) -> (bool, bool);
@@ -381,6 +391,9 @@ mod tests {
             Vec::new()
         }
         fn config(&self) -> Vec<ConfigRow> {
+            Vec::new()
+        }
+        fn peers(&self) -> Vec<PeerRow> {
             Vec::new()
         }
         fn lists(&self) -> Lists {

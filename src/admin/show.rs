@@ -322,7 +322,6 @@ pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> 
             t.row(&["suspended".into(), "no".into()]);
             t.finish();
         }
-        // No peers, no DNS cache of pgsluice's own: the layouts, and no rows.
         "peers" => {
             let cols = &[
                 ("peer_id", Int4),
@@ -330,8 +329,19 @@ pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> 
                 ("port", Int4),
                 ("pool_size", Int4),
             ];
-            Table::new(out, cols).finish();
+            let mut t = Table::new(out, cols);
+            for p in console.peers() {
+                t.row(&[
+                    usize::from(p.id).into(),
+                    p.host.into(),
+                    usize::from(p.port).into(),
+                    p.pool_size.into(),
+                ]);
+            }
+            t.finish();
         }
+        // Cancels are forwarded on one-shot connections, and there is no DNS cache of
+        // pgsluice's own: the layouts, and no rows.
         "peer_pools" => {
             let cols = &[
                 ("peer_id", Int4),

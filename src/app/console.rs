@@ -5,8 +5,8 @@
 
 use super::App;
 use crate::admin::{
-    ClientRow, ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PoolRow, ServerRow,
-    ShutdownMode, UserRow,
+    ClientRow, ConfigRow, Console, Counters, DatabaseRow, DatabaseStats, Lists, PeerRow, PoolRow,
+    ServerRow, ShutdownMode, UserRow,
 };
 use crate::backend::ServerInfo;
 use crate::clients::Link;
@@ -314,6 +314,20 @@ impl Console for App {
 
     fn config(&self) -> Vec<ConfigRow> {
         config_rows(&self.config())
+    }
+
+    fn peers(&self) -> Vec<PeerRow> {
+        let default_size = self.config().general.default_pool_size;
+        self.peers
+            .list()
+            .into_iter()
+            .map(|(id, a)| PeerRow {
+                id,
+                host: a.host,
+                port: a.port,
+                pool_size: a.pool_size.unwrap_or(default_size),
+            })
+            .collect()
     }
 
     fn lists(&self) -> Lists {

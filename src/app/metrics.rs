@@ -2,6 +2,7 @@
 
 use super::App;
 use crate::metrics::{Endpoint, Family};
+use crate::pool::budget::Split;
 use crate::shutdown::Phase;
 
 impl App {
@@ -30,6 +31,39 @@ impl App {
         }
         vec![endpoints.done(), changes.done()]
     }
+
+    /// Cancels forwarded between replicas, the replicas known, and how budgets are divided.
+    fn peer_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cancels = Family::counter(
+            "pgsluice_peer_cancels_total",
+            "Cancel requests forwarded to the replica owning the key, and those received from peers (accepted, or rejected for a bad signature).",
+        );
+        let counts = &self.peers.counts;
+        for (outcome, n) in [
+            ("forwarded", &counts.forwarded),
+            ("accepted", &counts.accepted),
+            ("rejected", &counts.rejected),
+        ] {
+            cancels.add(&[("outcome", outcome)], n.load(Relaxed) as f64);
+        }
+        let mut peers = Family::gauge(
+            "pgsluice_peers",
+            "Other pooler replicas known: [peers] entries and ready endpoints of the pooler's Service.",
+        );
+        peers.add(&[], self.peers.list().len() as f64);
+        let mut replicas = Family::gauge(
+            "pgsluice_budget_replicas",
+            "Replicas the Service's budgets are divided among now; 1 when budgets are per replica, 0 while joining.",
+        );
+        let n = match self.pools.with_budget(|b| b.current()) {
+            Split::Whole => 1,
+            Split::Joining => 0,
+            Split::Part { n, .. } => n,
+        };
+        replicas.add(&[], n as f64);
+        vec![cancels.done(), peers.done(), replicas.done()]
+    }
 }
 
 impl Endpoint for App {
@@ -53,6 +87,7 @@ impl Endpoint for App {
         info.add(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         let mut extra = vec![connections.done(), max.done(), ready.done(), info.done()];
         extra.extend(self.discovery_families());
+        extra.extend(self.peer_families());
         crate::metrics::render(&self.events, &self.pools, extra)
     }
 

@@ -82,8 +82,14 @@ impl App {
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
-        self.pools.reload(&new, &self.secrets, &self.discovery);
         self.peers.reload(&new.general.peering);
+        // The scope stays as started; static [peers] may have changed the split.
+        if self.with_config(|c| c.general.peering.budget) == crate::config::BudgetScope::Service {
+            let split = self.peers.split();
+            let now = tokio::time::Instant::now();
+            self.pools.with_budget(|b| b.observe(split, now));
+        }
+        self.pools.reload(&new, &self.secrets, &self.discovery);
         *self.config.write() = Arc::new(new);
         tracing::info!(file = %source.display(), "configuration reloaded");
         Ok(())

@@ -16,6 +16,9 @@ pub struct PeerAddr {
     /// A host name, an IP, or a unix socket directory (starting with `/`).
     pub host: String,
     pub port: u16,
+    /// PgBouncer's cap on cancels in flight to the peer; shown by SHOW PEERS. pgsluice bounds
+    /// each forwarded cancel by a timeout instead.
+    pub pool_size: Option<usize>,
 }
 
 /// Whether `max_db_connections`, `max_user_connections` and the pool sizes are this replica's or
@@ -138,6 +141,7 @@ pub(super) fn parse(raw: &RawConfig) -> Result<Peering, ConfigError> {
                 PeerAddr {
                     host,
                     port: p.port.unwrap_or(6432),
+                    pool_size: p.pool_size,
                 },
             );
         }

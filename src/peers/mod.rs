@@ -108,23 +108,25 @@ impl Peers {
         (self.enabled() && owner != self.id).then_some(owner)
     }
 
-    /// Where the replica(s) with `owner`'s id listen: its `[peers]` entry, and the discovered
-    /// endpoints whose address gives that id (more than one only if two addresses collide).
-    fn targets(&self, owner: u16) -> Vec<(String, u16)> {
-        let mut out: Vec<(String, u16)> = self
+    /// Every peer this replica knows, by id: the `[peers]` entries, then the other ready
+    /// endpoints of the pooler Service.
+    pub fn list(&self) -> Vec<(u16, PeerAddr)> {
+        let mut out: Vec<(u16, PeerAddr)> = self
             .statics
             .read()
-            .get(&owner)
-            .map(|a| (a.host.clone(), a.port))
-            .into_iter()
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
             .collect();
         if let Some(Endpoints::Ready(addrs)) = self.watch.as_ref().map(Watch::current) {
-            out.extend(
-                addrs
-                    .iter()
-                    .filter(|a| Some(a.ip()) != self.own && id_of_address(a.ip()) == owner)
-                    .map(|a| (a.ip().to_string(), a.port())),
-            );
+            out.extend(addrs.iter().filter(|a| Some(a.ip()) != self.own).map(|a| {
+                let host = a.ip().to_string();
+                let addr = PeerAddr {
+                    host,
+                    port: a.port(),
+                    pool_size: None,
+                };
+                (id_of_address(a.ip()), addr)
+            }));
         }
         out
     }
@@ -137,7 +139,13 @@ impl Peers {
             tracing::debug!(owner, "cancel request dropped: forwarded too many times");
             return;
         };
-        let targets = self.targets(owner);
+        // More than one only if two replicas' addresses give the same id.
+        let targets: Vec<(String, u16)> = self
+            .list()
+            .into_iter()
+            .filter(|(id, _)| *id == owner)
+            .map(|(_, a)| (a.host, a.port))
+            .collect();
         if targets.is_empty() {
             tracing::debug!(owner, "cancel request dropped: no peer has this id");
             return;

@@ -90,6 +90,12 @@ fn start_binary_with(extra: &str) -> Running {
         _dir: dir,
     };
     assert!(listening(port), "pgsluice did not start listening");
+    let mut r = r;
+    // Something listening on the port is not proof that it is this process.
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "pgsluice exited at start"
+    );
     r
 }
 

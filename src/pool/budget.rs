@@ -16,23 +16,23 @@ pub enum Split {
     /// Budgets are this replica's own (`budget_scope = replica`, or nothing is known of peers).
     Whole,
     /// This replica is not among the live ones yet (not ready, or the first list is under way):
-    /// one of each, so that it can still serve without taking from the others.
+    /// nothing, so that it never takes what the others still hold; its clients wait.
     Joining,
     /// `n` live replicas, this one `rank`th in address order.
     Part { n: usize, rank: usize },
 }
 
 impl Split {
-    /// This replica's share of `total`; 0 (unlimited, for the connection caps) stays 0. The
-    /// remainder goes to the lowest ranks; every replica gets at least one.
+    /// This replica's share of `total`; 0 (unlimited, for the connection caps) stays 0, so the
+    /// caller tells "nothing" from "unlimited" by `total`. The remainder goes to the lowest ranks;
+    /// with fewer than one each, the highest ranks get none.
     pub fn share(self, total: usize) -> usize {
         match self {
-            _ if total == 0 => 0,
             Split::Whole => total,
-            Split::Joining => 1,
+            Split::Joining => 0,
             Split::Part { n, rank } => {
                 let n = n.max(1);
-                (total / n + usize::from(rank < total % n)).max(1)
+                total / n + usize::from(rank < total % n)
             }
         }
     }
@@ -113,12 +113,16 @@ mod tests {
         for total in [1usize, 2, 5, 6, 7, 20, 101] {
             for n in 1..=8 {
                 let sum: usize = (0..n).map(|r| part(n, r).share(total)).sum();
-                // Every replica gets one even when there are fewer than replicas.
-                assert_eq!(sum, total.max(n), "total {total} over {n}");
+                assert_eq!(sum, total, "total {total} over {n}");
             }
         }
         assert_eq!(part(3, 0).share(0), 0, "unlimited stays unlimited");
-        assert_eq!(Split::Joining.share(50), 1);
+        assert_eq!(Split::Joining.share(50), 0);
+        assert_eq!(
+            part(3, 2).share(2),
+            0,
+            "fewer than one each: the last gets none"
+        );
         assert_eq!(Split::Whole.share(50), 50);
     }
 
@@ -162,7 +166,7 @@ mod tests {
         b.observe(part(4, 0), t0 + Duration::from_millis(100));
         b.observe(part(2, 0), t0 + Duration::from_millis(200));
         let during = t0 + Duration::from_millis(300);
-        assert_eq!(b.share(20, during), 1, "still bounded by Joining");
+        assert_eq!(b.share(20, during), 0, "still bounded by Joining");
         let after_joining = t0 + Duration::from_millis(2150);
         b.tick(after_joining);
         assert_eq!(b.share(20, after_joining), 5, "then by 4 replicas");
@@ -175,7 +179,7 @@ mod tests {
         assert!(b.retiring.len() <= MAX_RETIRING);
         assert_eq!(
             b.share(20, all_settled),
-            1,
+            0,
             "flapping keeps the smallest bound"
         );
     }

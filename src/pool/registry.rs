@@ -43,7 +43,9 @@ impl Registry {
         f(&mut self.budget.lock())
     }
 
-    /// Takes this replica's share of every limit the settings give for the whole Service.
+    /// Takes this replica's share of every limit the settings give for the whole Service. A cap
+    /// whose share is nothing cannot be written as 0 (that is "unlimited"): the pool gets no
+    /// servers instead, and its clients wait until the shares change.
     fn divide(&self, s: &mut PoolSettings) {
         let b = self.budget.lock();
         let now = tokio::time::Instant::now();
@@ -51,10 +53,22 @@ impl Registry {
             &mut s.pool_size,
             &mut s.min_pool_size,
             &mut s.reserve_pool_size,
-            &mut s.max_db_connections,
-            &mut s.max_user_connections,
         ] {
             *v = b.share(*v, now);
+        }
+        let mut starved = false;
+        for cap in [&mut s.max_db_connections, &mut s.max_user_connections] {
+            if *cap > 0 {
+                *cap = b.share(*cap, now);
+                if *cap == 0 {
+                    starved = true;
+                    *cap = 1;
+                }
+            }
+        }
+        if starved {
+            s.pool_size = 0;
+            s.reserve_pool_size = 0;
         }
         s.min_pool_size = s.min_pool_size.min(s.pool_size);
     }

@@ -89,12 +89,23 @@ fn pg_command(bindir: &Path, program: &str) -> Command {
     }
 }
 
+/// A port nothing listens on now, and never handed out before in this test binary: the kernel may
+/// give a just-released port again, and two tests starting poolers on one port make one of them
+/// talk to the other's process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::const_mutex(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Postgres {

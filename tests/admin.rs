@@ -751,3 +751,138 @@ async fn database_of(c: &tokio_postgres::Client) -> String {
     let rows = c.simple_query("SELECT current_database()").await.unwrap();
     first_value(&rows).unwrap()
 }
+
+/// SHOW CONFIG's value of `key`.
+async fn config_value(console: &tokio_postgres::Client, key: &str) -> String {
+    show(console, "SHOW CONFIG")
+        .await
+        .into_iter()
+        .find(|r| r["key"].as_deref() == Some(key))
+        .and_then(|r| r["value"].clone())
+        .unwrap_or_else(|| panic!("SHOW CONFIG has no {key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_changes_a_setting_at_once_and_it_outlives_reload() {
+    let (s, db) = pooler("admin_set", "").await;
+    // The database entry's pool_size=2 would hide default_pool_size: use one without it.
+    let ini = s.dir.path().join("pgbouncer.ini");
+    let text = std::fs::read_to_string(&ini)
+        .unwrap()
+        .replace(" pool_size=2", "")
+        .replace(
+            "pool_mode = transaction",
+            "pool_mode = transaction\ndefault_pool_size = 1",
+        );
+    std::fs::write(&ini, text).unwrap();
+    let console = admin(&s).await;
+    console.simple_query("RELOAD").await.unwrap();
+    assert_eq!(config_value(&console, "default_pool_size").await, "1");
+
+    // One server: a second transaction waits while the first is open.
+    let clients = [s.connect(&db).await, s.connect(&db).await];
+    clients[0].batch_execute("BEGIN").await.unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_millis(500),
+        clients[1].batch_execute("BEGIN"),
+    );
+    assert!(
+        second.await.is_err(),
+        "a second server with default_pool_size = 1"
+    );
+
+    let tags = console
+        .simple_query("SET default_pool_size = 3")
+        .await
+        .unwrap();
+    assert!(
+        matches!(tags.last(), Some(SimpleQueryMessage::CommandComplete(_))),
+        "{tags:?}"
+    );
+    assert_eq!(config_value(&console, "default_pool_size").await, "3");
+    tokio::time::timeout(Duration::from_secs(5), clients[1].batch_execute("BEGIN"))
+        .await
+        .expect("the waiting transaction gets a server once SET raised the pool")
+        .unwrap();
+    for c in &clients {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+
+    // RELOAD re-reads the file, which does not name the key differently: SET's value holds.
+    console.simple_query("RELOAD").await.unwrap();
+    assert_eq!(config_value(&console, "default_pool_size").await, "3");
+
+    // Refusals are errors, and the console goes on.
+    for (sql, want) in [
+        ("SET listen_port = 7000", "cannot be changed online"),
+        (
+            "SET default_pool_size = many",
+            "invalid value for default_pool_size",
+        ),
+        (
+            "SET no_such_key = 1",
+            "unknown config parameter: no_such_key",
+        ),
+    ] {
+        let e = console.simple_query(sql).await.unwrap_err();
+        assert!(error_text(&e).contains(want), "{sql}: {}", error_text(&e));
+    }
+    assert_eq!(config_value(&console, "default_pool_size").await, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_sockets_lists_clients_and_servers_by_list_and_active_sockets_those_at_work() {
+    let (s, db) = pooler("admin_sockets", "").await;
+    let mut want: Vec<(String, u32)> = SOCKETS.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+    for n in [
+        "recv_pos",
+        "pkt_pos",
+        "pkt_remain",
+        "send_pos",
+        "send_remain",
+        "pkt_avail",
+        "send_avail",
+    ] {
+        want.push((n.to_owned(), INT4));
+    }
+    assert_eq!(layout(&s, "SHOW SOCKETS").await, want);
+    assert_eq!(layout(&s, "SHOW ACTIVE_SOCKETS").await, want);
+
+    let busy = s.connect(&db).await;
+    let _idle = s.connect(&db).await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let console = admin(&s).await;
+    let of_db = |rows: Vec<std::collections::HashMap<String, Option<String>>>| {
+        let mut v: Vec<(String, String)> = rows
+            .into_iter()
+            .filter(|r| r["database"].as_deref() == Some(db.as_str()))
+            .map(|r| (r["type"].clone().unwrap(), r["state"].clone().unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let pair = |t: &str, st: &str| (t.to_owned(), st.to_owned());
+    assert_eq!(
+        of_db(show(&console, "SHOW SOCKETS").await),
+        [
+            pair("C", "cl_active"),
+            pair("C", "cl_active"),
+            pair("S", "sv_active")
+        ]
+    );
+    assert_eq!(
+        of_db(show(&console, "SHOW ACTIVE_SOCKETS").await),
+        [pair("C", "cl_active"), pair("S", "sv_active")]
+    );
+    busy.batch_execute("COMMIT").await.unwrap();
+    // PgBouncer's online-restart commands are refused, and the console goes on.
+    for (sql, want) in [
+        ("SHOW FDS", "no online restart"),
+        ("SUSPEND", "no online restart"),
+        ("SHOW MEM", "no slab caches"),
+    ] {
+        let e = console.simple_query(sql).await.unwrap_err();
+        assert!(error_text(&e).contains(want), "{sql}: {}", error_text(&e));
+    }
+    assert!(!show(&console, "SHOW VERSION").await.is_empty());
+}

@@ -227,6 +227,8 @@ pub trait Console {
     fn has_database(&self, db: &str) -> bool;
     fn resume(&self, db: Option<&str>) -> Result<(), String>;
     fn reload(&self) -> Result<(), String>;
+    /// SET: a changeable setting (SHOW CONFIG's `changeable`), applied as a reload would.
+    fn set(&self, key: &str, value: &str) -> Result<(), String>;
     fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String>;
     /// Servers of `db` (or all) are closed as they are released; idle ones at once.
     fn reconnect(&self, db: Option<&str>) -> Result<(), String>;
@@ -349,11 +351,19 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
             }
             db => After::Wait(Until::Closed, db),
         },
-        Command::Suspend | Command::Set { .. } => {
+        Command::Set { key, value } => {
+            match console.set(&key, &value) {
+                Ok(()) => encode::command_complete(out, "SET"),
+                Err(m) => error(out, PROTOCOL_VIOLATION, &m),
+            }
+            After::Ready
+        }
+        // PgBouncer's SUSPEND prepares an online restart (-R), which pgsluice does not do.
+        Command::Suspend => {
             error(
                 out,
                 FEATURE_NOT_SUPPORTED,
-                "this admin command is not supported by pgsluice yet",
+                "SUSPEND is not supported: pgsluice has no online restart",
             );
             After::Ready
         }
@@ -419,6 +429,9 @@ mod tests {
         }
         fn reload(&self) -> Result<(), String> {
             Err("userlist.txt: no such file".into())
+        }
+        fn set(&self, key: &str, _: &str) -> Result<(), String> {
+            Err(format!("unknown config parameter: {key}"))
         }
         fn set_disabled(&self, _: &str, _: bool) -> Result<(), String> {
             Ok(())
@@ -493,9 +506,21 @@ mod tests {
                 Role::Admin,
                 "SUSPEND",
                 "0A000",
-                "not supported by pgsluice yet",
+                "SUSPEND is not supported: pgsluice has no online restart",
             ),
             (Role::Admin, "KILL_CLIENT 12", "08P01", "client not found"),
+            (
+                Role::Admin,
+                "SET nosuch = 1",
+                "08P01",
+                "unknown config parameter: nosuch",
+            ),
+            (
+                Role::Stats,
+                "SET default_pool_size = 1",
+                "42501",
+                "admin access needed",
+            ),
             (
                 Role::Admin,
                 "WAIT_CLOSE nosuch",

@@ -420,6 +420,24 @@ impl Console for App {
         App::reload(self).map_err(|e| e.to_string())
     }
 
+    fn set(&self, key: &str, value: &str) -> Result<(), String> {
+        let rows = config_rows(&self.config());
+        match rows.iter().find(|r| r.key == key) {
+            None => return Err(format!("unknown config parameter: {key}")),
+            Some(r) if !r.changeable => {
+                return Err(format!("config parameter {key} cannot be changed online"))
+            }
+            Some(_) => {}
+        }
+        App::set(self, key, value).map_err(|e| match e {
+            crate::config::ConfigError::Value { key, message, .. } => {
+                format!("invalid value for {key}: {message}")
+            }
+            // The file itself no longer loads: what RELOAD would say, without paths.
+            _ => "SET failed, see logs for additional details".to_owned(),
+        })
+    }
+
     fn set_disabled(&self, db: &str, disabled: bool) -> Result<(), String> {
         if !self.known_database(db) {
             return Err(format!("no such database: {db}"));

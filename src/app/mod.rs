@@ -31,6 +31,8 @@ pub struct App {
     pub discovery: crate::discovery::Discovery,
     /// The other replicas of this pooler: forwarded cancels, shared budgets.
     pub peers: crate::peers::Peers,
+    /// The admin console's `SET key = value`s, applied over the file at every reload until restart.
+    overrides: parking_lot::Mutex<Vec<(String, String)>>,
 }
 
 impl App {
@@ -59,6 +61,7 @@ impl App {
             events: Default::default(),
             discovery,
             peers,
+            overrides: Default::default(),
         })
     }
 
@@ -76,9 +79,30 @@ impl App {
     /// restart, as in PgBouncer); pools take their new settings at once.
     pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
         let source = self.config().source.clone();
-        let loaded = crate::config::load(&source);
+        let overrides = self.overrides.lock().clone();
+        let loaded = crate::config::load_with(&source, &overrides);
         self.events.reload(loaded.is_ok());
-        let new = loaded?;
+        self.install(loaded?);
+        tracing::info!(file = %source.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// The admin console's `SET key = value`: the file re-read with the value over it, applied as
+    /// a reload. The value holds until restart, later RELOADs included.
+    pub fn set(&self, key: &str, value: &str) -> Result<(), crate::config::ConfigError> {
+        let source = self.config().source.clone();
+        let mut overrides = self.overrides.lock().clone();
+        overrides.retain(|(k, _)| k != key);
+        overrides.push((key.to_owned(), value.to_owned()));
+        let new = crate::config::load_with(&source, &overrides)?;
+        self.install(new);
+        *self.overrides.lock() = overrides;
+        tracing::info!(key, value, "configuration changed by SET");
+        Ok(())
+    }
+
+    /// Puts a loaded configuration in force.
+    fn install(&self, new: Config) {
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
@@ -91,7 +115,5 @@ impl App {
         }
         self.pools.reload(&new, &self.secrets, &self.discovery);
         *self.config.write() = Arc::new(new);
-        tracing::info!(file = %source.display(), "configuration reloaded");
-        Ok(())
     }
 }

@@ -85,13 +85,20 @@ pub fn detect_format(path: &Path, text: &str) -> Format {
 
 /// Loads and validates a configuration file of either format.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, &[])
+}
+
+/// Loads a configuration file with the admin console's `SET key = value` pairs applied over it,
+/// as PgBouncer's ini values (`SET` names a `[pgbouncer]` or `[pgsluice]` key).
+pub fn load_with(path: &Path, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_owned(),
         error,
     })?;
-    let loaded = match detect_format(path, &text) {
+    let mut loaded = match detect_format(path, &text) {
         Format::Toml => toml::load(path)?,
         Format::PgBouncerIni => pgbouncer::load(path)?,
     };
+    pgbouncer::apply_overrides(&mut loaded.raw.general, overrides)?;
     Config::from_raw(loaded.raw, path, loaded.warnings)
 }

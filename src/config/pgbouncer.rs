@@ -77,6 +77,25 @@ fn set_from_env(g: &mut RawGeneral) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The admin console's `SET key = value` pairs, each as if it were the last line of the file.
+pub(super) fn apply_overrides(
+    g: &mut RawGeneral,
+    overrides: &[(String, String)],
+) -> Result<(), ConfigError> {
+    for (key, value) in overrides {
+        let e = IniEntry {
+            key: key.clone(),
+            value: value.clone(),
+            file: std::path::PathBuf::from("SET"),
+            line: 0,
+        };
+        if !set_general(g, &e)? {
+            return Err(ConfigError::Invalid(format!("unknown setting \"{key}\"")));
+        }
+    }
+    Ok(())
+}
+
 /// Applies a settings section with `set`; a key it does not take is a warning that it is `ignored`.
 fn set_all(
     g: &mut RawGeneral,

@@ -493,3 +493,62 @@ async fn after_an_error_a_large_message_before_sync_does_not_stall_the_client() 
     raw.write_all(&wire::query("SELECT 1")).await.unwrap();
     assert_eq!(wire::read_until_ready(&mut raw).await.1, None);
 }
+
+/// A Bind of statement `name` to the unnamed portal, no parameters, then an Execute of it.
+fn bind_execute(name: &str) -> Vec<u8> {
+    let mut m = vec![b'B'];
+    m.extend_from_slice(&((4 + 1 + name.len() + 1 + 6) as u32).to_be_bytes());
+    m.push(0);
+    m.extend_from_slice(name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&[0; 6]);
+    m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_parse_of_a_name_gets_42p05_as_on_postgresql_and_the_session_goes_on() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("prep_dup");
+    let s = Sluice::start(
+        "pool_mode = transaction",
+        &format!("{db} = host=127.0.0.1 port={} pool_size=1", pg.port),
+    )
+    .await;
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    wire::login_md5_to(&mut raw, &db).await;
+    let mut batch = wire::parse("s", "SELECT 1");
+    batch.extend(wire::sync());
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(
+        wire::read_until_ready(&mut raw).await,
+        (vec![b'1', b'Z'], None)
+    );
+
+    // Redefining it fails, and what follows in the batch is skipped to the Sync.
+    let mut batch = wire::parse("s", "SELECT 2");
+    batch.extend(bind_execute("s"));
+    batch.extend(wire::sync());
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(
+        wire::read_until_ready(&mut raw).await,
+        (vec![b'E', b'Z'], Some("42P05".to_owned()))
+    );
+
+    // The name still means the first statement.
+    let mut batch = bind_execute("s");
+    batch.extend(wire::sync());
+    raw.write_all(&batch).await.unwrap();
+    let mut value = None;
+    loop {
+        let (tag, body) = wire::read_message(&mut raw).await;
+        assert_ne!(tag, b'E', "the first statement still runs");
+        if tag == b'D' {
+            value = Some(String::from_utf8_lossy(&body[6..]).into_owned());
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(value.as_deref(), Some("1"));
+}

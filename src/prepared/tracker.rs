@@ -105,6 +105,8 @@ enum Local {
     StaleStatement,
     /// 54000 for a named Parse of `size` bytes, over `max_held_message`.
     TooLarge { size: usize, max: usize },
+    /// 42P05 for a Parse of a name the client already has.
+    AlreadyExists(Box<[u8]>),
 }
 
 /// The message [`Tracker::use_statement`] readies a statement for.
@@ -428,6 +430,7 @@ impl Tracker {
                 Local::CloseComplete { .. } => encode::close_complete(to_client),
                 Local::StaleStatement => Self::stale_error(to_client),
                 Local::TooLarge { size, max } => large::too_large_error(to_client, size, max),
+                Local::AlreadyExists(name) => statements::already_exists(to_client, &name),
                 Local::Deallocate(name) => self.deallocate(name.as_deref(), ctx, to_client),
             }
         }

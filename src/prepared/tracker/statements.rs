@@ -2,9 +2,9 @@
 //! and a Bind or Describe of it first makes sure this server has it (preparing it, and closing a
 //! stale or evicted copy, as needed).
 
-use super::{server, server_name, verify, Ctx, Entry, Reply, Tracker, Undo, Use};
+use super::{server, server_name, verify, Ctx, Entry, Local, Reply, Tracker, Undo, Use};
 use super::{ClientAction, PreparedStats, Statement};
-use crate::proto::{encode, frontend, ProtoError};
+use crate::proto::{encode, frontend, sqlstate, ProtoError};
 use bytes::BytesMut;
 use std::sync::Arc;
 
@@ -21,6 +21,18 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         }
         PreparedStats::bump(&ctx.stats.client_parses);
+        if ctx.client.get(p.name).is_some() && !self.reset_pending() {
+            // PostgreSQL refuses to redefine a name: the server must fail right here too, so that
+            // what follows is skipped to the Sync as there (see large.rs).
+            encode::parse_message(
+                out,
+                super::verify::FORCED_ERROR_NAME,
+                super::verify::FORCED_ERROR_QUERY,
+            );
+            self.queue
+                .push_back(Entry::Forced(Local::AlreadyExists(p.name.into())));
+            return Ok(ClientAction::Replace);
+        }
         let stmt = ctx.registry.intern(p.definition);
         let previous = ctx.client.insert(p.name, stmt.clone());
         // A client's own Parse always reaches the server, even when the server has the statement:
@@ -169,4 +181,31 @@ impl Tracker {
             statement: None,
         });
     }
+}
+
+impl Tracker {
+    /// Whether a DEALLOCATE or DISCARD ALL is still on its way, so that the names the client has
+    /// now may be gone when this message's turn comes.
+    fn reset_pending(&self) -> bool {
+        self.discard_pending
+            || self
+                .queue
+                .iter()
+                .any(|e| matches!(e, Entry::Local(Local::Deallocate(_))))
+    }
+}
+
+/// The 42P05 a second Parse of a name gets, as PostgreSQL words it.
+pub(super) fn already_exists(to_client: &mut BytesMut, name: &[u8]) {
+    let message = format!(
+        "prepared statement \"{}\" already exists",
+        String::from_utf8_lossy(name)
+    );
+    encode::error_response(
+        to_client,
+        encode::Severity::Error,
+        sqlstate::DUPLICATE_PSTATEMENT,
+        &message,
+        None,
+    );
 }

@@ -457,3 +457,54 @@ fn no_replay_inside_a_transaction_block() {
 
 mod large;
 mod shapes;
+
+#[test]
+fn a_second_parse_of_a_name_fails_with_42p05_and_the_batch_is_skipped_to_sync() {
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    let first = w.client.get(b"a").unwrap().id;
+    // As on PostgreSQL: the Parse fails, the Bind after it is skipped, the Sync ends the batch.
+    let (a, rep, local) = w.client(&mut t, b'P', &parse_body("a", "SELECT 2"));
+    assert_eq!(
+        (a, rep, local),
+        (ClientAction::Replace, vec![b'P'], vec![]),
+        "a Parse that fails on the server stands in for it"
+    );
+    let (a, _, _) = w.client(&mut t, b'B', &bind_body("a"));
+    assert_ne!(
+        a,
+        ClientAction::Forward,
+        "the Bind is not sent as the client wrote it"
+    );
+    w.client(&mut t, b'S', b"");
+    let (swallowed, local) = w.server(&mut t, b'E', b"C42601\0\0");
+    assert!(swallowed, "the stand-in's own error is not the client's");
+    assert_eq!(local, vec![b'E'], "the client hears 42P05 instead");
+    assert_eq!(w.server(&mut t, b'Z', b"I"), (false, vec![]));
+    assert!(t.is_idle());
+    assert_eq!(
+        w.client.get(b"a").unwrap().id,
+        first,
+        "the name keeps its statement"
+    );
+    // After DEALLOCATE the name is free again.
+    w.client(&mut t, b'Q', b"DEALLOCATE a\0");
+    let (_, rep, _) = w.client(&mut t, b'P', &parse_body("a", "SELECT 2"));
+    assert!(rep.contains(&b'P'));
+}
+
+#[test]
+fn the_42p05_text_is_postgresqls() {
+    let mut out = BytesMut::new();
+    statements::already_exists(&mut out, b"s1");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("C42P05"), "{text}");
+    assert!(
+        text.contains("prepared statement \"s1\" already exists"),
+        "{text}"
+    );
+}

@@ -381,8 +381,9 @@ fuzz_target!(|input: Input| {
         let tag = match op {
             Op::Parse { n, q } => {
                 let n = name(*n);
-                // PostgreSQL refuses a second Parse of a live name; the pooler replaces it. Drivers
-                // close first, and so does this client.
+                // PostgreSQL refuses a second Parse of a live name (42P05); the pooler does too
+                // once the first is settled, but replaces it while that is still on its way.
+                // Drivers close first, and so does this client.
                 if !n.is_empty() && direct.statements.contains_key(&n) && !direct.failed {
                     continue;
                 }

@@ -377,8 +377,7 @@ impl Tracker {
             }
             (b'E', _) if self.holding() && self.verify_failed(body, ctx, to_server) => true,
             (b'E', _) if matches!(self.queue.front(), Some(Entry::Forced(_))) => {
-                self.forced_error(ctx);
-                true
+                self.forced_error(body, ctx)
             }
             (b'E', r) if r != Reply::Ready => {
                 // What is held goes now: the server skips it to the Sync, as it would have.

@@ -21,7 +21,7 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         }
         PreparedStats::bump(&ctx.stats.client_parses);
-        if ctx.client.get(p.name).is_some() && !self.reset_pending() {
+        if ctx.client.get(p.name).is_some() && self.settled(p.name) && self.status != b'E' {
             // PostgreSQL refuses to redefine a name: the server must fail right here too, so that
             // what follows is skipped to the Sync as there (see large.rs).
             encode::parse_message(
@@ -184,14 +184,20 @@ impl Tracker {
 }
 
 impl Tracker {
-    /// Whether a DEALLOCATE or DISCARD ALL is still on its way, so that the names the client has
-    /// now may be gone when this message's turn comes.
-    fn reset_pending(&self) -> bool {
-        self.discard_pending
-            || self
-                .queue
-                .iter()
-                .any(|e| matches!(e, Entry::Local(Local::Deallocate(_))))
+    /// Whether what `name` means now is what it will mean when this message's turn comes: no
+    /// Parse, Close, DEALLOCATE or DISCARD ALL of it is still on its way (each may yet fail or
+    /// succeed). Otherwise a second Parse goes to the server as it is and the outcome decides.
+    fn settled(&self, name: &[u8]) -> bool {
+        !self.discard_pending
+            && !self.queue.iter().any(|e| match e {
+                Entry::Server {
+                    undo: Undo::Both { name: n, .. },
+                    ..
+                } => &**n == name,
+                Entry::Local(Local::CloseComplete { name: n, .. }) => &**n == name,
+                Entry::Local(Local::Deallocate(n)) => n.as_deref().is_none_or(|n| n == name),
+                _ => false,
+            })
     }
 }
 

@@ -508,3 +508,63 @@ fn the_42p05_text_is_postgresqls() {
         "{text}"
     );
 }
+
+/// The statement name of the Parse in `replacement`.
+fn parse_name_in(w: &mut World, t: &mut Tracker, name: &str, sql: &str) -> Vec<u8> {
+    let mut rep = BytesMut::new();
+    let mut local = BytesMut::new();
+    t.on_client(
+        b'P',
+        Some(&parse_body(name, sql)),
+        &mut w.ctx(),
+        &mut rep,
+        &mut local,
+    )
+    .unwrap();
+    let at = rep.iter().position(|&b| b == b'P').unwrap();
+    frontend::parse(&rep[at + 5..]).unwrap().name.to_vec()
+}
+
+#[test]
+fn a_second_parse_is_refused_only_when_postgresql_would_refuse_it_for_the_name() {
+    let forced = verify::FORCED_ERROR_NAME.to_vec();
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    // The first Parse of "b" may still fail: the second goes to the server as it is.
+    w.client(&mut t, b'P', &parse_body("b", "SELECT 1"));
+    assert_ne!(parse_name_in(&mut w, &mut t, "b", "SELECT 2"), forced);
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"I");
+    // In an aborted transaction block PostgreSQL answers 25P02 before it looks at the name.
+    w.client(&mut t, b'Q', b"SELECT oops\0");
+    w.server(&mut t, b'E', b"C42703\0\0");
+    w.server(&mut t, b'Z', b"E");
+    assert_ne!(parse_name_in(&mut w, &mut t, "a", "SELECT 2"), forced);
+}
+
+#[test]
+fn when_the_block_turns_out_aborted_the_client_hears_25p02_not_42p05() {
+    let forced = verify::FORCED_ERROR_NAME.to_vec();
+    let mut w = World::new(10);
+    let mut t = Tracker::default();
+    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'1', b"");
+    w.server(&mut t, b'Z', b"T");
+    // A failing statement and the duplicate Parse, pipelined: the block's state is not known yet.
+    w.client(&mut t, b'Q', b"SELECT oops\0");
+    assert_eq!(parse_name_in(&mut w, &mut t, "a", "SELECT 2"), forced);
+    w.client(&mut t, b'S', b"");
+    w.server(&mut t, b'E', b"C42703\0\0");
+    w.server(&mut t, b'Z', b"E");
+    let (swallowed, _) = w.server(&mut t, b'E', b"C25P02\0\0");
+    assert!(!swallowed, "the server's 25P02 is the client's answer");
+    assert_eq!(w.server(&mut t, b'Z', b"E"), (false, vec![]));
+    assert!(t.is_idle());
+}

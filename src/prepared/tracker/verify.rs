@@ -288,15 +288,24 @@ impl Tracker {
         self.queue.push_front(Entry::Forced(Local::StaleStatement));
     }
 
-    /// The pooler's failing Parse failed: the client hears the forced reply (0A000, 54000)
-    /// instead, and the server now skips what follows to the Sync, as after any error.
-    pub(super) fn forced_error(&mut self, ctx: &mut super::Ctx<'_>) {
+    /// The pooler's failing Parse failed: the client hears the forced reply (0A000, 54000, 42P05)
+    /// instead, and the server now skips what follows to the Sync, as after any error. Returns
+    /// whether the server's error is swallowed: in an aborted transaction block PostgreSQL refuses
+    /// a Parse with 25P02 before it would see a duplicate name, so that error is the client's.
+    pub(super) fn forced_error(&mut self, body: Option<&[u8]>, ctx: &mut super::Ctx<'_>) -> bool {
         let Some(Entry::Forced(reply)) = self.queue.pop_front() else {
-            return;
+            return false;
         };
         self.skip_to_sync(ctx);
         self.skipping = self.queue.is_empty();
+        let aborted = body
+            .and_then(|b| crate::proto::backend::error_fields(b).ok())
+            .is_some_and(|f| f.code == sqlstate::IN_FAILED_TRANSACTION);
+        if aborted && matches!(reply, Local::AlreadyExists(_)) {
+            return false;
+        }
         self.queue.push_front(Entry::Local(reply));
+        true
     }
 
     /// The 0A000 a stale statement gets, as PostgreSQL sends it: drivers recognise it by the source

@@ -6,6 +6,7 @@
 
 pub mod command;
 mod show;
+mod sockets;
 pub mod table;
 
 pub use command::{Command, ShutdownMode};

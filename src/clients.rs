@@ -33,6 +33,8 @@ pub struct Who {
     pub local: Option<SocketAddr>,
     pub tls: bool,
     pub connected: SystemTime,
+    /// As given at login (PgBouncer shows the tracked value; a later SET is not seen here).
+    pub application_name: Option<Box<str>>,
 }
 
 /// One logged-in client: the server it holds, its task's waker.

@@ -437,7 +437,7 @@ async fn show_clients_lists_each_client_with_its_state() {
     assert_eq!(layout(&s, "SHOW CLIENTS").await, want);
 
     let a = s.connect(&db).await;
-    let b = s.connect(&db).await;
+    let b = s.connect_with(&db, "application_name=reporting").await;
     let c = s.connect(&db).await;
     // One holds a server inside its transaction; the others are between transactions.
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -477,6 +477,12 @@ async fn show_clients_lists_each_client_with_its_state() {
         assert!(num(r, "port") > 0);
         assert_eq!(num(r, "local_port"), i64::from(s.addr.port()));
     }
+    let mut names: Vec<_> = rows
+        .iter()
+        .map(|r| r["application_name"].clone().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["", "", "reporting"], "the name each client gave");
     let mut ids: Vec<i64> = rows.iter().map(|r| num(r, "id")).collect();
     ids.dedup();
     assert_eq!(ids.len(), 3, "ids are distinct: {ids:?}");

@@ -160,6 +160,7 @@ pub struct ClientRow {
     pub server_pid: u32,
     pub tls: bool,
     pub id: u64,
+    pub application_name: String,
 }
 
 /// One server, for SHOW SERVERS.

@@ -91,7 +91,7 @@ fn client_row(c: &ClientRow, state: &'static str) -> Vec<Val<'static>> {
         link.into(),
         0u64.into(),
         tls.into(),
-        "".into(),
+        c.application_name.clone().into(),
         0u64.into(),
         c.id.into(),
     ]

@@ -185,6 +185,7 @@ impl Console for App {
                     server_pid,
                     tls: who.tls,
                     id: c.id,
+                    application_name: who.application_name.as_deref().unwrap_or("").to_owned(),
                 }
             })
             .collect()

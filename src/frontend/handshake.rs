@@ -338,6 +338,10 @@ pub async fn login(
         local: stream.local_addr(),
         tls: stream.is_tls(),
         connected: std::time::SystemTime::now(),
+        application_name: params
+            .get("application_name")
+            .filter(|n| !n.is_empty())
+            .map(Into::into),
     };
     let cancel = app
         .cancels

@@ -349,9 +349,19 @@ async fn max_db_connections_for_the_service_holds_across_replicas_and_is_redivid
         (5..=6).contains(&peak),
         "three replicas under load: {peak} server connections, want 6 (2 each)"
     );
-    // One replica goes: its pod stops and leaves the Service.
-    drop(r.pop());
+    // One replica goes: its pod leaves the Service's ready endpoints first (draining), and keeps
+    // serving its clients with the share it had; then it stops.
+    let leaving = r.pop().unwrap();
+    let client = leaving.connect(&db).await;
     api.set(&[("127.0.0.11", true), ("127.0.0.12", true)]);
+    r[0].await_peers(&["127.0.0.12"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(2), client.simple_query("SELECT 1"))
+        .await
+        .expect("a draining replica still serves its clients")
+        .unwrap();
+    drop(client);
+    drop(leaving);
     let watcher = pg.super_client().await;
     for _ in 0..250 {
         if backends_in(&watcher, &db, None).await <= 4 {

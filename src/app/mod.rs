@@ -47,7 +47,10 @@ impl App {
         );
         let pools = Arc::new(Registry::default());
         if g.peering.budget == crate::config::BudgetScope::Service {
-            let budget = crate::pool::budget::Budget::new(peers.split(), g.peering.settle);
+            let budget = crate::pool::budget::Budget::new(
+                peers.split(crate::pool::budget::Split::Joining),
+                g.peering.settle,
+            );
             pools.set_budget(budget);
         }
         Arc::new(Self {
@@ -109,7 +112,7 @@ impl App {
         self.peers.reload(&new.general.peering);
         // The scope stays as started; static [peers] may have changed the split.
         if self.with_config(|c| c.general.peering.budget) == crate::config::BudgetScope::Service {
-            let split = self.peers.split();
+            let split = self.peers.split(self.pools.with_budget(|b| b.current()));
             let now = tokio::time::Instant::now();
             self.pools.with_budget(|b| b.observe(split, now));
         }

@@ -46,7 +46,7 @@ impl App {
 
     /// Takes the replicas as they are now; applies the shares if they changed.
     fn rebudget(&self, now: Instant) {
-        let split = self.peers.split();
+        let split = self.peers.split(self.pools.with_budget(|b| b.current()));
         if self.pools.with_budget(|b| b.observe(split, now)) {
             tracing::info!(?split, "live pooler replicas changed: budgets re-divided");
             self.apply_budget();

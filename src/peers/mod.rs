@@ -197,9 +197,15 @@ impl Peers {
         ok.then_some((c.pid, c.secret))
     }
 
-    /// How this replica divides budgets declared for the whole Service, as far as it knows now:
-    /// among the `[peers]` ids, or the ready endpoints of the pooler Service it is one of.
-    pub fn split(&self) -> Split {
+    /// How this replica divides budgets declared for the whole Service, as far as it knows now,
+    /// given the split in force (`previous`): among the `[peers]` ids, or the ready endpoints of the
+    /// pooler Service it is one of.
+    ///
+    /// A replica that has been listed and is not any more (draining, or paused so that its readiness
+    /// fails) keeps its share: its clients are still being served, and the others take more only
+    /// `budget_settle` after they saw it go. If the Service cannot be watched at all (RBAC refuses
+    /// it), budgets fall back to this replica's own rather than leave it without servers.
+    pub fn split(&self, previous: Split) -> Split {
         let Some(watch) = &self.watch else {
             let statics = self.statics.read();
             let rank = statics.keys().filter(|id| **id < self.id).count();
@@ -215,10 +221,19 @@ impl Peers {
                 ips.dedup();
                 match ips.binary_search(&own) {
                     Ok(rank) => Split::Part { n: ips.len(), rank },
+                    Err(_) if matches!(previous, Split::Part { .. }) => previous,
                     Err(_) => Split::Joining,
                 }
             }
-            // Not listed yet, or peers cannot be seen: take no more than one of each.
+            (Endpoints::Fallback, _) => {
+                if previous != Split::Whole {
+                    tracing::warn!(
+                        "the pooler Service cannot be watched: budget_scope = service falls back to this replica's own limits"
+                    );
+                }
+                Split::Whole
+            }
+            // The first list is under way: take nothing until this replica is counted.
             _ => Split::Joining,
         }
     }

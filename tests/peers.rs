@@ -225,13 +225,18 @@ async fn cancel_via(key: (u32, u32), to: &Replica) {
     for w in [16u32, 80_877_102, key.0, key.1] {
         packet.extend_from_slice(&w.to_be_bytes());
     }
+    send_packet(to, &packet).await;
+}
+
+/// Sends one startup-phase packet to `to` on a connection of its own, and waits until the pooler
+/// closes it (it does once it has acted on a cancel).
+async fn send_packet(to: &Replica, packet: &[u8]) {
     let mut s = TcpStream::connect((to.host.as_str(), to.port))
         .await
         .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, &packet)
+    tokio::io::AsyncWriteExt::write_all(&mut s, packet)
         .await
         .unwrap();
-    // The pooler closes a cancel connection once it has acted on it.
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
 }
@@ -282,14 +287,7 @@ async fn a_forwarded_cancel_without_the_peer_secret_is_dropped() {
         packet.extend_from_slice(&key.1.to_be_bytes());
         packet.extend_from_slice(&sent.to_be_bytes());
         packet.extend_from_slice(&tag);
-        let mut s = TcpStream::connect((r[0].host.as_str(), r[0].port))
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut s, &packet)
-            .await
-            .unwrap();
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        send_packet(&r[0], &packet).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

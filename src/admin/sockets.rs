@@ -6,31 +6,6 @@ use super::{ClientRow, Console, ServerRow};
 use bytes::BytesMut;
 use Col::{Int4, Text};
 
-/// SHOW CLIENTS and SHOW SERVERS share PgBouncer's socket header (1.24+, 21 columns).
-const SOCKETS: &[(&str, Col)] = &[
-    ("type", Text),
-    ("user", Text),
-    ("database", Text),
-    ("replication", Text),
-    ("state", Text),
-    ("addr", Text),
-    ("port", Int4),
-    ("local_addr", Text),
-    ("local_port", Int4),
-    ("connect_time", Text),
-    ("request_time", Text),
-    ("wait", Int4),
-    ("wait_us", Int4),
-    ("close_needed", Int4),
-    ("ptr", Text),
-    ("link", Text),
-    ("remote_pid", Int4),
-    ("tls", Text),
-    ("application_name", Text),
-    ("prepared_statements", Int4),
-    ("id", Int4),
-];
-
 /// SHOW SOCKETS and ACTIVE_SOCKETS: the socket header plus PgBouncer's seven buffer columns.
 const SOCKETS_DEBUG: &[(&str, Col)] = &[
     ("type", Text),
@@ -62,6 +37,9 @@ const SOCKETS_DEBUG: &[(&str, Col)] = &[
     ("pkt_avail", Int4),
     ("send_avail", Int4),
 ];
+
+/// SHOW CLIENTS and SHOW SERVERS: the same header without the buffer columns (1.24+, 21 columns).
+const SOCKETS: &[(&str, Col)] = SOCKETS_DEBUG.split_at(21).0;
 
 /// SHOW CLIENTS' row of a client; SHOW SOCKETS shows the same with `state` given.
 fn client_row(c: &ClientRow, state: &'static str) -> Vec<Val<'static>> {

@@ -458,14 +458,19 @@ fn no_replay_inside_a_transaction_block() {
 mod large;
 mod shapes;
 
+/// Statement "a" prepared and answered, the server then reporting `status`.
+fn prepare_a(w: &mut World, t: &mut Tracker, status: &[u8]) {
+    w.client(t, b'P', &parse_body("a", "SELECT 1"));
+    w.client(t, b'S', b"");
+    w.server(t, b'1', b"");
+    w.server(t, b'Z', status);
+}
+
 #[test]
 fn a_second_parse_of_a_name_fails_with_42p05_and_the_batch_is_skipped_to_sync() {
     let mut w = World::new(10);
     let mut t = Tracker::default();
-    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
-    w.client(&mut t, b'S', b"");
-    w.server(&mut t, b'1', b"");
-    w.server(&mut t, b'Z', b"I");
+    prepare_a(&mut w, &mut t, b"I");
     let first = w.client.get(b"a").unwrap().id;
     // As on PostgreSQL: the Parse fails, the Bind after it is skipped, the Sync ends the batch.
     let (a, rep, local) = w.client(&mut t, b'P', &parse_body("a", "SELECT 2"));
@@ -530,10 +535,7 @@ fn a_second_parse_is_refused_only_when_postgresql_would_refuse_it_for_the_name()
     let forced = verify::FORCED_ERROR_NAME.to_vec();
     let mut w = World::new(10);
     let mut t = Tracker::default();
-    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
-    w.client(&mut t, b'S', b"");
-    w.server(&mut t, b'1', b"");
-    w.server(&mut t, b'Z', b"I");
+    prepare_a(&mut w, &mut t, b"I");
     // The first Parse of "b" may still fail: the second goes to the server as it is.
     w.client(&mut t, b'P', &parse_body("b", "SELECT 1"));
     assert_ne!(parse_name_in(&mut w, &mut t, "b", "SELECT 2"), forced);
@@ -553,10 +555,7 @@ fn when_the_block_turns_out_aborted_the_client_hears_25p02_not_42p05() {
     let forced = verify::FORCED_ERROR_NAME.to_vec();
     let mut w = World::new(10);
     let mut t = Tracker::default();
-    w.client(&mut t, b'P', &parse_body("a", "SELECT 1"));
-    w.client(&mut t, b'S', b"");
-    w.server(&mut t, b'1', b"");
-    w.server(&mut t, b'Z', b"T");
+    prepare_a(&mut w, &mut t, b"T");
     // A failing statement and the duplicate Parse, pipelined: the block's state is not known yet.
     w.client(&mut t, b'Q', b"SELECT oops\0");
     assert_eq!(parse_name_in(&mut w, &mut t, "a", "SELECT 2"), forced);

@@ -21,14 +21,22 @@ pub fn md5_hex_password(user: &str, password: &[u8]) -> String {
 /// answer md5, so it always fails. `user` must be the startup-packet user
 /// the md5 hash was made with.
 pub fn verify_md5_response(stored: &Secret, user: &str, salt: [u8; 4], response: &[u8]) -> bool {
+    let Some(expected) = client_response(stored, user, salt) else {
+        return false;
+    };
+    // Lengths are public (always 35 for a well-formed response).
+    expected.as_slice().ct_eq(response).into()
+}
+
+/// The response pgsluice sends a server that asks for md5: from the password, or from the md5
+/// hash an auth file stores (`md5` + hex). A SCRAM verifier cannot answer md5: `None`.
+pub fn client_response(stored: &Secret, user: &str, salt: [u8; 4]) -> Option<Zeroizing<Vec<u8>>> {
     let inner = match stored {
         Secret::Plain(password) => inner_hex(password.as_bytes(), user.as_bytes()),
         Secret::Md5(hash) => hash.clone(),
-        Secret::Scram(_) => return false,
+        Secret::Scram(_) => return None,
     };
-    let expected = salted_response(&inner, salt);
-    // Lengths are public (always 35 for a well-formed response).
-    expected.as_slice().ct_eq(response).into()
+    Some(salted_response(&inner, salt))
 }
 
 /// `"md5" + hex(md5(inner_hex || salt))`, the response a client sends.

@@ -9,15 +9,14 @@ use crate::auth::secret::Secret;
 use crate::config::SslMode;
 use crate::net::stream::Stream;
 use crate::net::tls::ServerTls;
-use crate::proto::{self, backend as msg};
-use bytes::{Buf, BytesMut};
-use md5::{Digest, Md5};
+use crate::proto;
+use crate::proto::backend::{self as msg, AuthRequest};
+use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
@@ -114,22 +113,12 @@ async fn negotiate_tls(
 }
 
 async fn open(addr: &ServerAddr) -> Result<Stream, BackendError> {
-    let described = || format!("{}:{}", addr.host, addr.port);
-    if addr.host.starts_with('/') {
-        let path = format!("{}/.s.PGSQL.{}", addr.host, addr.port);
-        let s = UnixStream::connect(&path)
-            .await
-            .map_err(|source| BackendError::Connect { addr: path, source })?;
-        Ok(s.into())
-    } else {
-        let s = TcpStream::connect((addr.host.as_str(), addr.port))
-            .await
-            .map_err(|source| BackendError::Connect {
-                addr: described(),
-                source,
-            })?;
-        Ok(s.into())
-    }
+    crate::net::connect::connect(&addr.host, addr.port)
+        .await
+        .map_err(|source| BackendError::Connect {
+            addr: crate::net::connect::describe(&addr.host, addr.port),
+            source,
+        })
 }
 
 async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
@@ -140,154 +129,15 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
     params.extend(p.startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(params, &mut out)?;
     stream.write_flushed(&out).await?;
-    out.clear();
 
     let mut rbuf = BytesMut::with_capacity(4096);
-    let mut scram: Option<ScramClient> = None;
-    // Authentication phase.
-    loop {
-        let (tag, mut body) = read_message(&mut stream, &mut rbuf).await?;
-        match tag {
-            b'R' => {
-                if body.len() < 4 {
-                    return Err(proto::ProtoError::Malformed("Authentication").into());
-                }
-                let code = body.get_u32();
-                match code {
-                    0 => break,
-                    3 => {
-                        let Some(Secret::Plain(pw)) = p.secret else {
-                            return Err(BackendError::UnsupportedAuth("a cleartext password"));
-                        };
-                        frontend::password_message(pw.as_bytes(), &mut out)?;
-                    }
-                    5 => {
-                        let salt: [u8; 4] = body
-                            .get(..4)
-                            .and_then(|s| s.try_into().ok())
-                            .ok_or(proto::ProtoError::Malformed("AuthenticationMD5Password"))?;
-                        let hashed = match p.secret {
-                            Some(Secret::Plain(pw)) => {
-                                crate::auth::md5::md5_hex_password(p.user, pw.as_bytes())
-                            }
-                            Some(Secret::Md5(h)) => {
-                                format!("md5{}", String::from_utf8_lossy(&h[..]))
-                            }
-                            _ => return Err(BackendError::UnsupportedAuth("an md5 password")),
-                        };
-                        frontend::password_message(salted_md5(&hashed, salt).as_bytes(), &mut out)?;
-                    }
-                    10 => {
-                        let offered: Vec<&[u8]> =
-                            body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
-                        let end_point = stream
-                            .peer_certificate()
-                            .and_then(|c| crate::net::tls::end_point_hash(&c));
-                        let mechanism =
-                            scram_client::choose(&offered, stream.is_tls(), end_point.as_deref())
-                                .ok_or(BackendError::UnsupportedAuth(
-                                "a SASL mechanism other than SCRAM-SHA-256",
-                            ))?;
-                        let secret = match (p.secret, &p.client_key) {
-                            (Some(Secret::Plain(pw)), _) => ClientSecret::Password(pw.clone()),
-                            (Some(Secret::Scram(v)), Some(key)) => ClientSecret::Keys {
-                                client_key: key.clone(),
-                                server_key: Zeroizing::new(v.server_key),
-                                salt: v.salt.clone(),
-                                iterations: v.iterations,
-                            },
-                            (Some(Secret::Scram(_)), None) => {
-                                return Err(BackendError::UnsupportedAuth(
-                                    "a SCRAM-SHA-256 login, and no client has yet proved this user's SCRAM secret to pass through",
-                                ))
-                            }
-                            _ => {
-                                return Err(BackendError::UnsupportedAuth(
-                                    "a SCRAM-SHA-256 login (needs the password or a SCRAM secret)",
-                                ))
-                            }
-                        };
-                        let s = ScramClient::new(secret, &mechanism, rand::random());
-                        frontend::sasl_initial_response(
-                            mechanism.name(),
-                            &s.client_first(),
-                            &mut out,
-                        )?;
-                        scram = Some(s);
-                    }
-                    11 => {
-                        let s = scram.as_mut().ok_or(proto::ProtoError::Unexpected('R'))?;
-                        let salted = match p.secret {
-                            Some(Secret::Plain(pw)) => {
-                                let (salt, iterations) = ScramClient::server_first_params(&body)?;
-                                let pw = pw.clone();
-                                Some(
-                                    crate::auth::kdf::derive(move || {
-                                        scram_client::salted_password(
-                                            pw.as_bytes(),
-                                            &salt,
-                                            iterations,
-                                        )
-                                    })
-                                    .await
-                                    .ok_or(BackendError::Closed)?,
-                                )
-                            }
-                            _ => None,
-                        };
-                        let reply = s.client_final(&body, salted.as_deref())?;
-                        frontend::sasl_response(&reply, &mut out)?;
-                    }
-                    12 => {
-                        let s = scram.as_mut().ok_or(proto::ProtoError::Unexpected('R'))?;
-                        s.server_final(&body)?;
-                        continue;
-                    }
-                    _ => {
-                        return Err(BackendError::UnsupportedAuth(
-                            "an authentication method pgsluice does not know",
-                        ))
-                    }
-                }
-                stream.write_flushed(&out).await?;
-                out.clear();
-            }
-            b'E' => return Err(login_error(&body)),
-            b'v' | b'N' => {}
-            other => return Err(proto::ProtoError::Unexpected(other as char).into()),
-        }
-    }
-    // Up to the first ReadyForQuery.
-    let mut server_params = ParamSet::default();
-    let mut key = BackendKey { pid: 0, secret: 0 };
-    loop {
-        let (tag, body) = read_message(&mut stream, &mut rbuf).await?;
-        match tag {
-            b'S' => {
-                let (k, v) = msg::parameter_status(&body)?;
-                server_params.set(k, v);
-            }
-            b'K' => {
-                let mut b = body;
-                if b.len() < 8 {
-                    return Err(proto::ProtoError::Malformed("BackendKeyData").into());
-                }
-                key = BackendKey {
-                    pid: b.get_u32(),
-                    secret: b.get_u32(),
-                };
-            }
-            b'Z' => break,
-            b'E' => return Err(login_error(&body)),
-            b'N' => {}
-            other => return Err(proto::ProtoError::Unexpected(other as char).into()),
-        }
-    }
+    authenticate(&mut stream, &mut rbuf, p).await?;
+    let (params, key) = await_ready(&mut stream, &mut rbuf).await?;
     let now = Instant::now();
     Ok(Server {
         stream,
         rbuf,
-        params: server_params,
+        params,
         key,
         addr: p.addr.clone(),
         created: now,
@@ -298,19 +148,145 @@ async fn connect_inner(p: &LoginParams<'_>) -> Result<Server, BackendError> {
     })
 }
 
-/// md5 response from the hashed password (`md5` + hex) and the salt.
-fn salted_md5(hashed: &str, salt: [u8; 4]) -> String {
-    let mut h = Md5::new();
-    h.update(hashed.strip_prefix("md5").unwrap_or(hashed).as_bytes());
-    h.update(salt);
-    let digest = h.finalize();
-    let mut out = String::with_capacity(35);
-    out.push_str("md5");
-    for b in digest {
-        use std::fmt::Write;
-        let _ = write!(out, "{b:02x}");
+/// The authentication phase: answers each request the server makes until AuthenticationOk.
+async fn authenticate(
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+    p: &LoginParams<'_>,
+) -> Result<(), BackendError> {
+    let mut out = BytesMut::with_capacity(256);
+    let mut scram: Option<ScramClient> = None;
+    loop {
+        let (tag, body) = read_message(stream, rbuf).await?;
+        match tag {
+            b'R' => {}
+            b'E' => return Err(login_error(&body)),
+            b'v' | b'N' => continue,
+            other => return Err(proto::ProtoError::Unexpected(other as char).into()),
+        }
+        match msg::authentication(&body)? {
+            AuthRequest::Ok => return Ok(()),
+            AuthRequest::CleartextPassword => {
+                let Some(Secret::Plain(pw)) = p.secret else {
+                    return Err(BackendError::UnsupportedAuth("a cleartext password"));
+                };
+                frontend::password_message(pw.as_bytes(), &mut out)?;
+            }
+            AuthRequest::Md5Password { salt } => {
+                let response = p
+                    .secret
+                    .and_then(|s| crate::auth::md5::client_response(s, p.user, salt))
+                    .ok_or(BackendError::UnsupportedAuth("an md5 password"))?;
+                frontend::password_message(&response, &mut out)?;
+            }
+            request @ AuthRequest::Sasl { .. } => {
+                let offered: Vec<&[u8]> = request.mechanisms().collect();
+                let (s, mechanism) = scram_start(stream, &offered, p)?;
+                frontend::sasl_initial_response(mechanism, &s.client_first(), &mut out)?;
+                scram = Some(s);
+            }
+            AuthRequest::SaslContinue(challenge) => {
+                let s = scram.as_mut().ok_or(proto::ProtoError::Unexpected('R'))?;
+                let reply = scram_continue(s, challenge, p.secret).await?;
+                frontend::sasl_response(&reply, &mut out)?;
+            }
+            AuthRequest::SaslFinal(outcome) => {
+                let s = scram.as_ref().ok_or(proto::ProtoError::Unexpected('R'))?;
+                s.server_final(outcome)?;
+                continue;
+            }
+            AuthRequest::Other(_) => {
+                return Err(BackendError::UnsupportedAuth(
+                    "an authentication method pgsluice does not know",
+                ))
+            }
+        }
+        stream.write_flushed(&out).await?;
+        out.clear();
     }
-    out
+}
+
+/// The SCRAM client for a server's SASL offer, with the secret the login has: the password, or
+/// the keys a client proved (pass-through); and the name of the mechanism chosen.
+fn scram_start(
+    stream: &Stream,
+    offered: &[&[u8]],
+    p: &LoginParams<'_>,
+) -> Result<(ScramClient, &'static str), BackendError> {
+    let end_point = stream
+        .peer_certificate()
+        .and_then(|c| crate::net::tls::end_point_hash(&c));
+    let mechanism = scram_client::choose(offered, stream.is_tls(), end_point.as_deref()).ok_or(
+        BackendError::UnsupportedAuth("a SASL mechanism other than SCRAM-SHA-256"),
+    )?;
+    let secret = match (p.secret, &p.client_key) {
+        (Some(Secret::Plain(pw)), _) => ClientSecret::Password(pw.clone()),
+        (Some(Secret::Scram(v)), Some(key)) => ClientSecret::Keys {
+            client_key: key.clone(),
+            server_key: Zeroizing::new(v.server_key),
+            salt: v.salt.clone(),
+            iterations: v.iterations,
+        },
+        (Some(Secret::Scram(_)), None) => {
+            return Err(BackendError::UnsupportedAuth(
+                "a SCRAM-SHA-256 login, and no client has yet proved this user's SCRAM secret to pass through",
+            ))
+        }
+        _ => {
+            return Err(BackendError::UnsupportedAuth(
+                "a SCRAM-SHA-256 login (needs the password or a SCRAM secret)",
+            ))
+        }
+    };
+    let client = ScramClient::new(secret, &mechanism, rand::random());
+    Ok((client, mechanism.name()))
+}
+
+/// The client-final message for the server's challenge. With a password, the salted password is
+/// derived off the async workers (PBKDF2 is slow on purpose).
+async fn scram_continue(
+    s: &mut ScramClient,
+    challenge: &[u8],
+    secret: Option<&Secret>,
+) -> Result<Vec<u8>, BackendError> {
+    let salted = match secret {
+        Some(Secret::Plain(pw)) => {
+            let (salt, iterations) = ScramClient::server_first_params(challenge)?;
+            let pw = pw.clone();
+            let derived = crate::auth::kdf::derive(move || {
+                scram_client::salted_password(pw.as_bytes(), &salt, iterations)
+            });
+            Some(derived.await.ok_or(BackendError::Closed)?)
+        }
+        _ => None,
+    };
+    Ok(s.client_final(challenge, salted.as_deref())?)
+}
+
+/// After AuthenticationOk, up to the first ReadyForQuery: the server's parameters and its key.
+async fn await_ready(
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+) -> Result<(ParamSet, BackendKey), BackendError> {
+    let mut params = ParamSet::default();
+    let mut key = BackendKey { pid: 0, secret: 0 };
+    loop {
+        let (tag, body) = read_message(stream, rbuf).await?;
+        match tag {
+            b'S' => {
+                let (k, v) = msg::parameter_status(&body)?;
+                params.set(k, v);
+            }
+            b'K' => {
+                let (pid, secret) = msg::backend_key_data(&body)?;
+                key = BackendKey { pid, secret };
+            }
+            b'Z' => return Ok((params, key)),
+            b'E' => return Err(login_error(&body)),
+            b'N' => {}
+            other => return Err(proto::ProtoError::Unexpected(other as char).into()),
+        }
+    }
 }
 
 fn login_error(body: &[u8]) -> BackendError {

@@ -1,5 +1,6 @@
 //! Sockets: the listeners, the stream type that hides TCP, TLS and unix sockets, and TLS itself.
 
+pub mod connect;
 pub mod listener;
 pub mod oneshot;
 pub mod stream;

@@ -4,7 +4,6 @@
 use std::io;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UnixStream};
 
 /// A cancel that cannot be delivered within this is given up.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -12,15 +11,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends `packet` to `host:port`, a unix socket directory when `host` starts with `/`.
 pub async fn send(host: &str, port: u16, packet: &[u8]) -> io::Result<()> {
     let attempt = async {
-        if host.starts_with('/') {
-            let mut s = UnixStream::connect(format!("{host}/.s.PGSQL.{port}")).await?;
-            s.write_all(packet).await?;
-            s.shutdown().await
-        } else {
-            let mut s = TcpStream::connect((host, port)).await?;
-            s.write_all(packet).await?;
-            s.shutdown().await
-        }
+        let mut s = super::connect::connect(host, port).await?;
+        s.write_all(packet).await?;
+        s.shutdown().await
     };
     tokio::time::timeout(SEND_TIMEOUT, attempt)
         .await

@@ -27,6 +27,61 @@ pub fn ready_for_query(body: &[u8]) -> Result<u8, ProtoError> {
     }
 }
 
+/// An Authentication request (`R`), by its code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthRequest<'a> {
+    /// 0: logged in.
+    Ok,
+    /// 3: the password in the clear.
+    CleartextPassword,
+    /// 5: an md5 response salted with these bytes.
+    Md5Password { salt: [u8; 4] },
+    /// 10: a SASL exchange; the body lists the mechanisms, NUL-terminated.
+    Sasl { mechanisms: &'a [u8] },
+    /// 11: the next SASL challenge (SCRAM's server-first message).
+    SaslContinue(&'a [u8]),
+    /// 12: the SASL outcome (SCRAM's server-final message).
+    SaslFinal(&'a [u8]),
+    /// A code pgsluice does not answer (Kerberos, GSS, SSPI, ...).
+    Other(u32),
+}
+
+impl<'a> AuthRequest<'a> {
+    /// The mechanisms a `Sasl` request offers; none for any other request.
+    pub fn mechanisms(&self) -> impl Iterator<Item = &'a [u8]> {
+        let list: &'a [u8] = match self {
+            AuthRequest::Sasl { mechanisms } => mechanisms,
+            _ => &[],
+        };
+        list.split(|&b| b == 0).filter(|m| !m.is_empty())
+    }
+}
+
+/// Authentication body: the request the server makes.
+pub fn authentication(body: &[u8]) -> Result<AuthRequest<'_>, ProtoError> {
+    let bad = || ProtoError::Malformed("Authentication");
+    let (code, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
+    Ok(match u32::from_be_bytes(*code) {
+        0 => AuthRequest::Ok,
+        3 => AuthRequest::CleartextPassword,
+        5 => AuthRequest::Md5Password {
+            salt: *rest.first_chunk::<4>().ok_or_else(bad)?,
+        },
+        10 => AuthRequest::Sasl { mechanisms: rest },
+        11 => AuthRequest::SaslContinue(rest),
+        12 => AuthRequest::SaslFinal(rest),
+        other => AuthRequest::Other(other),
+    })
+}
+
+/// BackendKeyData body: the process id and secret a CancelRequest names.
+pub fn backend_key_data(body: &[u8]) -> Result<(u32, u32), ProtoError> {
+    let bad = || ProtoError::Malformed("BackendKeyData");
+    let (pid, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
+    let secret = rest.first_chunk::<4>().ok_or_else(bad)?;
+    Ok((u32::from_be_bytes(*pid), u32::from_be_bytes(*secret)))
+}
+
 /// Column `index` of a DataRow as text; `None` for NULL.
 pub fn data_row_column(body: &[u8], index: usize) -> Result<Option<String>, ProtoError> {
     let bad = || ProtoError::Malformed("DataRow");
@@ -108,6 +163,23 @@ mod tests {
         let f = error_fields(body).unwrap();
         assert_eq!(f.code, "57P01");
         assert!(f.is_fatal());
+    }
+
+    #[test]
+    fn names_authentication_requests() {
+        assert_eq!(authentication(&[0, 0, 0, 0]), Ok(AuthRequest::Ok));
+        assert_eq!(
+            authentication(&[0, 0, 0, 5, 1, 2, 3, 4]),
+            Ok(AuthRequest::Md5Password { salt: [1, 2, 3, 4] })
+        );
+        assert!(authentication(&[0, 0, 0, 5, 1, 2]).is_err(), "a short salt");
+        assert!(authentication(&[0, 0]).is_err(), "no code");
+        let sasl = authentication(b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0").unwrap();
+        let offered: Vec<&[u8]> = sasl.mechanisms().collect();
+        assert_eq!(offered, [&b"SCRAM-SHA-256-PLUS"[..], b"SCRAM-SHA-256"]);
+        assert_eq!(authentication(&[0, 0, 0, 7]), Ok(AuthRequest::Other(7)));
+        assert_eq!(backend_key_data(&[0, 0, 0, 9, 0, 0, 1, 0]), Ok((9, 256)));
+        assert!(backend_key_data(&[0, 0, 0, 9, 0]).is_err());
     }
 
     #[test]

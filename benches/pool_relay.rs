@@ -117,14 +117,7 @@ fn pool_contention(c: &mut Criterion) {
         tokio::spawn(login_server(listener));
         pgsluice::app::App::new(config)
     });
-    let settings = PoolSettings::resolve(
-        &app.config(),
-        "bench",
-        "bench",
-        &app.secrets,
-        &app.discovery,
-    )
-    .unwrap();
+    let settings = PoolSettings::resolve(&app.config(), "bench", "bench", &app.sources()).unwrap();
     let key = PoolKey {
         database: "bench".into(),
         user: "bench".into(),

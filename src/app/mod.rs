@@ -21,6 +21,8 @@ pub struct App {
     pub cancels: Arc<CancelMap>,
     pub shutdown: Arc<Shutdown>,
     pub verifiers: VerifierCache,
+    /// The bound on PBKDF2 derivations running at once, for client and server logins alike.
+    pub kdf: Arc<crate::auth::kdf::Kdf>,
     /// ClientKeys for SCRAM pass-through and `auth_query` answers.
     pub secrets: Arc<SecretStore>,
     /// Prepared statement definitions shared by all clients (transaction and statement mode).
@@ -53,12 +55,14 @@ impl App {
             );
             pools.set_budget(budget);
         }
+        let kdf = Arc::new(crate::auth::kdf::Kdf::default());
         Arc::new(Self {
             config: RwLock::new(Arc::new(config)),
             pools,
             cancels: Arc::default(),
             shutdown: Arc::default(),
-            verifiers: VerifierCache::default(),
+            verifiers: VerifierCache::new(kdf.clone()),
+            kdf,
             secrets: Arc::default(),
             statements: Default::default(),
             events: Default::default(),
@@ -66,6 +70,15 @@ impl App {
             peers,
             overrides: Default::default(),
         })
+    }
+
+    /// What pool settings draw on besides the configuration.
+    pub fn sources(&self) -> crate::pool::Sources<'_> {
+        crate::pool::Sources {
+            store: &self.secrets,
+            discovery: &self.discovery,
+            kdf: &self.kdf,
+        }
     }
 
     /// The configuration in force; a reload swaps it for clients that log in afterwards.
@@ -116,7 +129,7 @@ impl App {
             let now = tokio::time::Instant::now();
             self.pools.with_budget(|b| b.observe(split, now));
         }
-        self.pools.reload(&new, &self.secrets, &self.discovery);
+        self.pools.reload(&new, &self.sources());
         *self.config.write() = Arc::new(new);
     }
 }

@@ -55,6 +55,6 @@ impl App {
 
     fn apply_budget(&self) {
         let config = self.config();
-        self.pools.reload(&config, &self.secrets, &self.discovery);
+        self.pools.reload(&config, &self.sources());
     }
 }

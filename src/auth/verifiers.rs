@@ -1,5 +1,6 @@
 //! The PBKDF2 verifier cache: SCRAM verifiers for users whose secret is plain text.
 
+use super::kdf::Kdf;
 use super::secret::{ScramVerifier, Secret};
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -13,15 +14,8 @@ pub struct VerifierCache {
     /// A random key of this process, so that an unknown user's mock salt (stable per user, as a
     /// real one is) cannot be computed from the user name alone (as PostgreSQL's mock_auth_nonce).
     mock_key: zeroize::Zeroizing<[u8; 32]>,
-}
-
-impl Default for VerifierCache {
-    fn default() -> Self {
-        Self {
-            entries: DashMap::new(),
-            mock_key: zeroize::Zeroizing::new(rand::random()),
-        }
-    }
+    /// The bound the derivations run under.
+    kdf: Arc<Kdf>,
 }
 
 impl std::fmt::Debug for VerifierCache {
@@ -33,6 +27,19 @@ impl std::fmt::Debug for VerifierCache {
 }
 
 impl VerifierCache {
+    pub fn new(kdf: Arc<Kdf>) -> Self {
+        Self {
+            entries: DashMap::new(),
+            mock_key: zeroize::Zeroizing::new(rand::random()),
+            kdf,
+        }
+    }
+
+    /// The bound key derivations run under, for a login that derives a key itself.
+    pub fn kdf(&self) -> &Kdf {
+        &self.kdf
+    }
+
     /// The seed of `user`'s mock verifier: the process's key, then the name.
     pub fn mock_seed(&self, user: &str) -> zeroize::Zeroizing<Vec<u8>> {
         let mut seed = zeroize::Zeroizing::new(self.mock_key.to_vec());
@@ -55,14 +62,16 @@ impl VerifierCache {
             }
         }
         let salt: [u8; 16] = rand::random();
-        let derived = super::kdf::derive(move || {
-            ScramVerifier::from_password(
-                password.as_bytes(),
-                &salt,
-                crate::auth::secret::DEFAULT_ITERATIONS,
-            )
-        })
-        .await?;
+        let derived = self
+            .kdf
+            .derive(move || {
+                ScramVerifier::from_password(
+                    password.as_bytes(),
+                    &salt,
+                    crate::auth::secret::DEFAULT_ITERATIONS,
+                )
+            })
+            .await?;
         self.entries
             .insert(user.to_owned(), Arc::new((secret.clone(), derived.clone())));
         Some(derived)

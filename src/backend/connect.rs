@@ -4,6 +4,7 @@
 
 use super::params::ParamSet;
 use super::{BackendError, BackendKey, Server, ServerAddr, TlsFailure};
+use crate::auth::kdf::Kdf;
 use crate::auth::scram_client::{self, ClientSecret, ScramClient};
 use crate::auth::secret::Secret;
 use crate::config::SslMode;
@@ -37,6 +38,8 @@ pub struct LoginParams<'a> {
     pub tls: &'a ServerTls,
     /// For a SCRAM verifier secret: the ClientKey a client proved it has (pass-through).
     pub client_key: Option<Zeroizing<[u8; 32]>>,
+    /// The bound a SCRAM login's key derivation runs under.
+    pub kdf: &'a Kdf,
 }
 
 /// Connects and logs in within `timeout`.
@@ -187,7 +190,7 @@ async fn authenticate(
             }
             AuthRequest::SaslContinue(challenge) => {
                 let s = scram.as_mut().ok_or(proto::ProtoError::Unexpected('R'))?;
-                let reply = scram_continue(s, challenge, p.secret).await?;
+                let reply = scram_continue(s, challenge, p.secret, p.kdf).await?;
                 frontend::sasl_response(&reply, &mut out)?;
             }
             AuthRequest::SaslFinal(outcome) => {
@@ -248,14 +251,14 @@ async fn scram_continue(
     s: &mut ScramClient,
     challenge: &[u8],
     secret: Option<&Secret>,
+    kdf: &Kdf,
 ) -> Result<Vec<u8>, BackendError> {
     let salted = match secret {
         Some(Secret::Plain(pw)) => {
             let (salt, iterations) = ScramClient::server_first_params(challenge)?;
             let pw = pw.clone();
-            let derived = crate::auth::kdf::derive(move || {
-                scram_client::salted_password(pw.as_bytes(), &salt, iterations)
-            });
+            let derived =
+                kdf.derive(move || scram_client::salted_password(pw.as_bytes(), &salt, iterations));
             Some(derived.await.ok_or(BackendError::Closed)?)
         }
         _ => None,

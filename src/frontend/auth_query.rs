@@ -80,7 +80,7 @@ pub async fn fetch(
         .or(g.auth_dbname.as_deref())
         .unwrap_or(database);
     let query = db.auth_query.as_deref().unwrap_or(&g.auth_query);
-    let settings = PoolSettings::resolve(config, auth_db, auth_user, &app.secrets, &app.discovery)
+    let settings = PoolSettings::resolve(config, auth_db, auth_user, &app.sources())
         .ok_or_else(|| AuthQueryError::NoDatabase(auth_db.to_owned()))?;
     let pool = app.pools.get_or_create(
         PoolKey {

@@ -179,13 +179,15 @@ pub async fn authenticate(
             }
             Some(Secret::Scram(v)) => {
                 let (given, v) = (Zeroizing::new(given.to_owned()), v.clone());
-                crate::auth::kdf::derive(move || {
-                    ScramVerifier::from_password(given.as_bytes(), &v.salt, v.iterations)
-                        .stored_key
-                        .ct_eq(&v.stored_key)
-                })
-                .await
-                .is_some_and(bool::from)
+                ctx.verifiers
+                    .kdf()
+                    .derive(move || {
+                        ScramVerifier::from_password(given.as_bytes(), &v.salt, v.iterations)
+                            .stored_key
+                            .ct_eq(&v.stored_key)
+                    })
+                    .await
+                    .is_some_and(bool::from)
             }
             None => false,
         };

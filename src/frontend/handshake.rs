@@ -232,9 +232,7 @@ pub async fn login(
         }
     }
 
-    let Some(settings) =
-        PoolSettings::resolve(&config, &database, &user, &app.secrets, &app.discovery)
-    else {
+    let Some(settings) = PoolSettings::resolve(&config, &database, &user, &app.sources()) else {
         // Refused before authentication, with PgBouncer's message and SQLSTATE.
         return Err(reject(
             &app.events,

@@ -19,7 +19,7 @@ mod settings;
 pub mod stats;
 
 pub use census::Census;
-pub use settings::PoolSettings;
+pub use settings::{PoolSettings, Sources};
 pub use stats::PoolStats;
 
 use crate::backend::{params::ParamSet, BackendError, Server};

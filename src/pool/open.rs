@@ -115,6 +115,7 @@ impl Pool {
                 startup: &login.startup,
                 tls: &login.tls,
                 client_key: client_key.clone(),
+                kdf: &login.kdf,
             };
             let mut server = match connect::connect(&params, settings.server_connect_timeout).await
             {

@@ -4,7 +4,6 @@ use super::budget::{Budget, Split};
 use super::limit::Limit;
 use super::{Pool, PoolKey, PoolSettings};
 use crate::config::Config;
-use crate::discovery::Discovery;
 use dashmap::DashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -117,15 +116,10 @@ impl Registry {
 
     /// Applies a reloaded configuration to the existing pools. A pool whose database entry is gone
     /// keeps serving its connected clients and closes servers as they come back.
-    pub fn reload(
-        &self,
-        config: &Config,
-        store: &Arc<crate::auth::store::SecretStore>,
-        discovery: &Discovery,
-    ) {
+    pub fn reload(&self, config: &Config, sources: &super::settings::Sources<'_>) {
         for p in self.pools.iter() {
             let key = p.key();
-            match PoolSettings::resolve(config, &key.database, &key.user, store, discovery) {
+            match PoolSettings::resolve(config, &key.database, &key.user, sources) {
                 Some(mut s) => {
                     self.divide(&mut s);
                     if let Some(l) = self.db_limits.get(&key.database) {

@@ -1,5 +1,6 @@
 //! The settings one pool runs with, resolved from the global, database and user configuration.
 
+use crate::auth::kdf::Kdf;
 use crate::auth::secret::Secret;
 use crate::auth::store::{FetchKey, SecretStore};
 use crate::backend::ServerAddr;
@@ -30,6 +31,7 @@ pub struct LoginInfo {
     pub startup: Vec<(String, String)>,
     pub tls: Arc<ServerTls>,
     pub store: Arc<SecretStore>,
+    pub kdf: Arc<Kdf>,
 }
 
 impl LoginInfo {
@@ -81,6 +83,17 @@ pub struct PoolSettings {
     pub closing: bool,
 }
 
+/// What pool settings draw on besides the configuration, all owned by the App.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    /// Secrets fetched by auth_query and ClientKeys for SCRAM pass-through.
+    pub store: &'a Arc<SecretStore>,
+    /// The watched Services, for databases located by Kubernetes.
+    pub discovery: &'a Discovery,
+    /// The bound on key derivations, which server logins share with client logins.
+    pub kdf: &'a Arc<Kdf>,
+}
+
 impl PoolSettings {
     /// Resolves the settings of the pool for `database` (a `[databases]` name) and client `user`.
     /// `None` when no database entry (nor `*`) matches.
@@ -88,9 +101,13 @@ impl PoolSettings {
         config: &Config,
         database: &str,
         user: &str,
-        store: &Arc<SecretStore>,
-        discovery: &Discovery,
+        sources: &Sources<'_>,
     ) -> Option<PoolSettings> {
+        let Sources {
+            store,
+            discovery,
+            kdf,
+        } = sources;
         let g = &config.general;
         let db = config.database(database)?;
         let u = config.user(user);
@@ -151,7 +168,8 @@ impl PoolSettings {
                 secret,
                 startup: db.startup_params.clone(),
                 tls: g.server_tls.clone(),
-                store: store.clone(),
+                store: Arc::clone(store),
+                kdf: Arc::clone(kdf),
             },
             closing: false,
         })

@@ -68,14 +68,12 @@ fn reads_a_pgbouncer_ini() {
     assert_eq!(c.database("other").unwrap().name, "*");
     assert_eq!(c.users["bob"].max_user_connections, Some(3));
     assert!(c.auth_secrets.contains_key("alice"));
-    let s = crate::pool::PoolSettings::resolve(
-        &c,
-        "app",
-        "bob",
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let sources = crate::pool::Sources {
+        store: &Default::default(),
+        discovery: &Default::default(),
+        kdf: &Default::default(),
+    };
+    let s = crate::pool::PoolSettings::resolve(&c, "app", "bob", &sources).unwrap();
     assert_eq!((s.mode, s.pool_size), (PoolMode::Session, 7));
 }
 

@@ -22,6 +22,7 @@ pub mod backend;
 pub mod clients;
 pub mod config;
 pub mod discovery;
+pub mod error;
 pub mod frontend;
 pub mod logging;
 pub mod metrics;

@@ -399,8 +399,8 @@ async fn readyz_says_no_while_paused_and_during_the_drain_and_healthz_stays_up()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_and_failed_logins_are_counted_by_class_and_reason() {
-    let (s, metrics) = sluice_with_metrics("").await;
+async fn errors_failed_logins_and_disconnects_are_counted_by_class_and_reason() {
+    let (s, metrics) = sluice_with_metrics("query_timeout = 1").await;
     // A pooler no client has used yet has no pool series, and still a valid exposition.
     let fresh = scrape(metrics).await;
     assert_eq!(fresh.value("pgsluice_ready", &[]), 1.0);
@@ -426,6 +426,28 @@ async fn errors_and_failed_logins_are_counted_by_class_and_reason() {
         m.value("pgsluice_client_login_seconds_count", &[("method", "md5")]),
         1.0
     );
+
+    // Ended sessions are counted by why they ended; every reason is there from the start.
+    let reasons = fresh.matching("pgsluice_client_disconnects_total", &[]);
+    assert_eq!(reasons.count(), 13, "one series per reason, at zero");
+    let closing = s
+        .connect_as(SCRAM_USER, SCRAM_PASSWORD, "appdb")
+        .await
+        .unwrap();
+    closing.simple_query("SELECT 1").await.unwrap();
+    drop(closing);
+    let timed_out = s
+        .connect_as(SCRAM_USER, SCRAM_PASSWORD, "appdb")
+        .await
+        .unwrap();
+    assert!(timed_out.simple_query("SELECT pg_sleep(3)").await.is_err());
+    let m = scrape_once(metrics, |m| {
+        m.value("pgsluice_client_disconnects_total", &[]) >= 2.0
+    })
+    .await;
+    let by = |reason| m.value("pgsluice_client_disconnects_total", &[("reason", reason)]);
+    assert_eq!((by("client_close"), by("query_timeout")), (1.0, 1.0));
+    assert_eq!(by("server_lost"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,11 @@ pub mod connect;
 pub mod params;
 pub mod query;
 
+use crate::error::{ClientError, Retry, Side};
 use crate::net::stream::Stream;
 use bytes::BytesMut;
 use params::ParamSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -176,14 +178,13 @@ pub enum BackendError {
 impl BackendError {
     /// What a client may be told: no address, OS error or TLS internals, which go to the log only.
     /// PostgreSQL's own login errors are passed on as PostgreSQL worded them.
-    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
-        use std::borrow::Cow;
+    fn client_message(&self) -> Cow<'static, str> {
         match self {
             BackendError::Connect { .. } | BackendError::Io(_) => {
                 Cow::Borrowed("could not connect to server")
             }
             BackendError::Timeout => Cow::Borrowed("server connection timed out"),
-            BackendError::Login { message, .. } => Cow::Borrowed(message),
+            BackendError::Login { message, .. } => Cow::Owned(message.clone()),
             BackendError::Protocol(_) => Cow::Borrowed("server protocol error"),
             BackendError::UnsupportedAuth(_) | BackendError::Scram(_) => {
                 Cow::Borrowed("server login failed: the pooler cannot authenticate to the server")
@@ -220,13 +221,38 @@ impl BackendError {
     }
 
     /// SQLSTATE for the client that waited for this server.
-    pub fn sqlstate(&self) -> &str {
+    fn sqlstate(&self) -> Cow<'static, str> {
         match self {
-            BackendError::Login { code, .. } | BackendError::LoginRetry { code, .. } => code,
-            BackendError::UnsupportedAuth(_) | BackendError::Scram(_) => {
-                crate::proto::sqlstate::INVALID_AUTHORIZATION
+            BackendError::Login { code, .. } | BackendError::LoginRetry { code, .. } => {
+                Cow::Owned(code.clone())
             }
-            _ => crate::proto::sqlstate::CONNECTION_FAILURE,
+            BackendError::UnsupportedAuth(_) | BackendError::Scram(_) => {
+                Cow::Borrowed(crate::proto::sqlstate::INVALID_AUTHORIZATION)
+            }
+            _ => Cow::Borrowed(crate::proto::sqlstate::CONNECTION_FAILURE),
         }
+    }
+}
+
+/// The one place a server failure becomes what a client hears.
+impl From<&BackendError> for ClientError {
+    fn from(e: &BackendError) -> Self {
+        let side = match e {
+            // The pooler holds no secret the server accepts: its configuration's fault.
+            BackendError::UnsupportedAuth(_) | BackendError::Scram(_) => Side::Internal,
+            _ => Side::Server,
+        };
+        let retry = if e.is_transient() {
+            Retry::Later
+        } else {
+            Retry::Never
+        };
+        ClientError::fatal(
+            crate::proto::sqlstate::CONNECTION_FAILURE,
+            e.client_message(),
+            side,
+        )
+        .with_code(e.sqlstate())
+        .with_retry(retry)
     }
 }

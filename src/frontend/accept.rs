@@ -1,9 +1,9 @@
 //! Accepting clients on the listeners until shutdown begins, within `max_client_conn`.
 
 use crate::app::App;
+use crate::error::{ClientError, Retry, Side};
 use crate::net::listener::Listeners;
 use crate::net::stream::Stream;
-use crate::proto::encode::Severity;
 use crate::proto::sqlstate;
 use crate::shutdown::Phase;
 use std::sync::Arc;
@@ -63,15 +63,13 @@ where
         let Some(guard) = app.shutdown.admit(max) else {
             let app = app.clone();
             tokio::spawn(async move {
-                super::send_error(
-                    &app.events,
-                    &mut stream,
-                    Severity::Fatal,
+                let e = ClientError::fatal(
                     sqlstate::TOO_MANY_CONNECTIONS,
                     "no more connections allowed (max_client_conn)",
-                    None,
+                    Side::Internal,
                 )
-                .await;
+                .with_retry(Retry::Later);
+                super::tell(&app.events, &mut stream, &e).await;
             });
             continue;
         };

@@ -9,7 +9,9 @@ use crate::auth::secret::Secret;
 use crate::auth::store::FetchKey;
 use crate::backend::query::lookup_second_column;
 use crate::config::{Config, Database};
+use crate::error::{ClientError, Side};
 use crate::pool::{PoolError, PoolKey, PoolSettings};
+use crate::proto::sqlstate;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -22,22 +24,19 @@ pub enum AuthQueryError {
     Query(#[from] crate::backend::BackendError),
 }
 
-impl AuthQueryError {
-    /// What the client hears: no server address or OS error.
-    pub fn client_message(&self) -> String {
-        match self {
-            AuthQueryError::NoDatabase(_) => self.to_string(),
-            AuthQueryError::Pool(e) => format!("auth_query failed: {}", e.client_message()),
-            AuthQueryError::Query(e) => format!("auth_query failed: {}", e.client_message()),
-        }
-    }
-
-    pub fn sqlstate(&self) -> &str {
-        match self {
-            AuthQueryError::NoDatabase(_) => crate::proto::sqlstate::INVALID_AUTHORIZATION,
-            AuthQueryError::Pool(e) => e.sqlstate(),
-            AuthQueryError::Query(e) => e.sqlstate(),
-        }
+/// What the client whose login needed the lookup hears: no server address or OS error.
+impl From<&AuthQueryError> for ClientError {
+    fn from(e: &AuthQueryError) -> Self {
+        let (mut told, cause) = match e {
+            AuthQueryError::NoDatabase(_) => {
+                let m = e.to_string();
+                return ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, m, Side::Internal);
+            }
+            AuthQueryError::Pool(e) => (ClientError::from(e), "auth_query failed"),
+            AuthQueryError::Query(e) => (ClientError::from(e), "auth_query failed"),
+        };
+        told.message = format!("{cause}: {}", told.message).into();
+        told
     }
 }
 

@@ -8,6 +8,7 @@ use crate::auth::secret::{ScramVerifier, Secret};
 use crate::auth::store::SecretStore;
 use crate::auth::verifiers::VerifierCache;
 use crate::config::AuthType;
+use crate::error::{ClientError, Side};
 use crate::net::stream::Stream;
 use crate::proto::{self, backend::cstr, encode, sqlstate, ProtoError, MAX_PRE_AUTH_MESSAGE};
 use bytes::{Buf, BytesMut};
@@ -32,13 +33,15 @@ pub enum AuthError {
     Io(#[from] std::io::Error),
 }
 
-impl AuthError {
-    pub fn sqlstate(&self) -> &'static str {
-        match self {
+/// What a client whose login failed hears: PostgreSQL's words and codes.
+impl From<&AuthError> for ClientError {
+    fn from(e: &AuthError) -> Self {
+        let code = match e {
             AuthError::Failed(_) => sqlstate::INVALID_PASSWORD,
             AuthError::Rejected(_) => sqlstate::INVALID_AUTHORIZATION,
             _ => sqlstate::PROTOCOL_VIOLATION,
-        }
+        };
+        ClientError::fatal(code, e.to_string(), Side::Client)
     }
 }
 

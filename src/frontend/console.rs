@@ -5,13 +5,13 @@
 //! answered with an error, extended-protocol messages get an error (and ReadyForQuery at their
 //! Sync), and the connection stays usable in every case.
 
-use super::login::{auth_method, reject, LoginEnd};
-use super::send_error;
+use super::login::{auth_failed, auth_method, reject, LoginEnd};
+use super::tell;
 use crate::admin::{self, After, Console, Role, Until};
 use crate::app::App;
-use crate::frontend::authenticate::{authenticate, AuthContext, AuthError, Method};
+use crate::error::{ClientError, Side};
+use crate::frontend::authenticate::{authenticate, AuthContext, Method};
 use crate::net::stream::Stream;
-use crate::proto::encode::Severity;
 use crate::proto::{encode, sqlstate};
 use crate::shutdown::Phase;
 use bytes::{Buf, BytesMut};
@@ -55,7 +55,7 @@ pub(super) async fn log_in(
     } else {
         let method = match auth_method(g, stream, database, user) {
             Ok(m) => m,
-            Err((code, message)) => return Err(reject(&app.events, stream, code, message).await),
+            Err(e) => return Err(reject(&app.events, stream, e).await),
         };
         *method_seen = Some(method);
         let ctx = AuthContext {
@@ -66,19 +66,13 @@ pub(super) async fn log_in(
             end_point: g.client_tls.end_point.as_deref(),
         };
         if let Err(e) = authenticate(stream, buf, method, &ctx).await {
-            return Err(match e {
-                AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
-                AuthError::Failed(_) => {
-                    let m = format!("password authentication failed for user \"{user}\"");
-                    reject(&app.events, stream, e.sqlstate(), m).await
-                }
-                other => reject(&app.events, stream, other.sqlstate(), other.to_string()).await,
-            });
+            return Err(auth_failed(&app.events, stream, e, user).await);
         }
     }
     let Some(role) = role else {
         let m = format!("user \"{user}\" is not allowed to use the admin console");
-        return Err(reject(&app.events, stream, sqlstate::INVALID_AUTHORIZATION, m).await);
+        let e = ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, m, Side::Client);
+        return Err(reject(&app.events, stream, e).await);
     };
     let mut out = BytesMut::with_capacity(256);
     encode::auth_ok(&mut out);
@@ -239,16 +233,12 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
 
 /// Tells a console client the pooler is shutting down, as other clients are told.
 async fn shut_down(app: &App, stream: &mut Stream) {
-    let message = "pooler is shutting down";
-    send_error(
-        &app.events,
-        stream,
-        Severity::Fatal,
+    let e = ClientError::fatal(
         sqlstate::ADMIN_SHUTDOWN,
-        message,
-        None,
-    )
-    .await;
+        "pooler is shutting down",
+        Side::Internal,
+    );
+    tell(&app.events, stream, &e).await;
 }
 
 /// Waits until a PAUSE or WAIT_CLOSE is done for the target; false if the client left meanwhile

@@ -1,9 +1,12 @@
 //! From the first byte to ReadyForQuery: startup packet, login checks, authentication, welcome.
 
 pub use super::login::LoginEnd;
-use super::login::{auth_method, reject};
+use super::login::{auth_failed, auth_method, reject};
+use super::route::{route, Route, Target};
 use crate::app::App;
 use crate::backend::params::ParamSet;
+use crate::config::Config;
+use crate::error::{ClientError, Side};
 use crate::frontend::authenticate::{authenticate, AuthContext, AuthError, Method};
 use crate::net::stream::Stream;
 use crate::net::tls::{ClientTls, ALPN_POSTGRESQL};
@@ -37,9 +40,6 @@ impl LoggedIn {
     }
 }
 
-/// Parameters a client may set at startup without being refused.
-const ALWAYS_ACCEPTED: [&str; 2] = ["user", "database"];
-
 /// The first byte of a TLS handshake record: a client starting TLS without SSLRequest.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -59,11 +59,10 @@ async fn read_startup(
             app.events.client_tls_handshake(accepted.is_ok());
             accepted.map_err(|_| LoginEnd::Gone)?;
             if stream.alpn_protocol().as_deref() != Some(ALPN_POSTGRESQL) {
-                return Err(reject(&app.events, stream,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "received direct SSL connection request without ALPN protocol negotiation extension".into(),
-                )
-                .await);
+                let e = ClientError::protocol_violation(
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                );
+                return Err(reject(&app.events, stream, e).await);
             }
         }
     }
@@ -73,13 +72,8 @@ async fn read_startup(
                 if !buf.is_empty() =>
             {
                 // Bytes after an SSLRequest, before our answer, would be a buffer-stuffing attack.
-                return Err(reject(
-                    &app.events,
-                    stream,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "unexpected data after SSLRequest".into(),
-                )
-                .await);
+                let e = ClientError::protocol_violation("unexpected data after SSLRequest");
+                return Err(reject(&app.events, stream, e).await);
             }
             Ok(Some(StartupPacket::SslRequest)) => match &tls.acceptor {
                 Some(acceptor) if !stream.is_tls() && !stream.is_unix() => {
@@ -124,22 +118,16 @@ async fn read_startup(
             Ok(Some(StartupPacket::Startup(m))) => return Ok(m),
             Ok(None) => {}
             Err(e @ ProtoError::UnsupportedProtocol { .. }) => {
-                return Err(reject(
-                    &app.events,
-                    stream,
+                let told = ClientError::fatal(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     e.to_string(),
-                )
-                .await)
+                    Side::Client,
+                );
+                return Err(reject(&app.events, stream, told).await);
             }
             Err(e) => {
-                return Err(reject(
-                    &app.events,
-                    stream,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!("invalid startup packet: {e}"),
-                )
-                .await)
+                let told = ClientError::protocol_violation(format!("invalid startup packet: {e}"));
+                return Err(reject(&app.events, stream, told).await);
             }
         }
         match stream.read_buf(buf).await {
@@ -160,151 +148,111 @@ pub async fn login(
 ) -> Result<Login, LoginEnd> {
     let config = app.config();
     let g = &config.general;
-    let mut m = read_startup(app, stream, buf, &g.client_tls).await?;
-
-    // Protocol options (`_pq_.*`) and minor versions above 0 are declined, as PostgreSQL does.
-    let unknown_options: Vec<String> = m
-        .params
-        .iter()
-        .filter(|(k, _)| k.starts_with("_pq_."))
-        .map(|(k, _)| k.clone())
-        .collect();
-    if m.minor > 0 || !unknown_options.is_empty() {
+    let m = read_startup(app, stream, buf, &g.client_tls).await?;
+    let routed = route(&m, g, |db| app.pools.is_disabled(db));
+    // Protocol options (`_pq_.*`) and minor versions above 0 are declined, as PostgreSQL does,
+    // before anything else is said.
+    if let Some(r) = routed.as_ref().ok().filter(|r| r.negotiate()) {
         let mut out = BytesMut::new();
-        let names: Vec<&str> = unknown_options.iter().map(String::as_str).collect();
+        let names: Vec<&str> = r.declined_options.iter().map(String::as_str).collect();
         encode::negotiate_protocol_version(&mut out, 0, &names);
         stream
             .write_flushed(&out)
             .await
             .map_err(|_| LoginEnd::Gone)?;
-        m.params.retain(|(k, _)| !k.starts_with("_pq_."));
     }
-
-    let Some(user) = m.get("user").map(str::to_owned) else {
-        return Err(reject(
-            &app.events,
-            stream,
-            sqlstate::INVALID_AUTHORIZATION,
-            "no PostgreSQL user name specified in startup packet".into(),
-        )
-        .await);
+    let Route {
+        user,
+        database,
+        target,
+        ..
+    } = match routed {
+        Ok(r) => r,
+        Err(e) => return Err(reject(&app.events, stream, e).await),
     };
-    let database = m
-        .get("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user)
-        .to_owned();
-
-    if crate::admin::is_console(&database) {
-        // The console's own welcome ignores startup parameters, as PgBouncer's does.
-        let role = super::console::log_in(app, stream, buf, &user, &database, method_seen).await?;
-        return Ok(Login::Console(role));
-    }
-    if app.pools.is_disabled(&database) {
-        let m = format!("database \"{database}\" is disabled");
-        return Err(reject(&app.events, stream, sqlstate::PROTOCOL_VIOLATION, m).await);
-    }
-
-    let mut params = ParamSet::default();
-    for (k, v) in &m.params {
-        if ALWAYS_ACCEPTED.contains(&k.as_str()) {
-            continue;
+    let params = match target {
+        Target::Console => {
+            let role =
+                super::console::log_in(app, stream, buf, &user, &database, method_seen).await?;
+            return Ok(Login::Console(role));
         }
-        if g.tracked_parameters
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(k))
-        {
-            params.set(k, v);
-        } else if g
-            .ignore_startup_parameters
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(k))
-        {
-            continue;
-        } else {
-            return Err(reject(
-                &app.events,
-                stream,
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("unsupported startup parameter: {k}"),
-            )
-            .await);
-        }
-    }
-
+        Target::Pool(params) => params,
+    };
     let Some(settings) = PoolSettings::resolve(&config, &database, &user, &app.sources()) else {
         // Refused before authentication, with PgBouncer's message and SQLSTATE.
-        return Err(reject(
-            &app.events,
-            stream,
-            sqlstate::PROTOCOL_VIOLATION,
-            format!("no such database: {database}"),
-        )
-        .await);
+        let e = ClientError::protocol_violation(format!("no such database: {database}"));
+        return Err(reject(&app.events, stream, e).await);
     };
-
     let method = match auth_method(g, stream, &database, &user) {
         Ok(m) => m,
-        Err((code, message)) => return Err(reject(&app.events, stream, code, message).await),
+        Err(e) => return Err(reject(&app.events, stream, e).await),
     };
     *method_seen = Some(method);
+    authenticate_client(app, &config, stream, buf, method, &database, &user).await?;
+    let pool = app.pools.get_or_create(
+        PoolKey {
+            database: database.clone(),
+            user: user.clone(),
+        },
+        settings,
+    );
+    welcome(app, stream, pool, params).await
+}
 
-    let db_entry = config.database(&database);
+/// Authenticates the client by `method`, with the secret the auth file or `auth_query` has.
+async fn authenticate_client(
+    app: &App,
+    config: &Config,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    method: Method,
+    database: &str,
+    user: &str,
+) -> Result<(), LoginEnd> {
     let mut fetched_from = None;
-    let secret = match config.auth_secrets.get(&user) {
-        Some(s) => Some(s.clone()),
-        None if method.needs_secret() => match db_entry {
-            Some(db) => {
-                match crate::frontend::auth_query::fetch(app, &config, db, &database, &user).await {
-                    Ok(s) => {
-                        fetched_from = crate::frontend::auth_query::fetch_key(&config, db, &user);
-                        s
-                    }
-                    Err(e) => {
-                        tracing::warn!(db = %database, user = %user, error = %e, "auth_query failed");
-                        return Err(
-                            reject(&app.events, stream, e.sqlstate(), e.client_message()).await,
-                        );
-                    }
+    let secret = match (config.auth_secrets.get(user), config.database(database)) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(db)) if method.needs_secret() => {
+            match crate::frontend::auth_query::fetch(app, config, db, database, user).await {
+                Ok(s) => {
+                    fetched_from = crate::frontend::auth_query::fetch_key(config, db, user);
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "auth_query failed");
+                    return Err(reject(&app.events, stream, ClientError::from(&e)).await);
                 }
             }
-            None => None,
-        },
-        None => None,
+        }
+        _ => None,
     };
     let ctx = AuthContext {
-        user: &user,
+        user,
         secret: secret.as_ref(),
         verifiers: &app.verifiers,
         keys: &app.secrets,
-        end_point: g.client_tls.end_point.as_deref(),
+        end_point: config.general.client_tls.end_point.as_deref(),
     };
-    if let Err(e) = authenticate(stream, buf, method, &ctx).await {
-        // A changed password is fetched afresh on the next try. A client that merely went away
-        // says nothing about the secret.
-        if let (Some(key), AuthError::Failed(_)) = (&fetched_from, &e) {
-            app.secrets.forget_fetched(key);
-        }
-        return Err(match e {
-            AuthError::Closed | AuthError::Io(_) => LoginEnd::Gone,
-            AuthError::Failed(_) => {
-                reject(
-                    &app.events,
-                    stream,
-                    e.sqlstate(),
-                    format!("password authentication failed for user \"{user}\""),
-                )
-                .await
-            }
-            other => reject(&app.events, stream, other.sqlstate(), other.to_string()).await,
-        });
+    let Err(e) = authenticate(stream, buf, method, &ctx).await else {
+        return Ok(());
+    };
+    // A changed password is fetched afresh on the next try. A client that merely went away says
+    // nothing about the secret.
+    if let (Some(key), AuthError::Failed(_)) = (&fetched_from, &e) {
+        app.secrets.forget_fetched(key);
     }
+    Err(auth_failed(&app.events, stream, e, user).await)
+}
 
-    let key = PoolKey {
-        database: database.clone(),
-        user: user.clone(),
-    };
-    let pool = app.pools.get_or_create(key, settings);
+/// Registers the logged-in client and welcomes it: AuthenticationOk, the server's parameters with
+/// the client's own values for the tracked ones, its BackendKeyData and ReadyForQuery.
+async fn welcome(
+    app: &App,
+    stream: &mut Stream,
+    pool: Arc<Pool>,
+    params: ParamSet,
+) -> Result<Login, LoginEnd> {
+    let g = &app.config().general;
     let welcome = match pool.welcome_params() {
         Some(w) => w,
         None => match pool.checkout().await {
@@ -315,13 +263,7 @@ pub async fn login(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no server for a logging-in client");
-                return Err(reject(
-                    &app.events,
-                    stream,
-                    e.sqlstate(),
-                    e.client_message().into_owned(),
-                )
-                .await);
+                return Err(reject(&app.events, stream, ClientError::from(&e)).await);
             }
         },
     };

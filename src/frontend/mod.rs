@@ -6,28 +6,22 @@ pub mod authenticate;
 mod console;
 pub mod handshake;
 mod login;
+mod route;
 pub mod session;
 pub mod task;
 
 pub use accept::serve;
 pub use task::ClientTask;
 
+use crate::error::ClientError;
 use crate::net::stream::Stream;
-use crate::proto::encode::{self, Severity};
 use bytes::BytesMut;
 
-/// Sends an ErrorResponse, best effort: the client may already be gone.
-pub async fn send_error(
-    events: &crate::metrics::Events,
-    stream: &mut Stream,
-    severity: Severity,
-    code: &str,
-    message: &str,
-    detail: Option<&str>,
-) {
-    events.client_error(code);
-    let mut out = BytesMut::with_capacity(64 + message.len());
-    encode::error_response(&mut out, severity, code, message, detail);
+/// Tells the client `e`, best effort (it may already be gone), and counts it.
+pub async fn tell(events: &crate::metrics::Events, stream: &mut Stream, e: &ClientError) {
+    events.client_error(&e.code);
+    let mut out = BytesMut::with_capacity(64 + e.message.len());
+    e.encode(&mut out);
     let _ = stream.write_flushed(&out).await;
 }
 
@@ -85,15 +79,8 @@ async fn login_within_timeout(
         Some(t) => match tokio::time::timeout(t, login).await {
             Ok(r) => r,
             Err(_) => {
-                send_error(
-                    &app.events,
-                    stream,
-                    Severity::Fatal,
-                    crate::proto::sqlstate::PROTOCOL_VIOLATION,
-                    "client_login_timeout",
-                    None,
-                )
-                .await;
+                let e = ClientError::protocol_violation("client_login_timeout");
+                tell(&app.events, stream, &e).await;
                 if g.log_pooler_errors {
                     tracing::warn!(peer = %peer, "client_login_timeout");
                 }

@@ -1,11 +1,12 @@
 //! One client's life after login: wait for a request, get a server, relay, give the server back.
 
 use super::handshake::LoggedIn;
-use super::send_error;
+use super::tell;
 use crate::app::App;
 use crate::backend::params::ParamSet;
 use crate::backend::query::run_simple;
 use crate::config::PoolMode;
+use crate::error::{ClientError, Disconnect, Side};
 use crate::net::stream::Stream;
 use crate::pool::Conn;
 use crate::prepared::ClientState;
@@ -20,9 +21,6 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant, Sleep};
-
-/// Why a session ended, for the disconnect log line.
-pub type EndReason = String;
 
 /// How many bytes an idle client's read buffer gets once its next request starts to arrive.
 const REQUEST_BUFFER: usize = 2048;
@@ -80,7 +78,7 @@ pub enum Farewell {
     Terminate,
     ProtocolViolation(String),
     /// A request ended the session and has told the client what it had to.
-    Ended(EndReason),
+    Ended(Disconnect),
 }
 
 /// Starts an idle wait: `client_idle_timeout` counts from here.
@@ -149,7 +147,7 @@ pub fn poll_idle(app: &App, s: &mut Session, cx: &mut Context<'_>) -> Poll<Woke>
 }
 
 /// One request, or the error owed from the last one. `Some` ends the session with that reason.
-pub async fn serve(app: &App, s: &mut Session) -> Option<EndReason> {
+pub async fn serve(app: &App, s: &mut Session) -> Option<Disconnect> {
     if let Some(message) = s.owed_error.take() {
         return answer_with_error(app, &mut s.stream, &mut s.buf, &message)
             .await
@@ -159,35 +157,25 @@ pub async fn serve(app: &App, s: &mut Session) -> Option<EndReason> {
 }
 
 /// Tells the client why its session ends, where it should be told; the reason, for the log.
-pub async fn farewell(app: &App, s: &mut Session, why: Farewell) -> EndReason {
+pub async fn farewell(app: &App, s: &mut Session, why: Farewell) -> Disconnect {
     let stream = &mut s.stream;
     match why {
         Farewell::IdleTimeout => {
-            send_error(
-                &app.events,
-                stream,
-                Severity::Fatal,
-                sqlstate::PROTOCOL_VIOLATION,
-                "client_idle_timeout",
-                None,
-            )
-            .await;
-            "client_idle_timeout".into()
+            let e = ClientError::protocol_violation("client_idle_timeout");
+            tell(&app.events, stream, &e).await;
+            Disconnect::ClientIdleTimeout
         }
-        Farewell::Eof => "client unexpected eof".into(),
+        Farewell::Eof => Disconnect::ClientEof,
         Farewell::Shutdown => close_for_shutdown(app, stream, &s.me.cancel.target.nudge).await,
-        Farewell::Terminate => "client close request".into(),
+        Farewell::Terminate => Disconnect::ClientClose,
         Farewell::ProtocolViolation(e) => {
-            send_error(
+            tell(
                 &app.events,
                 stream,
-                Severity::Fatal,
-                sqlstate::PROTOCOL_VIOLATION,
-                &e,
-                None,
+                &ClientError::protocol_violation(e.clone()),
             )
             .await;
-            format!("client protocol violation: {e}")
+            Disconnect::ClientProtocol(e)
         }
         Farewell::Ended(reason) => reason,
     }
@@ -195,259 +183,272 @@ pub async fn farewell(app: &App, s: &mut Session, why: Farewell) -> EndReason {
 
 /// One request: a server from the pool, the relay until the server can be released, the server
 /// back. `Some` ends the session with that reason.
-async fn serve_request(app: &App, s: &mut Session) -> Option<EndReason> {
+async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
+    let config = app.config();
+    let g = &config.general;
+    let pool = s.me.pool().clone();
+    let mode = pool.with_settings(|s| s.mode);
+    s.me.cancel.target.wait();
+    let mut conn = match checkout(app, s, &pool, g).await {
+        Ok(c) => c,
+        Err(end) => return Some(end),
+    };
+    if let Err(end) = align_parameters(app, s, &mut conn, g).await {
+        return Some(end);
+    }
     let Session {
         stream,
-        peer: _,
         buf,
         me,
         scanner,
         statements,
-        owed_error,
-        idle_timer: _,
-        started: _,
+        ..
     } = s;
-    let config = app.config();
-    let g = &config.general;
-    {
-        // A request: get a server.
-        let pool = me.pool().clone();
-        let mode = pool.with_settings(|s| s.mode);
-        me.cancel.target.wait();
-        let mut conn = tokio::select! {
-            r = pool.checkout() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    if g.log_pooler_errors {
-                        tracing::warn!(db = %me.pool().key.database, user = %me.pool().key.user, error = %e, "pooler error");
-                    }
-                    send_error(&app.events, stream, Severity::Fatal, e.sqlstate(), &e.client_message(), None).await;
-                    return Some(format!("{e}"));
+    me.cancel.target.attach(&conn.server);
+    let outcome = relay::run(
+        ClientSide {
+            stream,
+            buf,
+            scanner,
+            params: &mut me.params,
+            tracked: &g.tracked_parameters,
+            prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {
+                Prepared {
+                    registry: &app.statements,
+                    state: statements.get_or_insert_with(Default::default),
+                    stats: &pool.stats.prepared,
+                    capacity: g.max_prepared_statements,
+                    max_held: g.max_held_message,
                 }
-            },
-            // Waiting, the client holds no server: SIGINT's shutdown closes it now, as it closes
-            // every client whose server is released (it would not be served before the exit).
-            () = me.cancel.target.nudge.reached(&app.shutdown, Phase::WaitForServers) => {
-                return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
+            }),
+        },
+        &mut conn.server,
+        &pool.stats,
+        mode,
+        Timeouts {
+            query: g.query_timeout,
+            idle_transaction: g.idle_transaction_timeout,
+        },
+        me.cancel
+            .target
+            .nudge
+            .reached(&app.shutdown, Phase::Immediate),
+    )
+    .await;
+    me.cancel.target.detach();
+    match outcome {
+        Ok(Outcome::Released) => {
+            give_back(g, &pool, conn, mode, false).await;
+            let nudge = &s.me.cancel.target.nudge;
+            if app.shutdown.phase() >= Phase::WaitForServers || nudge.killed() {
+                return Some(close_for_shutdown(app, &mut s.stream, nudge).await);
             }
-        };
-        // One string comparison in the common case: the server's projection of the tracked
-        // parameters (cached until its set changes) is the client's set.
-        if !conn.server.agrees_with(&me.params, &g.tracked_parameters) {
-            if let Some(sql) =
-                ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
-            {
-                // Boxed, as every rare path here: an idle client's task is as large as its
-                // largest state.
-                if let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await {
-                    tracing::warn!(db = %me.pool().key.database, user = %me.pool().key.user, error = %e, "could not apply client parameters on server");
-                    send_error(
-                        &app.events,
-                        stream,
-                        Severity::Fatal,
-                        e.sqlstate(),
-                        &e.client_message(),
-                        None,
-                    )
-                    .await;
-                    return Some("server parameter sync failed".into());
-                }
-            }
+            None
         }
-        me.cancel.target.attach(&conn.server);
-        let outcome = relay::run(
-            ClientSide {
-                stream,
-                buf,
-                scanner,
-                params: &mut me.params,
-                tracked: &g.tracked_parameters,
-                prepared: (mode != PoolMode::Session && g.max_prepared_statements > 0).then(|| {
-                    Prepared {
-                        registry: &app.statements,
-                        state: statements.get_or_insert_with(Default::default),
-                        stats: &pool.stats.prepared,
-                        capacity: g.max_prepared_statements,
-                        max_held: g.max_held_message,
-                    }
-                }),
-            },
-            &mut conn.server,
-            &pool.stats,
-            mode,
-            Timeouts {
-                query: g.query_timeout,
-                idle_transaction: g.idle_transaction_timeout,
-            },
-            me.cancel
-                .target
-                .nudge
-                .reached(&app.shutdown, Phase::Immediate),
-        )
-        .await;
-        me.cancel.target.detach();
-        match outcome {
-            Ok(Outcome::Released) => {
-                give_back(g, &pool, conn, mode, false).await;
-                if app.shutdown.phase() >= Phase::WaitForServers || me.cancel.target.nudge.killed()
-                {
-                    return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
-                }
+        Ok(Outcome::ClientGone { clean }) => {
+            if clean {
+                give_back(g, &pool, conn, mode, true).await;
             }
-            Ok(Outcome::ClientGone { clean }) => {
-                if clean {
-                    give_back(g, &pool, conn, mode, true).await;
-                }
-                return Some("client close request".into());
-            }
-            Ok(Outcome::ServerLost {
-                in_flight,
-                message,
-                in_transaction,
-            }) => {
-                drop(conn);
-                let text = "server connection lost";
-                // The client's transaction died with the server. Kept open, the client would run
-                // what follows (its COMMIT too) on another server, outside any transaction: a
-                // silent half-transaction. It is closed instead, as PgBouncer does.
-                if mode == PoolMode::Session || in_transaction {
-                    send_error(
-                        &app.events,
-                        stream,
-                        Severity::Fatal,
-                        sqlstate::CONNECTION_FAILURE,
-                        text,
-                        message.as_deref(),
-                    )
-                    .await;
-                    return Some("server connection lost".into());
-                }
-                if in_flight == 0 {
-                    *owed_error = Some(message.unwrap_or_else(|| text.to_owned()).into());
-                    return None;
-                }
-                // Each request owed a reply gets what PostgreSQL gives a failed one: an error, then
-                // ReadyForQuery. A pipelined request answered by ReadyForQuery alone would look
-                // complete to the client without the replies it waits for, and desync it.
-                let mut out = BytesMut::new();
-                for _ in 0..in_flight {
-                    app.events.client_error(sqlstate::CONNECTION_FAILURE);
-                    encode::error_response(
-                        &mut out,
-                        Severity::Error,
-                        sqlstate::CONNECTION_FAILURE,
-                        text,
-                        message.as_deref(),
-                    );
-                    encode::ready_for_query(&mut out, b'I');
-                }
-                if stream.write_flushed(&out).await.is_err() {
-                    return Some("client unexpected eof".into());
-                }
-            }
-            Ok(Outcome::TransactionInStatementMode) => {
-                drop(conn);
-                let m = "transaction blocks not allowed in statement pooling mode";
-                send_error(
-                    &app.events,
-                    stream,
-                    Severity::Fatal,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    m,
-                    None,
-                )
-                .await;
-                return Some(m.into());
-            }
-            Ok(Outcome::QueryTimeout) => {
-                // Closing the connection alone would leave the query running until it next writes.
-                let (addr, key) = (conn.server.addr.clone(), conn.server.key);
-                tokio::spawn(async move { crate::backend::cancel::send(&addr, key).await });
-                drop(conn);
-                send_error(
-                    &app.events,
-                    stream,
-                    Severity::Fatal,
-                    sqlstate::QUERY_CANCELED,
-                    "query_timeout",
-                    None,
-                )
-                .await;
-                return Some("query_timeout".into());
-            }
-            Ok(Outcome::IdleTransactionTimeout) => {
-                drop(conn);
-                send_error(
-                    &app.events,
-                    stream,
-                    Severity::Fatal,
-                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                    "idle_transaction_timeout",
-                    None,
-                )
-                .await;
-                return Some("idle_transaction_timeout".into());
-            }
-            Ok(Outcome::Shutdown) => {
-                drop(conn);
-                return Some(close_for_shutdown(app, stream, &me.cancel.target.nudge).await);
-            }
-            Err(e) => {
-                drop(conn);
-                match &e {
-                    RelayError::ClientIo(_) => {}
-                    RelayError::ClientProto(p) => {
-                        send_error(
-                            &app.events,
-                            stream,
-                            Severity::Fatal,
-                            sqlstate::PROTOCOL_VIOLATION,
-                            &p.to_string(),
-                            None,
-                        )
-                        .await
-                    }
-                    RelayError::ServerProto(_) | RelayError::ServerLostMidMessage => {
-                        send_error(
-                            &app.events,
-                            stream,
-                            Severity::Fatal,
-                            sqlstate::CONNECTION_FAILURE,
-                            "server connection lost",
-                            None,
-                        )
-                        .await
-                    }
-                }
-                return Some(e.to_string());
-            }
+            Some(Disconnect::ClientClose)
         }
+        Ok(Outcome::QueryTimeout) => {
+            // Closing the connection alone would leave the query running until it next writes.
+            let (addr, key) = (conn.server.addr.clone(), conn.server.key);
+            tokio::spawn(async move { crate::backend::cancel::send(&addr, key).await });
+            drop(conn);
+            let e = ClientError::fatal(sqlstate::QUERY_CANCELED, "query_timeout", Side::Client);
+            tell(&app.events, &mut s.stream, &e).await;
+            Some(Disconnect::QueryTimeout)
+        }
+        Ok(Outcome::ServerLost {
+            in_flight,
+            message,
+            in_transaction,
+        }) => {
+            drop(conn);
+            server_lost(app, s, mode, in_flight, message, in_transaction).await
+        }
+        Ok(other) => {
+            drop(conn);
+            let (told, end) = match other {
+                Outcome::TransactionInStatementMode => (
+                    Some(ClientError::protocol_violation(
+                        "transaction blocks not allowed in statement pooling mode",
+                    )),
+                    Disconnect::TransactionInStatementMode,
+                ),
+                Outcome::IdleTransactionTimeout => (
+                    Some(ClientError::fatal(
+                        sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                        "idle_transaction_timeout",
+                        Side::Client,
+                    )),
+                    Disconnect::IdleTransactionTimeout,
+                ),
+                _ => {
+                    let nudge = &s.me.cancel.target.nudge;
+                    return Some(close_for_shutdown(app, &mut s.stream, nudge).await);
+                }
+            };
+            if let Some(e) = told {
+                tell(&app.events, &mut s.stream, &e).await;
+            }
+            Some(end)
+        }
+        Err(e) => {
+            drop(conn);
+            let (told, end) = relay_failure(e);
+            if let Some(told) = told {
+                tell(&app.events, &mut s.stream, &told).await;
+            }
+            Some(end)
+        }
+    }
+}
+
+/// A server for the request, or why the session ends (told to the client).
+async fn checkout(
+    app: &App,
+    s: &mut Session,
+    pool: &std::sync::Arc<crate::pool::Pool>,
+    g: &crate::config::General,
+) -> Result<Conn, Disconnect> {
+    let nudge = &s.me.cancel.target.nudge;
+    let checked_out = tokio::select! {
+        r = pool.checkout() => r,
+        // Waiting, the client holds no server: SIGINT's shutdown closes it now, as it closes
+        // every client whose server is released (it would not be served before the exit).
+        () = nudge.reached(&app.shutdown, Phase::WaitForServers) => {
+            return Err(close_for_shutdown(app, &mut s.stream, nudge).await);
+        }
+    };
+    match checked_out {
+        Ok(conn) => Ok(conn),
+        Err(e) => {
+            if g.log_pooler_errors {
+                tracing::warn!(error = %e, "pooler error");
+            }
+            tell(&app.events, &mut s.stream, &ClientError::from(&e)).await;
+            Err(Disconnect::PoolerError(e.to_string()))
+        }
+    }
+}
+
+/// Aligns the server's tracked parameters with the client's. One string comparison in the common
+/// case: the server's projection of the tracked parameters (cached until its set changes) is the
+/// client's set.
+async fn align_parameters(
+    app: &App,
+    s: &mut Session,
+    conn: &mut Conn,
+    g: &crate::config::General,
+) -> Result<(), Disconnect> {
+    let me = &s.me;
+    if conn.server.agrees_with(&me.params, &g.tracked_parameters) {
+        return Ok(());
+    }
+    let Some(sql) = ParamSet::sync_query(&me.params, &conn.server.params, &g.tracked_parameters)
+    else {
+        return Ok(());
+    };
+    // Boxed, as every rare path here: an idle client's task is as large as its largest state.
+    let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await else {
+        return Ok(());
+    };
+    tracing::warn!(error = %e, "could not apply client parameters on server");
+    tell(&app.events, &mut s.stream, &ClientError::from(&e)).await;
+    Err(Disconnect::ServerParameterSync)
+}
+
+/// The server died. Inside a transaction block (or in session mode) the client is closed; outside,
+/// each request owed a reply gets an error, or the next request does.
+async fn server_lost(
+    app: &App,
+    s: &mut Session,
+    mode: PoolMode,
+    in_flight: u32,
+    message: Option<String>,
+    in_transaction: bool,
+) -> Option<Disconnect> {
+    let lost = ClientError::error(
+        sqlstate::CONNECTION_FAILURE,
+        "server connection lost",
+        Side::Server,
+    );
+    // The client's transaction died with the server. Kept open, the client would run what
+    // follows (its COMMIT too) on another server, outside any transaction: a silent
+    // half-transaction. It is closed instead, as PgBouncer does.
+    if mode == PoolMode::Session || in_transaction {
+        let mut e = lost.with_severity(Severity::Fatal);
+        e.detail = message.map(Into::into);
+        tell(&app.events, &mut s.stream, &e).await;
+        return Some(Disconnect::ServerLost);
+    }
+    if in_flight == 0 {
+        s.owed_error = Some(message.unwrap_or_else(|| lost.message.into_owned()).into());
+        return None;
+    }
+    // Each request owed a reply gets what PostgreSQL gives a failed one: an error, then
+    // ReadyForQuery. A pipelined request answered by ReadyForQuery alone would look complete to
+    // the client without the replies it waits for, and desync it.
+    let mut e = lost;
+    e.detail = message.map(Into::into);
+    let mut out = BytesMut::new();
+    for _ in 0..in_flight {
+        app.events.client_error(&e.code);
+        e.encode(&mut out);
+        encode::ready_for_query(&mut out, b'I');
+    }
+    if s.stream.write_flushed(&out).await.is_err() {
+        return Some(Disconnect::ClientEof);
     }
     None
 }
 
-/// Tells the client the pooler is going away (57P01) and gives the reason for the log.
-/// Tells the client why it is closed: the pooler shuts down, or an admin killed it (KILL_CLIENT).
+/// What a failed relay tells the client (nothing when the client itself is gone), and the reason.
+fn relay_failure(e: RelayError) -> (Option<ClientError>, Disconnect) {
+    let lost = || {
+        ClientError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "server connection lost",
+            Side::Server,
+        )
+    };
+    match e {
+        RelayError::ClientIo(_) => (None, Disconnect::ClientEof),
+        RelayError::ClientProto(p) => (
+            Some(ClientError::protocol_violation(p.to_string())),
+            Disconnect::ClientProtocol(p.to_string()),
+        ),
+        RelayError::ServerProto(p) => (Some(lost()), Disconnect::ServerProtocol(p.to_string())),
+        RelayError::ServerLostMidMessage => (Some(lost()), Disconnect::ServerLost),
+    }
+}
+
+/// Tells the client why it is closed: the pooler shuts down (57P01), or an admin killed it
+/// (KILL_CLIENT); the reason, for the log.
 async fn close_for_shutdown(
     app: &App,
     stream: &mut Stream,
     nudge: &crate::shutdown::Nudge,
-) -> EndReason {
-    let (code, message, reason) = if nudge.killed() {
+) -> Disconnect {
+    let (e, reason) = if nudge.killed() {
         (
-            sqlstate::PROTOCOL_VIOLATION,
-            "admin forced disconnect",
-            "admin forced disconnect",
+            ClientError::protocol_violation("admin forced disconnect"),
+            Disconnect::AdminKill,
         )
     } else {
         (
-            sqlstate::ADMIN_SHUTDOWN,
-            "pooler is shutting down",
-            "pooler shutdown",
+            ClientError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "pooler is shutting down",
+                Side::Internal,
+            ),
+            Disconnect::Shutdown,
         )
     };
-    send_error(&app.events, stream, Severity::Fatal, code, message, None).await;
-    reason.into()
+    tell(&app.events, stream, &e).await;
+    reason
 }
 
 /// Returns a server after use. In session mode (or with `server_reset_query_always`) the reset query
@@ -508,7 +509,7 @@ async fn answer_with_error(
     stream: &mut Stream,
     buf: &mut BytesMut,
     message: &str,
-) -> Result<(), EndReason> {
+) -> Result<(), Disconnect> {
     let mut scanner = Scanner::default();
     let mut found = false;
     loop {
@@ -525,7 +526,7 @@ async fn answer_with_error(
                         !found
                     },
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Disconnect::ClientProtocol(e.to_string()))?;
             buf.advance(scanned.forward);
         }
         if found {
@@ -536,19 +537,27 @@ async fn answer_with_error(
                 break;
             }
         }
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("client unexpected eof".into());
+        if stream
+            .read_buf(buf)
+            .await
+            .map_err(|_| Disconnect::ClientEof)?
+            == 0
+        {
+            return Err(Disconnect::ClientEof);
         }
     }
-    let mut out = BytesMut::new();
-    app.events.client_error(sqlstate::CONNECTION_FAILURE);
-    encode::error_response(
-        &mut out,
-        Severity::Error,
+    let e = ClientError::error(
         sqlstate::CONNECTION_FAILURE,
         "server connection lost",
-        Some(message),
-    );
+        Side::Server,
+    )
+    .with_detail(message.to_owned());
+    app.events.client_error(&e.code);
+    let mut out = BytesMut::new();
+    e.encode(&mut out);
     encode::ready_for_query(&mut out, b'I');
-    stream.write_flushed(&out).await.map_err(|e| e.to_string())
+    stream
+        .write_flushed(&out)
+        .await
+        .map_err(|_| Disconnect::ClientEof)
 }

@@ -6,9 +6,10 @@
 //! the goodbye) runs in a boxed future that owns the session while it runs and hands it back, so
 //! nothing is borrowed across states.
 
-use super::session::{self, EndReason, Farewell, Session, Woke};
+use super::session::{self, Farewell, Session, Woke};
 use super::{log_in, Accepted};
 use crate::app::App;
+use crate::error::Disconnect;
 use crate::shutdown::ClientGuard;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +32,7 @@ enum State {
     LoggingIn(Boxed<(Arc<App>, Option<Session>)>),
     Idle(Arc<App>, Session),
     /// A request (or an error owed from the last one): gives the session back, or why it ends.
-    Busy(Boxed<(Arc<App>, Session, Option<EndReason>)>),
+    Busy(Boxed<(Arc<App>, Session, Option<Disconnect>)>),
     /// The client is told why if it should be, the disconnect is logged, the socket shut down.
     Closing(Boxed<()>),
     /// Only while the session moves from one state to the next.
@@ -106,6 +107,7 @@ fn idle(app: Arc<App>, mut s: Session) -> State {
 /// The end of a session: what the client is told, the disconnect line, the socket shut down.
 async fn goodbye(app: Arc<App>, mut s: Session, why: Farewell) {
     let reason = session::farewell(&app, &mut s, why).await;
+    app.events.disconnect(&reason);
     if app.config().general.log_disconnections {
         let age = s.started.elapsed().as_secs_f64();
         let key = &s.me.pool().key;

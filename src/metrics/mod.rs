@@ -16,6 +16,7 @@ mod pools;
 
 pub use family::Family;
 
+use crate::error::Disconnect;
 use crate::pool::latency::BOUNDS_US;
 use crate::pool::registry::Registry as Pools;
 use crate::pool::stats::ConnectFailure;
@@ -41,6 +42,8 @@ pub struct Events {
     /// Errors pgsluice itself sent to clients (the servers' own are passed through uncounted).
     pub client_errors: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// Ended client sessions, by why they ended.
+    pub disconnects: IntCounterVec,
     /// Client TLS handshakes that succeeded and failed (the servers' are counted by their pools).
     client_tls: [AtomicU64; 2],
 }
@@ -88,9 +91,18 @@ impl Default for Events {
             "Configuration reloads by result (ok, failed).",
             &["result"],
         );
+        let disconnects = counter(
+            &registry,
+            "pgsluice_client_disconnects_total",
+            "Client sessions that ended after login, by reason.",
+            &["reason"],
+        );
         // Series that alerts watch exist from the start, at zero, not from their first event.
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
+        }
+        for reason in Disconnect::KINDS {
+            disconnects.with_label_values(&[reason]);
         }
         Self {
             registry,
@@ -98,6 +110,7 @@ impl Default for Events {
             login_seconds,
             client_errors,
             reloads,
+            disconnects,
             client_tls: Default::default(),
         }
     }
@@ -108,6 +121,11 @@ impl Events {
     pub fn client_error(&self, sqlstate: &str) {
         let class = sqlstate.get(..2).unwrap_or("??");
         self.client_errors.with_label_values(&[class]).inc();
+    }
+
+    /// A client session ended.
+    pub fn disconnect(&self, why: &Disconnect) {
+        self.disconnects.with_label_values(&[why.kind()]).inc();
     }
 
     pub fn reload(&self, ok: bool) {

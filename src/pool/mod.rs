@@ -23,6 +23,7 @@ pub use settings::{PoolSettings, Sources};
 pub use stats::PoolStats;
 
 use crate::backend::{params::ParamSet, BackendError, Server};
+use crate::error::{ClientError, Retry, Side};
 use connect_gate::ConnectGate;
 use limit::Limit;
 use open::LoginFailure;
@@ -51,22 +52,24 @@ pub enum PoolError {
     Connect(#[from] BackendError),
 }
 
-impl PoolError {
-    /// The SQLSTATE a client that waited for a server hears, decided here alone: PgBouncer's 08P01
-    /// for a wait that ran out, the server's own code for a refused login.
-    pub fn sqlstate(&self) -> &str {
-        match self {
-            PoolError::WaitTimeout => crate::proto::sqlstate::PROTOCOL_VIOLATION,
-            PoolError::Unreachable => crate::proto::sqlstate::CONNECTION_FAILURE,
-            PoolError::Connect(e) => e.sqlstate(),
-        }
-    }
-
-    /// The text a client hears: no server address or OS error (see [`BackendError::client_message`]).
-    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
-        match self {
-            PoolError::Connect(e) => e.client_message(),
-            other => std::borrow::Cow::Owned(other.to_string()),
+/// The one place a pool failure becomes what a client that waited hears: PgBouncer's 08P01 for a
+/// wait that ran out, the server's own code for a refused login.
+impl From<&PoolError> for ClientError {
+    fn from(e: &PoolError) -> Self {
+        match e {
+            PoolError::WaitTimeout => ClientError::fatal(
+                crate::proto::sqlstate::PROTOCOL_VIOLATION,
+                e.to_string(),
+                Side::Internal,
+            )
+            .with_retry(Retry::Later),
+            PoolError::Unreachable => ClientError::fatal(
+                crate::proto::sqlstate::CONNECTION_FAILURE,
+                e.to_string(),
+                Side::Server,
+            )
+            .with_retry(Retry::Later),
+            PoolError::Connect(e) => e.into(),
         }
     }
 }

@@ -90,11 +90,12 @@ impl Pool {
             // Discovery's hold ran out: the next client waits afresh.
             Err(BackendError::NoPrimary) => {}
             Err(e) => {
+                // Told to the clients that come next: the client-safe text.
+                let told = crate::error::ClientError::from(e);
                 *self.last_login_failure.lock() = Some(LoginFailure {
                     at: Instant::now(),
-                    code: e.sqlstate().to_owned(),
-                    // Told to the clients that come next: the client-safe text.
-                    message: e.client_message().into_owned(),
+                    code: told.code.into_owned(),
+                    message: told.message.into_owned(),
                 })
             }
         }

@@ -44,8 +44,10 @@ fn each_pool_failure_has_one_sqlstate_and_a_client_safe_text() {
         ),
     ];
     for (e, code) in cases {
-        assert_eq!(e.sqlstate(), code, "{e:?}");
-        let text = e.client_message();
+        let told = crate::error::ClientError::from(&e);
+        assert_eq!(told.code, code, "{e:?}");
+        assert_eq!(told.severity, crate::proto::encode::Severity::Fatal);
+        let text = &told.message;
         for leak in ["10.1.2.3", "5432", "os error", "UnknownIssuer"] {
             assert!(
                 !text.contains(leak),

@@ -4,11 +4,12 @@ use crate::config::LogFormat;
 use std::fmt;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-/// PgBouncer's text line: time, pid, level word, then the message and any structured fields.
+/// PgBouncer's text line: time, pid, level word, the client's span where there is one (PgBouncer
+/// names the client there too), then the message and any structured fields.
 #[derive(Debug, Default)]
 pub struct PgBouncerFormat;
 
@@ -37,6 +38,16 @@ where
             std::process::id(),
             level
         )?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(writer, "{fields}: ")?;
+                    }
+                }
+            }
+        }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -87,7 +98,7 @@ pub fn init(format: LogFormat, out: &Output<'_>) -> std::io::Result<()> {
         .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.event_format(PgBouncerFormat).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
     Ok(())
 }

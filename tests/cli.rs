@@ -341,6 +341,15 @@ async fn no_password_reaches_the_log() {
         log.contains("login attempt"),
         "log_connections line missing: {log}"
     );
+    // Every line about a client names it (its span): peer, database and user.
+    let who = format!("db=appdb user={SCRAM_USER}: ");
+    for event in ["login attempt", "closing because", "login rejected"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("peer=127.0.0.1:") && l.contains(&who) && l.contains(event)),
+            "no {event:?} line names the client: {log}"
+        );
+    }
     assert!(
         log.contains("password authentication failed") || log.contains("login rejected"),
         "{log}"

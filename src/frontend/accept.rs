@@ -7,6 +7,7 @@ use crate::net::stream::Stream;
 use crate::proto::sqlstate;
 use crate::shutdown::Phase;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Accepts clients until shutdown begins.
 pub async fn serve(app: Arc<App>, listeners: Listeners) {
@@ -74,9 +75,17 @@ where
             continue;
         };
         let app = app.clone();
+        // One span per client: every line logged for it names the peer, and the database and
+        // user once the login has named them (handshake.rs records them).
+        let span = tracing::info_span!(
+            "client",
+            peer = %peer,
+            db = tracing::field::Empty,
+            user = tracing::field::Empty
+        );
         // Boxed before the spawn, so that the task, sized once for the client's whole life, holds a
-        // pointer rather than the stream and the peer's name.
-        let accepted = Box::new(super::Accepted { stream, peer });
-        tokio::spawn(super::ClientTask::new(app, accepted, guard));
+        // pointer rather than the stream.
+        let accepted = Box::new(super::Accepted { stream });
+        tokio::spawn(super::ClientTask::new(app, accepted, guard).instrument(span));
     }
 }

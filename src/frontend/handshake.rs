@@ -170,6 +170,9 @@ pub async fn login(
         Ok(r) => r,
         Err(e) => return Err(reject(&app.events, stream, e).await),
     };
+    let span = tracing::Span::current();
+    span.record("db", tracing::field::display(&database));
+    span.record("user", tracing::field::display(&user));
     let params = match target {
         Target::Console => {
             let role =

@@ -41,18 +41,17 @@ fn count_login(
         .observe(started.elapsed().as_secs_f64());
 }
 
-/// A connection just accepted, and who it is from (for the log).
+/// A connection just accepted (who it is from is in the client's span).
 #[derive(Debug)]
 pub struct Accepted {
     pub stream: Stream,
-    pub peer: String,
 }
 
 /// The login; the session it opens.
 async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<session::Session> {
-    let Accepted { mut stream, peer } = *accepted;
+    let Accepted { mut stream } = *accepted;
     let mut buf = BytesMut::with_capacity(1024);
-    let me = match login_within_timeout(app, &mut stream, &mut buf, &peer).await? {
+    let me = match login_within_timeout(app, &mut stream, &mut buf).await? {
         handshake::Login::Pool(me) => me,
         handshake::Login::Console(role) => {
             console::serve(app, &mut stream, &mut buf, role).await;
@@ -60,7 +59,7 @@ async fn log_in(app: &crate::app::App, accepted: Box<Accepted>) -> Option<sessio
         }
     };
     let max_held = app.with_config(|c| c.general.max_held_message);
-    Some(session::Session::new(stream, buf, peer, me, max_held))
+    Some(session::Session::new(stream, buf, me, max_held))
 }
 
 /// The login, cut off at `client_login_timeout`; `None` when the client is not let in.
@@ -68,7 +67,6 @@ async fn login_within_timeout(
     app: &crate::app::App,
     stream: &mut Stream,
     buf: &mut BytesMut,
-    peer: &str,
 ) -> Option<handshake::Login> {
     let config = app.config();
     let g = &config.general;
@@ -82,7 +80,7 @@ async fn login_within_timeout(
                 let e = ClientError::protocol_violation("client_login_timeout");
                 tell(&app.events, stream, &e).await;
                 if g.log_pooler_errors {
-                    tracing::warn!(peer = %peer, "client_login_timeout");
+                    tracing::warn!("client_login_timeout");
                 }
                 count_login(app, method, "timeout", started);
                 return None;
@@ -99,7 +97,7 @@ async fn login_within_timeout(
         }
         Err(handshake::LoginEnd::Rejected(reason)) => {
             if g.log_pooler_errors {
-                tracing::warn!(peer = %peer, "login rejected: {reason}");
+                tracing::warn!("login rejected: {reason}");
             }
             count_login(app, method, "failed", started);
             return None;
@@ -109,7 +107,7 @@ async fn login_within_timeout(
     if let (true, handshake::Login::Pool(me)) = (g.log_connections, &me) {
         let tls = if stream.is_tls() { "yes" } else { "no" };
         let (db, user) = (&me.pool().key.database, &me.pool().key.user);
-        tracing::info!(peer = %peer, db = %db, user = %user, "login attempt: db={db} user={user} tls={tls}");
+        tracing::info!("login attempt: db={db} user={user} tls={tls}");
     }
     Some(me)
 }

@@ -29,8 +29,6 @@ const REQUEST_BUFFER: usize = 2048;
 /// [`super::task`]) and moved into each request's future.
 pub struct Session {
     pub stream: Stream,
-    /// Who the client is, for the log.
-    pub peer: Box<str>,
     /// Empty, with no capacity, while the client is idle.
     buf: BytesMut,
     pub me: LoggedIn,
@@ -48,10 +46,9 @@ pub struct Session {
 
 impl Session {
     /// `max_held`: the largest frame the client's scanner may hold whole (`max_held_message`).
-    pub fn new(stream: Stream, buf: BytesMut, peer: String, me: LoggedIn, max_held: usize) -> Self {
+    pub fn new(stream: Stream, buf: BytesMut, me: LoggedIn, max_held: usize) -> Self {
         Self {
             stream,
-            peer: peer.into_boxed_str(),
             buf,
             me,
             scanner: Scanner::for_client_holding_at_most(max_held),

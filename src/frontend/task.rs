@@ -110,8 +110,7 @@ async fn goodbye(app: Arc<App>, mut s: Session, why: Farewell) {
     app.events.disconnect(&reason);
     if app.config().general.log_disconnections {
         let age = s.started.elapsed().as_secs_f64();
-        let key = &s.me.pool().key;
-        tracing::info!(peer = %s.peer, db = %key.database, user = %key.user, "closing because: {reason} (age={age:.0}s)");
+        tracing::info!("closing because: {reason} (age={age:.0}s)");
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut s.stream).await;
 }

@@ -31,9 +31,11 @@ pub async fn run_simple(server: &mut Server, sql: &str) -> Result<(), BackendErr
                 let status = msg::ready_for_query(&body)?;
                 return match failure {
                     Some(e) => Err(e),
-                    None if status != b'I' => Err(BackendError::Protocol(
-                        crate::proto::ProtoError::Malformed("pooler query left a transaction open"),
-                    )),
+                    None if status != crate::proto::tx::TxStatus::Idle => {
+                        Err(BackendError::Protocol(crate::proto::ProtoError::Malformed(
+                            "pooler query left a transaction open",
+                        )))
+                    }
                     None => Ok(()),
                 };
             }

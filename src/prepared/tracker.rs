@@ -10,6 +10,7 @@
 use super::{ClientEntry, ClientStatements, PreparedStats, Registry, ServerStatements, Statement};
 use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::frontend;
+use crate::proto::tx::TxStatus;
 use crate::proto::{encode, ProtoError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -133,7 +134,7 @@ pub enum ClientAction {
 pub struct Tracker {
     queue: VecDeque<Entry>,
     /// The transaction status of the latest ReadyForQuery, for the pooler's own ReadyForQuery.
-    status: u8,
+    status: TxStatus,
     /// Syncs the server ignores in copy-in mode owe no ReadyForQuery.
     copy: CopyInSyncs,
     /// The server reported an error and is skipping the client's messages until its next Sync, which
@@ -155,7 +156,7 @@ impl Default for Tracker {
     fn default() -> Self {
         Self {
             queue: VecDeque::new(),
-            status: b'I',
+            status: TxStatus::Idle,
             copy: CopyInSyncs::default(),
             skipping: false,
             discard_pending: false,
@@ -189,7 +190,7 @@ impl Tracker {
     /// A new server attachment: whatever was owed on the last one is gone with it (buffers stay).
     pub fn begin_attachment(&mut self) {
         self.queue.clear();
-        self.status = b'I';
+        self.status = TxStatus::Idle;
         self.copy = CopyInSyncs::default();
         self.skipping = false;
         self.discard_pending = false;
@@ -364,7 +365,8 @@ impl Tracker {
             | (b'T' | b'n', Reply::Describe)
             | (b'C' | b'I' | b's', Reply::Execute) => self.complete(),
             (b'Z', _) => {
-                if let Some(&s) = body.and_then(|b| b.first()) {
+                if let Some(s) = body.and_then(|b| b.first().copied().and_then(TxStatus::from_byte))
+                {
                     self.status = s;
                 }
                 // Normally the front is the Sync; anything before it was skipped.

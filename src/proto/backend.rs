@@ -1,5 +1,6 @@
 //! Typed views of the few backend (server to client) message bodies the pooler inspects.
 
+use super::tx::TxStatus;
 use super::ProtoError;
 
 /// Splits a NUL-terminated string off the front of `buf`.
@@ -19,10 +20,10 @@ pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), ProtoError> {
     Ok((name, value))
 }
 
-/// ReadyForQuery body: transaction status `I`, `T` or `E`.
-pub fn ready_for_query(body: &[u8]) -> Result<u8, ProtoError> {
+/// ReadyForQuery body: the transaction status.
+pub fn ready_for_query(body: &[u8]) -> Result<TxStatus, ProtoError> {
     match body {
-        [s @ (b'I' | b'T' | b'E')] => Ok(*s),
+        [s] => TxStatus::from_byte(*s).ok_or(ProtoError::Malformed("ReadyForQuery")),
         _ => Err(ProtoError::Malformed("ReadyForQuery")),
     }
 }

@@ -12,6 +12,7 @@ pub mod frontend;
 pub mod scan;
 pub mod sqlstate;
 pub mod startup;
+pub mod tx;
 
 use thiserror::Error;
 

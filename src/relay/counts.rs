@@ -6,6 +6,7 @@
 
 use crate::pool::latency::LocalLatency;
 use crate::pool::PoolStats;
+use crate::proto::tx::TxStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;
 
@@ -42,13 +43,13 @@ impl Counts {
     }
 
     /// The server answered every request in flight; `status` is its ReadyForQuery status.
-    pub fn requests_answered(&mut self, status: u8, now: Instant) {
+    pub fn requests_answered(&mut self, status: TxStatus, now: Instant) {
         let since = |t: Option<Instant>| t.map_or(0, |t| micros(now.saturating_duration_since(t)));
         let query = since(self.query_start.take());
         self.queries += 1;
         self.query_us += query;
         self.query_latency.observe_us(query);
-        if status == b'I' {
+        if status == TxStatus::Idle {
             let xact = since(self.xact_start.take());
             self.xacts += 1;
             self.xact_us += xact;
@@ -94,9 +95,9 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Counts::default();
         c.request_started(t0);
-        c.requests_answered(b'T', t0 + Duration::from_micros(100));
+        c.requests_answered(TxStatus::InBlock, t0 + Duration::from_micros(100));
         c.request_started(t0 + Duration::from_micros(1_000));
-        c.requests_answered(b'I', t0 + Duration::from_micros(1_300));
+        c.requests_answered(TxStatus::Idle, t0 + Duration::from_micros(1_300));
         c.received = 50;
         c.add_to(&stats);
         let totals = stats.totals();

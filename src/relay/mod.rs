@@ -15,8 +15,8 @@ use crate::net::stream::{Stream, WriteHalf};
 use crate::pool::PoolStats;
 use crate::prepared::tracker::{Ctx, Tracker};
 use crate::prepared::{ClientState, PreparedStats, Registry, ServerStatements};
-use crate::proto::copy_in::CopyInSyncs;
 use crate::proto::scan::Scanner;
+use crate::proto::tx::TxTracker;
 use crate::proto::ProtoError;
 use bytes::BytesMut;
 use std::future::Future;
@@ -125,21 +125,17 @@ pub struct Timeouts {
     pub idle_transaction: Option<Duration>,
 }
 
-/// Transaction bookkeeping for one attachment.
+/// What one attachment keeps track of: the transaction (sans-IO, [`TxTracker`]), how it must end,
+/// and the traffic counters.
 #[derive(Debug)]
 struct Track<'s> {
-    /// Requests (Query, Sync, FunctionCall) forwarded and not yet answered with ReadyForQuery.
-    pending: u32,
-    /// Extended-protocol messages forwarded since the last Sync: the server is not free yet.
-    unsynced: bool,
-    status: u8,
+    tx: TxTracker,
+    mode: PoolMode,
     terminated: bool,
     statement_violation: bool,
     /// Since when the server has owed nothing (for `idle_transaction_timeout`); the start of the
     /// request in flight is the counters' (`Counts::busy_since`).
     idle_since: Instant,
-    /// Syncs sent into a copy-in are ignored by the server: no ReadyForQuery for them.
-    copy: CopyInSyncs,
     counts: Counts,
     /// The pool's counters, which `counts` are added to.
     stats: &'s PoolStats,
@@ -153,11 +149,16 @@ impl Drop for Track<'_> {
 
 impl Track<'_> {
     fn clean(&self, client: &Scanner, server: &Scanner) -> bool {
-        self.pending == 0
-            && !self.unsynced
-            && self.status == b'I'
-            && client.at_boundary()
-            && server.at_boundary()
+        self.tx.is_clean() && client.at_boundary() && server.at_boundary()
+    }
+
+    /// The server is gone; `message` is its FATAL error's text, if it sent one.
+    fn server_lost(&self, message: Option<String>) -> Outcome {
+        Outcome::ServerLost {
+            in_flight: self.tx.pending(),
+            message,
+            in_transaction: self.tx.in_transaction(),
+        }
     }
 }
 
@@ -184,13 +185,11 @@ pub async fn run(
     }
     let mut sscan = Scanner::default();
     let mut t = Track {
-        pending: 0,
-        unsynced: false,
-        status: b'I',
+        tx: TxTracker::default(),
+        mode,
         terminated: false,
         statement_violation: false,
         idle_since: Instant::now(),
-        copy: CopyInSyncs::default(),
         counts: Counts::default(),
         stats,
     };
@@ -227,11 +226,7 @@ pub async fn run(
                 });
             }
             if server_error.is_some() {
-                return Ok(Outcome::ServerLost {
-                    in_flight: t.pending,
-                    message: server_error,
-                    in_transaction: t.status != b'I',
-                });
+                return Ok(t.server_lost(server_error));
             }
             if t.statement_violation {
                 return Ok(Outcome::TransactionInStatementMode);
@@ -246,12 +241,12 @@ pub async fn run(
                 return Ok(Outcome::Released);
             }
         }
-        let deadline = if t.pending > 0 {
+        let deadline = if t.tx.pending() > 0 {
             timeouts
                 .query
                 .zip(t.counts.busy_since())
                 .map(|(d, s)| (s + d, Expiry::Query))
-        } else if t.status != b'I' {
+        } else if t.tx.in_transaction() {
             timeouts
                 .idle_transaction
                 .map(|d| (t.idle_since + d, Expiry::IdleTransaction))
@@ -282,7 +277,7 @@ pub async fn run(
                     Err(e) => {
                         // An OS error is for the log; the client hears only that the server is gone.
                         tracing::debug!(error = %e, "write to server failed");
-                        return server_gone(&t, None, &sscan);
+                        return server_gone(&t, &sscan);
                     }
                 }
             }
@@ -291,11 +286,12 @@ pub async fn run(
             }
             r = sread.read_buf(&mut server.rbuf), if to_client.is_empty() && server_error.is_none() => {
                 match r {
-                    Ok(0) | Err(_) => return server_gone(&t, None, &sscan),
+                    Ok(0) | Err(_) => return server_gone(&t, &sscan),
                     Ok(n) => {
                         t.counts.sent += n as u64;
                         let fatal;
-                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut server.params, params, tracked, mode, tracking.as_mut(), &mut server.statements, &mut to_server)?;
+                        let mut p = Params { server: &mut server.params, client: params, tracked };
+                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut p, tracking.as_mut(), &mut server.statements, &mut to_server)?;
                         if let Some(m) = fatal {
                             server_error = Some(m);
                         }
@@ -362,37 +358,18 @@ enum Expiry {
     IdleTransaction,
 }
 
-fn server_gone(
-    t: &Track<'_>,
-    message: Option<String>,
-    sscan: &Scanner,
-) -> Result<Outcome, RelayError> {
+/// The server closed or failed: lost, or, mid-message, a client that cannot be resynchronised.
+fn server_gone(t: &Track<'_>, sscan: &Scanner) -> Result<Outcome, RelayError> {
     if !sscan.at_boundary() {
         return Err(RelayError::ServerLostMidMessage);
     }
-    Ok(Outcome::ServerLost {
-        in_flight: t.pending,
-        message,
-        in_transaction: t.status != b'I',
-    })
+    Ok(t.server_lost(None))
 }
 
 /// Notes a request forwarded to the server in the transaction bookkeeping.
 fn note_request(t: &mut Track<'_>, tag: u8) {
-    if !t.copy.on_client(tag) {
-        return;
-    }
-    match tag {
-        b'Q' | b'S' | b'F' => {
-            if t.pending == 0 {
-                t.counts.request_started(Instant::now());
-            }
-            t.pending += 1;
-            t.unsynced = false;
-        }
-        // Copy data belongs to the Query that started the copy.
-        b'd' | b'c' | b'f' | b'H' => {}
-        _ => t.unsynced = true,
+    if t.tx.on_client(tag) {
+        t.counts.request_started(Instant::now());
     }
 }
 
@@ -402,4 +379,4 @@ mod server;
 
 use client::scan_client;
 use counts::Counts;
-use server::scan_server;
+use server::{scan_server, Params};

@@ -8,33 +8,94 @@ use crate::config::PoolMode;
 use crate::prepared::ServerStatements;
 use crate::proto::backend as msg;
 use crate::proto::scan::{Event, Scanner};
+use crate::proto::tx::tag::be;
+use crate::proto::tx::TxStatus;
 use crate::proto::ProtoError;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
 fn server_inspects(tag: u8, _total: usize) -> bool {
-    matches!(tag, b'Z' | b'S' | b'E')
+    matches!(
+        tag,
+        be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR_RESPONSE
+    )
 }
 
 /// Frames a tracked server sends that must be whole: all but the ones that can be large and say
 /// nothing to the tracker (DataRow, CopyData, FunctionCallResponse).
 fn tracked_server_inspects(tag: u8, _total: usize) -> bool {
-    !matches!(tag, b'D' | b'd' | b'V')
+    !matches!(
+        tag,
+        be::DATA_ROW | be::COPY_DATA | be::FUNCTION_CALL_RESPONSE
+    )
+}
+
+/// The parameters a server's ParameterStatus updates: the server's own, and the client's tracked
+/// ones (which follow the server's, as a direct connection's would).
+pub(super) struct Params<'a> {
+    pub server: &'a mut ParamSet,
+    pub client: &'a mut ParamSet,
+    pub tracked: &'a [String],
+}
+
+/// What one inspected server frame means to the relay.
+enum Noted {
+    Forward,
+    /// Statement mode: a transaction block opened; stop here so the caller can refuse it.
+    Stop,
+    /// A FATAL error: the server is going away.
+    Fatal(String),
+}
+
+/// Notes a whole server frame in the bookkeeping.
+fn note_frame(
+    t: &mut Track<'_>,
+    p: &mut Params<'_>,
+    tag: u8,
+    body: &[u8],
+) -> Result<Noted, ProtoError> {
+    match tag {
+        be::READY_FOR_QUERY => {
+            let s = msg::ready_for_query(body)?;
+            if t.tx.on_ready(s) {
+                let now = Instant::now();
+                t.counts.requests_answered(s, now);
+                t.idle_since = now;
+            }
+            // Statement mode stops here so the caller can refuse the transaction.
+            if t.mode == PoolMode::Statement && s != TxStatus::Idle {
+                t.statement_violation = true;
+                return Ok(Noted::Stop);
+            }
+        }
+        be::PARAMETER_STATUS => {
+            let (k, v) = msg::parameter_status(body)?;
+            p.server.set(k, v);
+            if p.tracked.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                p.client.set(k, v);
+            }
+        }
+        be::ERROR_RESPONSE => {
+            if let Ok(f) = msg::error_fields(body) {
+                if f.is_fatal() {
+                    return Ok(Noted::Fatal(f.message.to_owned()));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(Noted::Forward)
 }
 
 /// Scans what the server sent, updates the bookkeeping and splits off the bytes for the client.
 /// A FATAL ErrorResponse is held back (the caller reports the lost server its own way) and returned.
 /// With prepared statements tracked, replies to the pooler's own messages are cut out and the
 /// pooler's replies to the client are put in their place in the stream.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn scan_server(
     rbuf: &mut BytesMut,
     sscan: &mut Scanner,
     t: &mut Track<'_>,
-    params: &mut ParamSet,
-    client_params: &mut ParamSet,
-    tracked: &[String],
-    mode: PoolMode,
+    p: &mut Params<'_>,
     mut tracking: Option<&mut Tracking<'_>>,
     server_statements: &mut ServerStatements,
     to_server: &mut BytesMut,
@@ -58,58 +119,28 @@ pub(super) fn scan_server(
                 };
                 let mut go_on = true;
                 // What the bookkeeping was before this frame, for a ReadyForQuery the tracker keeps.
-                let before = (t.pending, t.idle_since, t.counts);
-                if tag == b'G' {
-                    // CopyInResponse: Syncs already sent into this copy will not be answered.
-                    t.pending = t.pending.saturating_sub(t.copy.on_copy_in());
+                let before = (t.tx, t.idle_since, t.counts);
+                if tag == be::COPY_IN_RESPONSE {
+                    t.tx.on_copy_in();
                 }
                 if let Some(body) = body {
-                    match tag {
-                        b'Z' => match msg::ready_for_query(body) {
-                            Ok(s) => {
-                                t.status = s;
-                                t.pending = t.pending.saturating_sub(1);
-                                if t.pending == 0 {
-                                    let now = Instant::now();
-                                    t.counts.requests_answered(s, now);
-                                    t.idle_since = now;
-                                }
-                                // Statement mode stops here so the caller can refuse the transaction.
-                                if mode == PoolMode::Statement && s != b'I' {
-                                    t.statement_violation = true;
-                                    go_on = false;
-                                }
-                            }
-                            Err(e) => bad = Some(e),
-                        },
-                        b'S' => match msg::parameter_status(body) {
-                            Ok((k, v)) => {
-                                params.set(k, v);
-                                if tracked.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                                    client_params.set(k, v);
-                                }
-                            }
-                            Err(e) => bad = Some(e),
-                        },
-                        b'E' => {
-                            if let Ok(f) = msg::error_fields(body) {
-                                if f.is_fatal() {
-                                    fatal = Some((f.message.to_owned(), 5 + body.len()));
-                                    return false;
-                                }
-                            }
+                    match note_frame(t, p, tag, body) {
+                        Ok(Noted::Forward) => {}
+                        Ok(Noted::Stop) => go_on = false,
+                        Ok(Noted::Fatal(m)) => {
+                            fatal = Some((m, 5 + body.len()));
+                            return false;
                         }
-                        _ => {}
+                        Err(e) => bad = Some(e),
                     }
                 }
                 if let Some(k) = tracking.as_deref_mut() {
                     let (mut ctx, tracker, _, local) = k.parts(server_statements);
-                    let sw = tracker.on_server(tag, body, &mut ctx, local, to_server);
-                    if sw {
-                        if tag == b'Z' {
+                    if tracker.on_server(tag, body, &mut ctx, local, to_server) {
+                        if tag == be::READY_FOR_QUERY {
                             // A ReadyForQuery the tracker keeps answers the pooler's own Sync, or
                             // one it replays: the client's requests are still owed.
-                            (t.pending, t.idle_since, t.counts) = before;
+                            (t.tx, t.idle_since, t.counts) = before;
                         }
                         cut = body.map(|b| 5 + b.len());
                         return false;

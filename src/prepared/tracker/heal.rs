@@ -10,6 +10,7 @@
 
 use super::{Entry, Reply, Tracker, Undo};
 use crate::prepared::{PreparedStats, Statement};
+use crate::proto::tx::TxStatus;
 use crate::proto::{backend, encode, sqlstate};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ impl Tracker {
     /// A Bind of `stmt` the server already has: start recording if it opens a batch outside a
     /// transaction block (so nothing before it can be lost by replaying).
     pub(super) fn consider_recording(&mut self, stmt: &Arc<Statement>) {
-        if self.queue.is_empty() && self.status == b'I' {
+        if self.queue.is_empty() && self.status == TxStatus::Idle {
             self.replay.clear();
             self.heal = Heal::Recording(stmt.clone());
         } else {

@@ -4,6 +4,7 @@
 
 use super::{server, ClientAction, Ctx, Entry, Local, Reply, Tracker};
 use crate::proto::frontend::{self, Reset};
+use crate::proto::tx::TxStatus;
 use crate::proto::{encode, sqlstate};
 use bytes::BytesMut;
 
@@ -21,7 +22,7 @@ impl Tracker {
             Reset::DiscardAll => {
                 // The server runs it too. Inside a block it refuses (25001) and the statements stay;
                 // when that is not known yet, they go when the server reports success.
-                if settled && self.status == b'I' {
+                if settled && self.status == TxStatus::Idle {
                     ctx.client.clear();
                 } else if !settled {
                     self.discard_pending = true;
@@ -50,7 +51,7 @@ impl Tracker {
             encode::error_response(to_client, encode::Severity::Error, code, message, None);
         };
         match name {
-            _ if self.status == b'E' => refused(
+            _ if self.status == TxStatus::Failed => refused(
                 sqlstate::IN_FAILED_TRANSACTION,
                 "current transaction is aborted, commands ignored until end of transaction block",
                 to_client,
@@ -71,6 +72,6 @@ impl Tracker {
                 to_client,
             ),
         }
-        encode::ready_for_query(to_client, self.status);
+        encode::ready_for_query(to_client, self.status.byte());
     }
 }

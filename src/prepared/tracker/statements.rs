@@ -4,6 +4,7 @@
 
 use super::{server, server_name, verify, Ctx, Entry, Local, Reply, Tracker, Undo, Use};
 use super::{ClientAction, PreparedStats, Statement};
+use crate::proto::tx::TxStatus;
 use crate::proto::{encode, frontend, sqlstate, ProtoError};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -21,7 +22,10 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         }
         PreparedStats::bump(&ctx.stats.client_parses);
-        if ctx.client.get(p.name).is_some() && self.settled(p.name) && self.status != b'E' {
+        if ctx.client.get(p.name).is_some()
+            && self.settled(p.name)
+            && self.status != TxStatus::Failed
+        {
             // PostgreSQL refuses to redefine a name: the server must fail right here too, so that
             // what follows is skipped to the Sync as there (see large.rs).
             encode::parse_message(
@@ -118,7 +122,7 @@ impl Tracker {
             check = verify::BindCheck::Go;
         }
         let may_heal = kind == Use::Bind;
-        let opened = self.queue.is_empty() && self.status == b'I';
+        let opened = self.queue.is_empty() && self.status == TxStatus::Idle;
         if server_has && !opened && matches!(check, verify::BindCheck::Hold(_)) {
             // A copy of unknown or other columns may have been planned before a schema change (for
             // another client, or another name of this one's with the same query), and describing it

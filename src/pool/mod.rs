@@ -7,6 +7,7 @@
 
 pub mod budget;
 mod census;
+mod checkout;
 mod connect_gate;
 mod control;
 pub mod latency;
@@ -29,7 +30,7 @@ use limit::Limit;
 use open::LoginFailure;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -343,172 +344,6 @@ impl Pool {
                 }
             }
             inner.waiters.push_back(w);
-        }
-    }
-
-    /// Gets a server for a client: an idle one, a new one, or the next one freed, in that order,
-    /// waiting at most `query_wait_timeout` (the reserve pool opens after `reserve_pool_timeout`).
-    pub async fn checkout(self: &Arc<Self>) -> Result<Conn, PoolError> {
-        if self.is_paused() {
-            self.wait_resumed().await;
-        }
-        let started = Instant::now();
-        let settings = self.settings();
-        let wait_deadline = settings.query_wait_timeout.map(|t| started + t);
-        let reserve_at =
-            (settings.reserve_pool_size > 0).then(|| started + settings.reserve_pool_timeout);
-        let mut waiter: Option<oneshot::Receiver<Grant>> = None;
-        let mut handed: Option<Grant> = None;
-        // Whether the client queued: the clock is read again only then.
-        let mut waited = false;
-        // The client's own connect failed: it queues ahead of those who came after it.
-        let mut requeue_first = false;
-        loop {
-            let mut blocked = Blocked::Pool;
-            let grant = match handed.take() {
-                Some(g) => Some(g),
-                None => {
-                    let use_reserve = reserve_at.is_some_and(|r| Instant::now() >= r);
-                    let mut inner = self.inner.lock();
-                    if let Some(s) = inner.idle.pop() {
-                        Some(Grant::Server(s))
-                    } else {
-                        match self.try_take_slot(&mut inner, &settings, use_reserve) {
-                            Ok(slot) => Some(Grant::Slot(slot)),
-                            Err(why) => {
-                                blocked = why;
-                                if waiter.is_none() {
-                                    let (tx, rx) = oneshot::channel();
-                                    let w = Waiter {
-                                        tx,
-                                        since: started,
-                                        deadline: wait_deadline,
-                                        reserve_at,
-                                    };
-                                    if std::mem::take(&mut requeue_first) {
-                                        inner.waiters.push_front(w);
-                                    } else {
-                                        inner.waiters.push_back(w);
-                                    }
-                                    waiter = Some(rx);
-                                    waited = true;
-                                }
-                                None
-                            }
-                        }
-                    }
-                }
-            };
-            // Blocked by a shared limit while another pool sits on idle servers: close one of those
-            // (outside our lock) and try again.
-            let evicted = match blocked {
-                Blocked::Database if grant.is_none() => {
-                    self.db_limit.evict_idle_elsewhere(&self.key)
-                }
-                Blocked::User if grant.is_none() => self.user_limit.evict_idle_elsewhere(&self.key),
-                _ => false,
-            };
-            if evicted {
-                continue;
-            }
-            match grant {
-                Some(Grant::Server(server)) => {
-                    let mut conn = Conn {
-                        server,
-                        slot: Slot {
-                            pool: Some(self.clone()),
-                        },
-                    };
-                    if self.reusable(&conn.server, &settings, started)
-                        && Self::checked(&mut conn.server, &settings, started).await
-                    {
-                        self.note_wait(started, waited);
-                        return Ok(conn);
-                    }
-                    drop(conn);
-                    continue;
-                }
-                Some(Grant::Slot(slot)) => match self.open(&settings).await {
-                    Ok(server) => {
-                        self.note_wait(started, waited);
-                        return Ok(Conn { server, slot });
-                    }
-                    // PostgreSQL is down for now: the slot goes back and the client queues
-                    // again, at the front, for the next attempt or a server someone releases.
-                    Err(e) if e.is_transient() => {
-                        drop(slot);
-                        requeue_first = true;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                Some(Grant::Expired) => {
-                    return Err(if self.inner.lock().gate.is_open() {
-                        PoolError::WaitTimeout
-                    } else {
-                        PoolError::Unreachable
-                    })
-                }
-                None => {}
-            }
-            let Some(rx) = waiter.as_mut() else { continue };
-            // The queue hands over released servers and slots, and the janitor's tick covers
-            // deadlines (see `Waiter`). Blocked by a limit shared with other pools, the wait also
-            // ends on that limit's releases, and on a short re-check: another pool's server going
-            // idle frees nothing, but closing it would.
-            let shared_limit = matches!(blocked, Blocked::Database | Blocked::User);
-            let recheck = std::time::Duration::from_millis(200);
-            tokio::select! {
-                g = rx => {
-                    waiter = None;
-                    handed = g.ok();
-                }
-                _ = self.db_limit.freed.notified(), if blocked == Blocked::Database => {}
-                _ = self.user_limit.freed.notified(), if blocked == Blocked::User => {}
-                // Not evaluated unless `shared_limit`, so an ordinary wait arms no timer.
-                _ = tokio::time::sleep(recheck), if shared_limit => {}
-            }
-        }
-    }
-
-    /// Counts a checkout, and the time it spent queued; one served at once waited for nothing.
-    fn note_wait(&self, started: Instant, waited: bool) {
-        let us = if waited {
-            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.stats.wait_us.fetch_add(us, Ordering::Relaxed);
-            us
-        } else {
-            0
-        };
-        self.stats.wait_latency.observe_us(us);
-        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `now` is the checkout's start: a server's age is told to the request, not to the microsecond.
-    fn reusable(&self, s: &Server, settings: &PoolSettings, now: Instant) -> bool {
-        if settings
-            .server_lifetime
-            .is_some_and(|l| now.saturating_duration_since(s.created) >= l)
-        {
-            return false;
-        }
-        s.is_healthy_idle()
-    }
-
-    /// Runs `server_check_query` on a server idle for longer than `server_check_delay`.
-    async fn checked(server: &mut Server, settings: &PoolSettings, now: Instant) -> bool {
-        let Some(sql) = &settings.server_check_query else {
-            return true;
-        };
-        if now.saturating_duration_since(server.last_used) < settings.server_check_delay {
-            return true;
-        }
-        match Box::pin(crate::backend::query::run_simple(server, sql)).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::info!(error = %e, "server_check_query failed; closing server");
-                false
-            }
         }
     }
 

@@ -12,6 +12,9 @@ pub mod table;
 pub use command::{Command, ShutdownMode};
 
 use crate::proto::encode;
+use crate::proto::sqlstate::{
+    CONFIG_FILE_ERROR, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION,
+};
 use bytes::BytesMut;
 
 /// SHOW VERSION's value and the first line of `--version`. Tools that read PgBouncer's version
@@ -278,9 +281,6 @@ pub fn error(out: &mut BytesMut, code: &str, message: &str) {
 
 /// Runs one simple Query's text; the reply goes to `out`, ReadyForQuery excepted.
 pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesMut) -> After {
-    use crate::proto::sqlstate::{
-        CONFIG_FILE_ERROR, FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, PROTOCOL_VIOLATION,
-    };
     let cmd = match command::parse(query) {
         Ok(c) => c,
         Err(e) => {
@@ -292,84 +292,63 @@ pub fn execute(console: &impl Console, role: Role, query: &str, out: &mut BytesM
         error(out, INSUFFICIENT_PRIVILEGE, "admin access needed");
         return After::Ready;
     }
-    let done = |out: &mut BytesMut, r: Result<(), String>, tag: &str| {
-        match r {
-            Ok(()) => encode::command_complete(out, tag),
-            Err(e) => error(out, PROTOCOL_VIOLATION, &e),
-        }
-        After::Ready
-    };
-    match cmd {
-        Command::Show(target) => {
-            if let Err(e) = show::show(console, &target, out) {
-                error(out, PROTOCOL_VIOLATION, &e);
-            }
-            After::Ready
-        }
+    let (result, tag) = match cmd {
+        Command::Show(target) => (show::show(console, &target, out), None),
         Command::Pause(db) => match console.pause(db.as_deref()) {
-            Ok(()) => After::Wait(Until::Paused, db),
-            Err(e) => {
-                error(out, PROTOCOL_VIOLATION, &e);
-                After::Ready
-            }
+            Ok(()) => return After::Wait(Until::Paused, db),
+            Err(e) => (Err(e), None),
         },
-        Command::Resume(db) => done(out, console.resume(db.as_deref()), "RESUME"),
-        Command::Reload => {
-            if let Err(e) = console.reload() {
-                tracing::error!("RELOAD failed, keeping the previous configuration: {e}");
-                error(
-                    out,
-                    CONFIG_FILE_ERROR,
-                    "RELOAD failed, see logs for additional details",
-                );
-            } else {
-                encode::command_complete(out, "RELOAD");
-            }
-            After::Ready
-        }
-        Command::Disable(db) => done(out, console.set_disabled(&db, true), "DISABLE"),
-        Command::Enable(db) => done(out, console.set_disabled(&db, false), "ENABLE"),
-        Command::Reconnect(db) => done(out, console.reconnect(db.as_deref()), "RECONNECT"),
+        Command::WaitClose(db) => match db {
+            Some(d) if !console.has_database(&d) => (Err(format!("no such database: {d}")), None),
+            db => return After::Wait(Until::Closed, db),
+        },
+        Command::Reload => return reload(console, out),
         Command::Shutdown(mode) => {
             console.shutdown(mode);
             if mode == ShutdownMode::Immediate {
                 return After::Close;
             }
-            encode::command_complete(out, "SHUTDOWN");
-            After::Ready
+            (Ok(()), Some("SHUTDOWN"))
         }
+        // PgBouncer's SUSPEND prepares an online restart (-R), which pgsluice does not do.
+        Command::Suspend => {
+            let m = "SUSPEND is not supported: pgsluice has no online restart";
+            error(out, FEATURE_NOT_SUPPORTED, m);
+            return After::Ready;
+        }
+        Command::Resume(db) => (console.resume(db.as_deref()), Some("RESUME")),
+        Command::Disable(db) => (console.set_disabled(&db, true), Some("DISABLE")),
+        Command::Enable(db) => (console.set_disabled(&db, false), Some("ENABLE")),
+        Command::Reconnect(db) => (console.reconnect(db.as_deref()), Some("RECONNECT")),
         Command::KillClient(id) => {
             let r = id
                 .parse::<u64>()
                 .map_err(|_| "invalid client pointer supplied".to_owned())
                 .and_then(|id| console.kill_client(id));
-            done(out, r, "KILL_CLIENT")
+            (r, Some("KILL_CLIENT"))
         }
-        Command::Kill(db) => done(out, console.kill(db.as_deref()), "KILL"),
-        Command::WaitClose(db) => match db {
-            Some(d) if !console.has_database(&d) => {
-                error(out, PROTOCOL_VIOLATION, &format!("no such database: {d}"));
-                After::Ready
-            }
-            db => After::Wait(Until::Closed, db),
-        },
-        Command::Set { key, value } => {
-            match console.set(&key, &value) {
-                Ok(()) => encode::command_complete(out, "SET"),
-                Err(m) => error(out, PROTOCOL_VIOLATION, &m),
-            }
-            After::Ready
-        }
-        // PgBouncer's SUSPEND prepares an online restart (-R), which pgsluice does not do.
-        Command::Suspend => {
-            error(
-                out,
-                FEATURE_NOT_SUPPORTED,
-                "SUSPEND is not supported: pgsluice has no online restart",
-            );
-            After::Ready
+        Command::Kill(db) => (console.kill(db.as_deref()), Some("KILL")),
+        Command::Set { key, value } => (console.set(&key, &value), Some("SET")),
+    };
+    match (result, tag) {
+        (Ok(()), Some(tag)) => encode::command_complete(out, tag),
+        (Ok(()), None) => {}
+        (Err(e), _) => error(out, PROTOCOL_VIOLATION, &e),
+    }
+    After::Ready
+}
+
+/// RELOAD: a failure keeps the configuration in force and is told as PgBouncer tells it.
+fn reload(console: &impl Console, out: &mut BytesMut) -> After {
+    match console.reload() {
+        Ok(()) => encode::command_complete(out, "RELOAD"),
+        Err(e) => {
+            tracing::error!("RELOAD failed, keeping the previous configuration: {e}");
+            let m = "RELOAD failed, see logs for additional details";
+            error(out, CONFIG_FILE_ERROR, m);
         }
     }
+    After::Ready
 }
 
 #[cfg(test)]

@@ -171,198 +171,229 @@ const FAKE_PARAMS: [(&str, &str); 5] = [
 
 pub(super) fn show(console: &impl Console, target: &str, out: &mut BytesMut) -> Result<(), String> {
     match target {
-        "help" => {
-            encode::notice_with_fields(
-                out,
-                &[
-                    (b'S', "NOTICE"),
-                    (b'C', "00000"),
-                    (b'M', "Console usage"),
-                    (b'D', HELP),
-                ],
-            );
-            encode::command_complete(out, "SHOW");
-        }
-        "version" => {
-            let mut t = Table::new(out, &[("version", Text)]);
-            t.row(&[console.version().into()]);
-            t.finish();
-        }
+        "help" => help(out),
+        "version" => version(console, out),
         "pools" => pools(console, out),
         "clients" => sockets::clients(console, out),
         "sockets" => sockets::sockets(console, out, false),
         "active_sockets" => sockets::sockets(console, out, true),
         "servers" => sockets::servers(console, out),
         "stats" => stats(console, out),
-        "stats_totals" | "stats_averages" => {
-            let averages = target == "stats_averages";
-            let cols = if averages {
-                STATS_AVERAGES
-            } else {
-                STATS_TOTALS
-            };
-            let mut t = Table::new(out, cols);
-            for db in console.stats() {
-                let c = if averages { db.averages } else { db.totals };
-                let mut row: Vec<Val<'_>> = vec![db.database.clone().into()];
-                row.extend(c.values().into_iter().map(Val::from));
-                t.row(&row);
-            }
-            t.finish();
-        }
-        "totals" => {
-            let (mut totals, mut averages) = ([0u64; 11], [0u64; 11]);
-            for db in console.stats() {
-                for (i, v) in db.totals.values().into_iter().enumerate() {
-                    totals[i] += v;
-                }
-                for (i, v) in db.averages.values().into_iter().enumerate() {
-                    averages[i] += v;
-                }
-            }
-            let mut t = Table::new(out, &[("name", Text), ("value", Numeric)]);
-            for (prefix, values) in [("total_", totals), ("avg_", averages)] {
-                for (name, v) in TOTALS_NAMES.iter().zip(values) {
-                    t.row(&[format!("{prefix}{name}").into(), v.into()]);
-                }
-            }
-            t.finish();
-        }
-        "lists" => {
-            let l = console.lists();
-            let counts = [
-                l.databases,
-                l.users,
-                0,
-                l.pools,
-                0,
-                l.free_clients,
-                l.used_clients,
-                l.login_clients,
-                l.free_servers,
-                l.used_servers,
-                0,
-                0,
-                0,
-                0,
-            ];
-            let mut t = Table::new(out, &[("list", Text), ("items", Int4)]);
-            for (name, n) in LISTS.iter().zip(counts) {
-                t.row(&[(*name).into(), n.into()]);
-            }
-            t.finish();
-        }
+        "stats_totals" => stats_table(console, out, false),
+        "stats_averages" => stats_table(console, out, true),
+        "totals" => totals(console, out),
+        "lists" => lists(console, out),
         "databases" => databases(console, out),
-        "users" => {
-            let mut t = Table::new(out, USERS);
-            for u in console.users() {
-                // PgBouncer right-aligns these in nine characters, or sends an empty string.
-                let sized = |n: Option<usize>| n.map_or(String::new(), |n| format!("{n:9}"));
-                t.row(&[
-                    u.name.into(),
-                    sized(u.pool_size).into(),
-                    sized(u.reserve_pool_size).into(),
-                    u.pool_mode.as_deref().into(),
-                    u.max_user_connections.into(),
-                    u.current_connections.into(),
-                    u.max_user_client_connections.into(),
-                    u.current_client_connections.into(),
-                ]);
-            }
-            t.finish();
-        }
-        "config" => {
-            let cols = &[
-                ("key", Text),
-                ("value", Text),
-                ("default", Text),
-                ("changeable", Text),
-            ];
-            let mut t = Table::new(out, cols);
-            for c in console.config() {
-                let changeable = if c.changeable { "yes" } else { "no" };
-                t.row(&[
-                    c.key.into(),
-                    c.value.into(),
-                    c.default.into(),
-                    changeable.into(),
-                ]);
-            }
-            t.finish();
-        }
-        "state" => {
-            let (paused, shutting_down) = console.state();
-            let yes = |b: bool| if b { "yes" } else { "no" };
-            let mut t = Table::new(out, &[("key", Text), ("value", Text)]);
-            t.row(&["active".into(), yes(!paused && !shutting_down).into()]);
-            t.row(&["paused".into(), yes(paused).into()]);
-            t.row(&["suspended".into(), "no".into()]);
-            t.finish();
-        }
-        "peers" => {
-            let cols = &[
-                ("peer_id", Int4),
-                ("host", Text),
-                ("port", Int4),
-                ("pool_size", Int4),
-            ];
-            let mut t = Table::new(out, cols);
-            for p in console.peers() {
-                t.row(&[
-                    usize::from(p.id).into(),
-                    p.host.into(),
-                    usize::from(p.port).into(),
-                    p.pool_size.into(),
-                ]);
-            }
-            t.finish();
-        }
-        // Cancels are forwarded on one-shot connections, and there is no DNS cache of
-        // pgsluice's own: the layouts, and no rows.
-        "peer_pools" => {
-            let cols = &[
-                ("peer_id", Int4),
-                ("cl_active_cancel_req", Int4),
-                ("cl_waiting_cancel_req", Int4),
-                ("sv_active_cancel", Int4),
-                ("sv_login", Int4),
-            ];
-            Table::new(out, cols).finish();
-        }
-        "dns_hosts" => {
-            Table::new(out, &[("hostname", Text), ("ttl", Int8), ("addrs", Text)]).finish();
-        }
-        "dns_zones" => {
-            Table::new(
-                out,
-                &[("zonename", Text), ("serial", Int8), ("count", Int4)],
-            )
-            .finish();
-        }
-        other => {
-            if let Some((name, value)) = FAKE_PARAMS.iter().find(|(n, _)| *n == other) {
-                let cols: &'static [(&'static str, Col)] = match *name {
-                    "client_encoding" => &[("client_encoding", Text)],
-                    "default_transaction_isolation" => &[("default_transaction_isolation", Text)],
-                    "standard_conforming_strings" => &[("standard_conforming_strings", Text)],
-                    "datestyle" => &[("datestyle", Text)],
-                    _ => &[("timezone", Text)],
-                };
-                let mut t = Table::new(out, cols);
-                t.row(&[(*value).into()]);
-                t.finish();
-            } else if other == "fds" {
-                // FDS hands sockets to a new process in an online restart (-R).
-                return Err("SHOW FDS is not supported: pgsluice has no online restart".to_owned());
-            } else if other == "mem" {
-                // MEM lists PgBouncer's slab caches; pgsluice allocates per task instead.
-                return Err("SHOW MEM is not supported: pgsluice has no slab caches".to_owned());
-            } else {
-                return Err(super::command::invalid(&format!("SHOW {other}")));
-            }
-        }
+        "users" => users(console, out),
+        "config" => config(console, out),
+        "state" => state(console, out),
+        "peers" => peers(console, out),
+        "peer_pools" => peer_pools(out),
+        "dns_hosts" => dns_hosts(out),
+        "dns_zones" => dns_zones(out),
+        other => return unusual(out, other),
     }
     Ok(())
+}
+
+/// A fake parameter PgBouncer answers SHOW for, or the commands pgsluice refuses with a reason.
+fn unusual(out: &mut BytesMut, other: &str) -> Result<(), String> {
+    if let Some((name, value)) = FAKE_PARAMS.iter().find(|(n, _)| *n == other) {
+        let cols: &'static [(&'static str, Col)] = match *name {
+            "client_encoding" => &[("client_encoding", Text)],
+            "default_transaction_isolation" => &[("default_transaction_isolation", Text)],
+            "standard_conforming_strings" => &[("standard_conforming_strings", Text)],
+            "datestyle" => &[("datestyle", Text)],
+            _ => &[("timezone", Text)],
+        };
+        let mut t = Table::new(out, cols);
+        t.row(&[(*value).into()]);
+        t.finish();
+        Ok(())
+    } else if other == "fds" {
+        // FDS hands sockets to a new process in an online restart (-R).
+        Err("SHOW FDS is not supported: pgsluice has no online restart".to_owned())
+    } else if other == "mem" {
+        // MEM lists PgBouncer's slab caches; pgsluice allocates per task instead.
+        Err("SHOW MEM is not supported: pgsluice has no slab caches".to_owned())
+    } else {
+        Err(super::command::invalid(&format!("SHOW {other}")))
+    }
+}
+
+/// HELP, as NOTICEs.
+fn help(out: &mut BytesMut) {
+    encode::notice_with_fields(
+        out,
+        &[
+            (b'S', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', "Console usage"),
+            (b'D', HELP),
+        ],
+    );
+    encode::command_complete(out, "SHOW");
+}
+
+fn version(console: &impl Console, out: &mut BytesMut) {
+    let mut t = Table::new(out, &[("version", Text)]);
+    t.row(&[console.version().into()]);
+    t.finish();
+}
+
+fn totals(console: &impl Console, out: &mut BytesMut) {
+    let (mut totals, mut averages) = ([0u64; 11], [0u64; 11]);
+    for db in console.stats() {
+        for (i, v) in db.totals.values().into_iter().enumerate() {
+            totals[i] += v;
+        }
+        for (i, v) in db.averages.values().into_iter().enumerate() {
+            averages[i] += v;
+        }
+    }
+    let mut t = Table::new(out, &[("name", Text), ("value", Numeric)]);
+    for (prefix, values) in [("total_", totals), ("avg_", averages)] {
+        for (name, v) in TOTALS_NAMES.iter().zip(values) {
+            t.row(&[format!("{prefix}{name}").into(), v.into()]);
+        }
+    }
+    t.finish();
+}
+
+fn lists(console: &impl Console, out: &mut BytesMut) {
+    let l = console.lists();
+    let counts = [
+        l.databases,
+        l.users,
+        0,
+        l.pools,
+        0,
+        l.free_clients,
+        l.used_clients,
+        l.login_clients,
+        l.free_servers,
+        l.used_servers,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let mut t = Table::new(out, &[("list", Text), ("items", Int4)]);
+    for (name, n) in LISTS.iter().zip(counts) {
+        t.row(&[(*name).into(), n.into()]);
+    }
+    t.finish();
+}
+
+fn users(console: &impl Console, out: &mut BytesMut) {
+    let mut t = Table::new(out, USERS);
+    for u in console.users() {
+        // PgBouncer right-aligns these in nine characters, or sends an empty string.
+        let sized = |n: Option<usize>| n.map_or(String::new(), |n| format!("{n:9}"));
+        t.row(&[
+            u.name.into(),
+            sized(u.pool_size).into(),
+            sized(u.reserve_pool_size).into(),
+            u.pool_mode.as_deref().into(),
+            u.max_user_connections.into(),
+            u.current_connections.into(),
+            u.max_user_client_connections.into(),
+            u.current_client_connections.into(),
+        ]);
+    }
+    t.finish();
+}
+
+fn config(console: &impl Console, out: &mut BytesMut) {
+    let cols = &[
+        ("key", Text),
+        ("value", Text),
+        ("default", Text),
+        ("changeable", Text),
+    ];
+    let mut t = Table::new(out, cols);
+    for c in console.config() {
+        let changeable = if c.changeable { "yes" } else { "no" };
+        t.row(&[
+            c.key.into(),
+            c.value.into(),
+            c.default.into(),
+            changeable.into(),
+        ]);
+    }
+    t.finish();
+}
+
+fn state(console: &impl Console, out: &mut BytesMut) {
+    let (paused, shutting_down) = console.state();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut t = Table::new(out, &[("key", Text), ("value", Text)]);
+    t.row(&["active".into(), yes(!paused && !shutting_down).into()]);
+    t.row(&["paused".into(), yes(paused).into()]);
+    t.row(&["suspended".into(), "no".into()]);
+    t.finish();
+}
+
+fn peers(console: &impl Console, out: &mut BytesMut) {
+    let cols = &[
+        ("peer_id", Int4),
+        ("host", Text),
+        ("port", Int4),
+        ("pool_size", Int4),
+    ];
+    let mut t = Table::new(out, cols);
+    for p in console.peers() {
+        t.row(&[
+            usize::from(p.id).into(),
+            p.host.into(),
+            usize::from(p.port).into(),
+            p.pool_size.into(),
+        ]);
+    }
+    t.finish();
+}
+
+/// Cancels are forwarded on one-shot connections: the layout, and no rows.
+fn peer_pools(out: &mut BytesMut) {
+    let cols = &[
+        ("peer_id", Int4),
+        ("cl_active_cancel_req", Int4),
+        ("cl_waiting_cancel_req", Int4),
+        ("sv_active_cancel", Int4),
+        ("sv_login", Int4),
+    ];
+    Table::new(out, cols).finish();
+}
+
+/// No DNS cache of pgsluice's own: the layout, and no rows.
+fn dns_hosts(out: &mut BytesMut) {
+    Table::new(out, &[("hostname", Text), ("ttl", Int8), ("addrs", Text)]).finish();
+}
+
+/// No DNS cache of pgsluice's own: the layout, and no rows.
+fn dns_zones(out: &mut BytesMut) {
+    Table::new(
+        out,
+        &[("zonename", Text), ("serial", Int8), ("count", Int4)],
+    )
+    .finish();
+}
+
+/// SHOW STATS_TOTALS or, with `averages`, STATS_AVERAGES.
+fn stats_table(console: &impl Console, out: &mut BytesMut, averages: bool) {
+    let cols = if averages {
+        STATS_AVERAGES
+    } else {
+        STATS_TOTALS
+    };
+    let mut t = Table::new(out, cols);
+    for db in console.stats() {
+        let c = if averages { db.averages } else { db.totals };
+        let mut row: Vec<Val<'_>> = vec![db.database.clone().into()];
+        row.extend(c.values().into_iter().map(Val::from));
+        t.row(&row);
+    }
+    t.finish();
 }
 
 fn pools(console: &impl Console, out: &mut BytesMut) {

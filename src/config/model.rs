@@ -1,6 +1,7 @@
 //! The validated configuration model, built from the raw one (raw.rs) by [`Config::from_raw`].
 
 use super::kinds::{AuthType, LogFormat, PoolMode, SslMode};
+use super::raw::{RawDatabase, RawGeneral};
 use super::{ConfigError, RawConfig};
 use crate::auth::secret::Secret;
 use crate::net::tls::{ClientTls, ServerTls, TlsFiles};
@@ -154,28 +155,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let peering = super::peering::parse(&raw)?;
         let g = raw.general;
-        for (name, v) in [
-            ("reserve_pool_timeout", g.reserve_pool_timeout),
-            ("server_check_delay", g.server_check_delay),
-            ("server_connect_timeout", g.server_connect_timeout),
-            ("server_login_retry", g.server_login_retry),
-            ("server_idle_timeout", g.server_idle_timeout),
-            ("server_lifetime", g.server_lifetime),
-            ("query_timeout", g.query_timeout),
-            ("query_wait_timeout", g.query_wait_timeout),
-            ("client_idle_timeout", g.client_idle_timeout),
-            ("client_login_timeout", g.client_login_timeout),
-            ("idle_transaction_timeout", g.idle_transaction_timeout),
-            ("stats_period", g.stats_period),
-            ("discovery_hold_timeout", g.discovery_hold_timeout),
-            ("budget_settle", g.budget_settle),
-        ] {
-            if !(v.is_finite() && (0.0..=1.0e9).contains(&v)) {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be a number of seconds ≥ 0, got {v}"
-                )));
-            }
-        }
+        check_durations(&g)?;
         if g.listen_addr.is_empty() && g.unix_socket_dir.is_empty() {
             return Err(ConfigError::Invalid(
                 "nothing to listen on: listen_addr and unix_socket_dir are both empty".into(),
@@ -185,56 +165,7 @@ impl Config {
             Some(path) => load_auth_file(&resolve(source, path))?,
             None => BTreeMap::new(),
         };
-        let mut tracked: Vec<String> = BASE_TRACKED.iter().map(|s| (*s).to_owned()).collect();
-        for p in &g.track_extra_parameters {
-            if !tracked.iter().any(|t| t.eq_ignore_ascii_case(p)) {
-                tracked.push(p.clone());
-            }
-        }
-        let files = |cert: &Option<PathBuf>,
-                     key: &Option<PathBuf>,
-                     ca: &Option<PathBuf>,
-                     protocols: &str,
-                     ciphers: &str,
-                     tls13: &str| TlsFiles {
-            cert: cert.as_ref().map(|p| resolve(source, p)),
-            key: key.as_ref().map(|p| resolve(source, p)),
-            ca: ca.as_ref().map(|p| resolve(source, p)),
-            protocols: protocols.to_owned(),
-            ciphers: ciphers.to_owned(),
-            tls13_ciphers: tls13.to_owned(),
-        };
-        let client_tls = ClientTls::load(
-            g.client_tls_sslmode,
-            &files(
-                &g.client_tls_cert_file,
-                &g.client_tls_key_file,
-                &g.client_tls_ca_file,
-                &g.client_tls_protocols,
-                &g.client_tls_ciphers,
-                &g.client_tls13_ciphers,
-            ),
-            &mut warnings,
-        )?;
-        let server_tls = ServerTls::load(
-            g.server_tls_sslmode,
-            &files(
-                &g.server_tls_cert_file,
-                &g.server_tls_key_file,
-                &g.server_tls_ca_file,
-                &g.server_tls_protocols,
-                &g.server_tls_ciphers,
-                &g.server_tls13_ciphers,
-            ),
-            &mut warnings,
-        )?;
-        if client_tls.mode != SslMode::Disable && client_tls.end_point.is_none() {
-            warnings.push(
-                "client_tls_cert_file: the certificate's signature hash is not one channel binding \
-                 can use, so SCRAM-SHA-256-PLUS is not offered"
-                    .into(),
-            );
-        }
+        let (client_tls, server_tls) = load_tls(&g, source, &mut warnings)?;
         // Without a CA no client certificate is ever verified, so every cert login would fail.
         if g.auth_type == AuthType::Cert
             && (g.client_tls_ca_file.is_none() || g.client_tls_sslmode == SslMode::Disable)
@@ -253,111 +184,11 @@ impl Config {
             }
             None => None,
         };
-        let metrics_addr = match g.metrics_addr.trim() {
-            "" => None,
-            a => Some(a.parse().map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "metrics_addr: \"{a}\" is not an address and port such as 127.0.0.1:9930"
-                ))
-            })?),
-        };
-        let general = General {
-            listen_addr: g.listen_addr,
-            listen_port: g.listen_port,
-            unix_socket_dir: (!g.unix_socket_dir.is_empty())
-                .then(|| PathBuf::from(&g.unix_socket_dir)),
-            max_client_conn: g.max_client_conn,
-            auth_type: g.auth_type,
-            pool_mode: g.pool_mode,
-            default_pool_size: g.default_pool_size,
-            min_pool_size: g.min_pool_size,
-            reserve_pool_size: g.reserve_pool_size,
-            reserve_pool_timeout: Duration::from_secs_f64(g.reserve_pool_timeout),
-            max_db_connections: g.max_db_connections,
-            max_user_connections: g.max_user_connections,
-            server_reset_query: (!g.server_reset_query.trim().is_empty())
-                .then_some(g.server_reset_query),
-            server_reset_query_always: g.server_reset_query_always,
-            max_prepared_statements: g.max_prepared_statements,
-            // Below a few KiB even a Parse of an ordinary query would be refused.
-            max_held_message: g.max_held_message.max(MIN_HELD_MESSAGE),
-            server_check_query: (!g.server_check_query.trim().is_empty())
-                .then_some(g.server_check_query),
-            server_check_delay: Duration::from_secs_f64(g.server_check_delay),
-            server_connect_timeout: secs(g.server_connect_timeout),
-            server_login_retry: Duration::from_secs_f64(g.server_login_retry),
-            server_idle_timeout: secs(g.server_idle_timeout),
-            server_lifetime: secs(g.server_lifetime),
-            query_timeout: secs(g.query_timeout),
-            query_wait_timeout: secs(g.query_wait_timeout),
-            client_idle_timeout: secs(g.client_idle_timeout),
-            client_login_timeout: secs(g.client_login_timeout),
-            idle_transaction_timeout: secs(g.idle_transaction_timeout),
-            ignore_startup_parameters: g.ignore_startup_parameters,
-            tracked_parameters: tracked,
-            log_connections: g.log_connections,
-            log_disconnections: g.log_disconnections,
-            log_pooler_errors: g.log_pooler_errors,
-            stats_period: secs(g.stats_period),
-            workers: g.workers,
-            log_format: g.log_format,
-            auth_hba,
-            pidfile: g.pidfile.as_deref().map(|p| resolve(source, p)),
-            logfile: g.logfile.as_deref().map(|p| resolve(source, p)),
-            admin_users: g.admin_users,
-            stats_users: g.stats_users,
-            auth_user: g.auth_user,
-            auth_query: g.auth_query,
-            auth_dbname: g.auth_dbname,
-            client_tls: Arc::new(client_tls),
-            server_tls: Arc::new(server_tls),
-            metrics_addr,
-            kubeconfig: g.kubeconfig.as_deref().map(|p| resolve(source, p)),
-            discovery_hold_timeout: Duration::from_secs_f64(g.discovery_hold_timeout),
-            peering,
-        };
+        let default_discovery = Some(g.discovery.clone()).filter(|d| !d.is_empty());
+        let general = general(g, source, auth_hba, (client_tls, server_tls), peering)?;
         let mut databases = BTreeMap::new();
         for (name, d) in raw.databases {
-            let mut startup_params = Vec::new();
-            for (k, v) in [
-                ("client_encoding", &d.client_encoding),
-                ("datestyle", &d.datestyle),
-                ("timezone", &d.timezone),
-            ] {
-                if let Some(v) = v {
-                    startup_params.push((k.to_owned(), v.clone()));
-                }
-            }
-            let host = d.host.unwrap_or_else(|| "127.0.0.1".into());
-            let port = d.port.unwrap_or(5432);
-            let locate = super::Locate::parse(
-                &name,
-                &host,
-                port,
-                d.target_session_attrs.as_deref(),
-                d.discovery
-                    .as_deref()
-                    .or(Some(g.discovery.as_str()).filter(|d| !d.is_empty())),
-                d.discovery_service.as_deref(),
-            )?;
-            let db = Database {
-                name: name.clone(),
-                host: locate.hosts[0].0.clone(),
-                port: locate.hosts[0].1,
-                dbname: d.dbname,
-                user: d.user,
-                password: d.password.map(|p| Secret::parse(&p)),
-                auth_user: d.auth_user,
-                auth_query: d.auth_query,
-                auth_dbname: d.auth_dbname,
-                pool_size: d.pool_size,
-                min_pool_size: d.min_pool_size,
-                reserve_pool: d.reserve_pool,
-                max_db_connections: d.max_db_connections,
-                pool_mode: d.pool_mode,
-                startup_params,
-                locate,
-            };
+            let db = database(&name, d, default_discovery.as_deref())?;
             databases.insert(name, db);
         }
         let users = raw
@@ -383,7 +214,213 @@ impl Config {
             warnings,
         })
     }
+}
 
+/// Every duration is a number of seconds, finite and not negative.
+fn check_durations(g: &RawGeneral) -> Result<(), ConfigError> {
+    for (name, v) in [
+        ("reserve_pool_timeout", g.reserve_pool_timeout),
+        ("server_check_delay", g.server_check_delay),
+        ("server_connect_timeout", g.server_connect_timeout),
+        ("server_login_retry", g.server_login_retry),
+        ("server_idle_timeout", g.server_idle_timeout),
+        ("server_lifetime", g.server_lifetime),
+        ("query_timeout", g.query_timeout),
+        ("query_wait_timeout", g.query_wait_timeout),
+        ("client_idle_timeout", g.client_idle_timeout),
+        ("client_login_timeout", g.client_login_timeout),
+        ("idle_transaction_timeout", g.idle_transaction_timeout),
+        ("stats_period", g.stats_period),
+        ("discovery_hold_timeout", g.discovery_hold_timeout),
+        ("budget_settle", g.budget_settle),
+    ] {
+        if !(v.is_finite() && (0.0..=1.0e9).contains(&v)) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be a number of seconds ≥ 0, got {v}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Both sides' TLS settings, their files read and checked.
+fn load_tls(
+    g: &RawGeneral,
+    source: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(ClientTls, ServerTls), ConfigError> {
+    let files = |cert: &Option<PathBuf>,
+                 key: &Option<PathBuf>,
+                 ca: &Option<PathBuf>,
+                 protocols: &str,
+                 ciphers: &str,
+                 tls13: &str| TlsFiles {
+        cert: cert.as_ref().map(|p| resolve(source, p)),
+        key: key.as_ref().map(|p| resolve(source, p)),
+        ca: ca.as_ref().map(|p| resolve(source, p)),
+        protocols: protocols.to_owned(),
+        ciphers: ciphers.to_owned(),
+        tls13_ciphers: tls13.to_owned(),
+    };
+    let client_tls = ClientTls::load(
+        g.client_tls_sslmode,
+        &files(
+            &g.client_tls_cert_file,
+            &g.client_tls_key_file,
+            &g.client_tls_ca_file,
+            &g.client_tls_protocols,
+            &g.client_tls_ciphers,
+            &g.client_tls13_ciphers,
+        ),
+        warnings,
+    )?;
+    let server_tls = ServerTls::load(
+        g.server_tls_sslmode,
+        &files(
+            &g.server_tls_cert_file,
+            &g.server_tls_key_file,
+            &g.server_tls_ca_file,
+            &g.server_tls_protocols,
+            &g.server_tls_ciphers,
+            &g.server_tls13_ciphers,
+        ),
+        warnings,
+    )?;
+    if client_tls.mode != SslMode::Disable && client_tls.end_point.is_none() {
+        warnings.push(
+            "client_tls_cert_file: the certificate's signature hash is not one channel binding \
+             can use, so SCRAM-SHA-256-PLUS is not offered"
+                .into(),
+        );
+    }
+    Ok((client_tls, server_tls))
+}
+
+/// The `[pgbouncer]` section, validated.
+fn general(
+    g: RawGeneral,
+    source: &Path,
+    auth_hba: Option<Arc<crate::auth::hba::HbaRules>>,
+    (client_tls, server_tls): (ClientTls, ServerTls),
+    peering: super::peering::Peering,
+) -> Result<General, ConfigError> {
+    let metrics_addr = match g.metrics_addr.trim() {
+        "" => None,
+        a => Some(a.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics_addr: \"{a}\" is not an address and port such as 127.0.0.1:9930"
+            ))
+        })?),
+    };
+    let mut tracked: Vec<String> = BASE_TRACKED.iter().map(|s| (*s).to_owned()).collect();
+    for p in &g.track_extra_parameters {
+        if !tracked.iter().any(|t| t.eq_ignore_ascii_case(p)) {
+            tracked.push(p.clone());
+        }
+    }
+    Ok(General {
+        listen_addr: g.listen_addr,
+        listen_port: g.listen_port,
+        unix_socket_dir: (!g.unix_socket_dir.is_empty()).then(|| PathBuf::from(&g.unix_socket_dir)),
+        max_client_conn: g.max_client_conn,
+        auth_type: g.auth_type,
+        pool_mode: g.pool_mode,
+        default_pool_size: g.default_pool_size,
+        min_pool_size: g.min_pool_size,
+        reserve_pool_size: g.reserve_pool_size,
+        reserve_pool_timeout: Duration::from_secs_f64(g.reserve_pool_timeout),
+        max_db_connections: g.max_db_connections,
+        max_user_connections: g.max_user_connections,
+        server_reset_query: (!g.server_reset_query.trim().is_empty())
+            .then_some(g.server_reset_query),
+        server_reset_query_always: g.server_reset_query_always,
+        max_prepared_statements: g.max_prepared_statements,
+        // Below a few KiB even a Parse of an ordinary query would be refused.
+        max_held_message: g.max_held_message.max(MIN_HELD_MESSAGE),
+        server_check_query: (!g.server_check_query.trim().is_empty())
+            .then_some(g.server_check_query),
+        server_check_delay: Duration::from_secs_f64(g.server_check_delay),
+        server_connect_timeout: secs(g.server_connect_timeout),
+        server_login_retry: Duration::from_secs_f64(g.server_login_retry),
+        server_idle_timeout: secs(g.server_idle_timeout),
+        server_lifetime: secs(g.server_lifetime),
+        query_timeout: secs(g.query_timeout),
+        query_wait_timeout: secs(g.query_wait_timeout),
+        client_idle_timeout: secs(g.client_idle_timeout),
+        client_login_timeout: secs(g.client_login_timeout),
+        idle_transaction_timeout: secs(g.idle_transaction_timeout),
+        ignore_startup_parameters: g.ignore_startup_parameters,
+        tracked_parameters: tracked,
+        log_connections: g.log_connections,
+        log_disconnections: g.log_disconnections,
+        log_pooler_errors: g.log_pooler_errors,
+        stats_period: secs(g.stats_period),
+        workers: g.workers,
+        log_format: g.log_format,
+        auth_hba,
+        pidfile: g.pidfile.as_deref().map(|p| resolve(source, p)),
+        logfile: g.logfile.as_deref().map(|p| resolve(source, p)),
+        admin_users: g.admin_users,
+        stats_users: g.stats_users,
+        auth_user: g.auth_user,
+        auth_query: g.auth_query,
+        auth_dbname: g.auth_dbname,
+        client_tls: Arc::new(client_tls),
+        server_tls: Arc::new(server_tls),
+        metrics_addr,
+        kubeconfig: g.kubeconfig.as_deref().map(|p| resolve(source, p)),
+        discovery_hold_timeout: Duration::from_secs_f64(g.discovery_hold_timeout),
+        peering,
+    })
+}
+
+/// One `[databases]` entry, validated; `default_discovery` is the `[pgbouncer]` section's.
+fn database(
+    name: &str,
+    d: RawDatabase,
+    default_discovery: Option<&str>,
+) -> Result<Database, ConfigError> {
+    let mut startup_params = Vec::new();
+    for (k, v) in [
+        ("client_encoding", &d.client_encoding),
+        ("datestyle", &d.datestyle),
+        ("timezone", &d.timezone),
+    ] {
+        if let Some(v) = v {
+            startup_params.push((k.to_owned(), v.clone()));
+        }
+    }
+    let host = d.host.unwrap_or_else(|| "127.0.0.1".into());
+    let port = d.port.unwrap_or(5432);
+    let locate = super::Locate::parse(
+        name,
+        &host,
+        port,
+        d.target_session_attrs.as_deref(),
+        d.discovery.as_deref().or(default_discovery),
+        d.discovery_service.as_deref(),
+    )?;
+    Ok(Database {
+        name: name.to_owned(),
+        host: locate.hosts[0].0.clone(),
+        port: locate.hosts[0].1,
+        dbname: d.dbname,
+        user: d.user,
+        password: d.password.map(|p| Secret::parse(&p)),
+        auth_user: d.auth_user,
+        auth_query: d.auth_query,
+        auth_dbname: d.auth_dbname,
+        pool_size: d.pool_size,
+        min_pool_size: d.min_pool_size,
+        reserve_pool: d.reserve_pool,
+        max_db_connections: d.max_db_connections,
+        pool_mode: d.pool_mode,
+        startup_params,
+        locate,
+    })
+}
+
+impl Config {
     /// The `[databases]` entry for a client's database name, falling back to `*`.
     pub fn database(&self, name: &str) -> Option<&Database> {
         self.databases.get(name).or_else(|| self.databases.get("*"))

@@ -162,48 +162,16 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
         let Some(next) = next else {
             return shut_down(app, stream).await;
         };
-        let after = match next {
-            Message::Gone | Message::Frame(b'X', _) => return,
-            Message::Frame(b'Q', body) => {
-                refused_batch = false;
-                let text = body.strip_suffix(b"\0").unwrap_or(&body);
-                match std::str::from_utf8(text) {
-                    Ok(q) => admin::execute(app, role, q, &mut out),
-                    Err(_) => {
-                        admin::error(&mut out, sqlstate::PROTOCOL_VIOLATION, "invalid command");
-                        After::Ready
-                    }
+        let after = match answer(app, role, next, &mut out, &mut refused_batch) {
+            Step::Reply(after) => after,
+            Step::Ignore => continue,
+            Step::SendNow => {
+                if stream.write_flushed(&out).await.is_err() {
+                    return;
                 }
+                continue;
             }
-            Message::TooLarge(b'Q') => {
-                admin::error(&mut out, sqlstate::PROTOCOL_VIOLATION, "command too long");
-                After::Ready
-            }
-            Message::Frame(b'S', _) if refused_batch => {
-                refused_batch = false;
-                After::Ready
-            }
-            Message::Frame(b'S' | b'H', _) => continue,
-            Message::Frame(tag, _) | Message::TooLarge(tag) => {
-                let extended = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C');
-                if extended && refused_batch {
-                    continue;
-                }
-                let message = if extended {
-                    "extended query protocol not supported by admin console".to_owned()
-                } else {
-                    format!("unsupported packet type for admin console: {tag}")
-                };
-                admin::error(&mut out, sqlstate::PROTOCOL_VIOLATION, &message);
-                if extended {
-                    refused_batch = true;
-                    if stream.write_flushed(&out).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                After::Ready
-            }
+            Step::Leave => return,
         };
         match after {
             After::Ready => {}
@@ -227,6 +195,67 @@ pub(super) async fn serve(app: &App, stream: &mut Stream, buf: &mut BytesMut, ro
         encode::ready_for_query(&mut out, b'I');
         if stream.write_flushed(&out).await.is_err() {
             return;
+        }
+    }
+}
+
+/// What one message from a console client calls for.
+enum Step {
+    /// The reply in `out`, then what the command asks (ReadyForQuery, a wait, or the end).
+    Reply(After),
+    /// Nothing: a message of a refused batch, or a Sync or Flush with nothing to answer.
+    Ignore,
+    /// The error in `out` now, and no ReadyForQuery until the batch's Sync.
+    SendNow,
+    /// The client left or said Terminate.
+    Leave,
+}
+
+/// Answers one message into `out`: simple Queries run; extended-protocol batches are refused once
+/// and ignored up to their Sync.
+fn answer(
+    app: &App,
+    role: Role,
+    next: Message,
+    out: &mut BytesMut,
+    refused_batch: &mut bool,
+) -> Step {
+    match next {
+        Message::Gone | Message::Frame(b'X', _) => Step::Leave,
+        Message::Frame(b'Q', body) => {
+            *refused_batch = false;
+            let text = body.strip_suffix(b"\0").unwrap_or(&body);
+            Step::Reply(match std::str::from_utf8(text) {
+                Ok(q) => admin::execute(app, role, q, out),
+                Err(_) => {
+                    admin::error(out, sqlstate::PROTOCOL_VIOLATION, "invalid command");
+                    After::Ready
+                }
+            })
+        }
+        Message::TooLarge(b'Q') => {
+            admin::error(out, sqlstate::PROTOCOL_VIOLATION, "command too long");
+            Step::Reply(After::Ready)
+        }
+        Message::Frame(b'S', _) if *refused_batch => {
+            *refused_batch = false;
+            Step::Reply(After::Ready)
+        }
+        Message::Frame(b'S' | b'H', _) => Step::Ignore,
+        Message::Frame(tag, _) | Message::TooLarge(tag) => {
+            let extended = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C');
+            if extended && *refused_batch {
+                return Step::Ignore;
+            }
+            if extended {
+                let m = "extended query protocol not supported by admin console";
+                admin::error(out, sqlstate::PROTOCOL_VIOLATION, m);
+                *refused_batch = true;
+                return Step::SendNow;
+            }
+            let m = format!("unsupported packet type for admin console: {tag}");
+            admin::error(out, sqlstate::PROTOCOL_VIOLATION, &m);
+            Step::Reply(After::Ready)
         }
     }
 }

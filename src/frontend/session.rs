@@ -193,6 +193,20 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
     if let Err(end) = align_parameters(app, s, &mut conn, g).await {
         return Some(end);
     }
+    let outcome = relay_attached(app, s, &pool, &mut conn.server, mode, g).await;
+    settle(app, s, &pool, conn, mode, g, outcome).await
+}
+
+/// Relays between the client and its server until the server can be released or something ends
+/// the attachment.
+async fn relay_attached(
+    app: &App,
+    s: &mut Session,
+    pool: &std::sync::Arc<crate::pool::Pool>,
+    server: &mut crate::backend::Server,
+    mode: PoolMode,
+    g: &crate::config::General,
+) -> Result<Outcome, RelayError> {
     let Session {
         stream,
         buf,
@@ -201,7 +215,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
         statements,
         ..
     } = s;
-    me.cancel.target.attach(&conn.server);
+    me.cancel.target.attach(server);
     let outcome = relay::run(
         ClientSide {
             stream,
@@ -219,7 +233,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
                 }
             }),
         },
-        &mut conn.server,
+        server,
         &pool.stats,
         mode,
         Timeouts {
@@ -233,9 +247,23 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
     )
     .await;
     me.cancel.target.detach();
+    outcome
+}
+
+/// What follows the relay: the server back to the pool or closed, and what the client is told.
+/// `Some` ends the session with that reason.
+async fn settle(
+    app: &App,
+    s: &mut Session,
+    pool: &std::sync::Arc<crate::pool::Pool>,
+    conn: Conn,
+    mode: PoolMode,
+    g: &crate::config::General,
+    outcome: Result<Outcome, RelayError>,
+) -> Option<Disconnect> {
     match outcome {
         Ok(Outcome::Released) => {
-            give_back(g, &pool, conn, mode, false).await;
+            give_back(g, pool, conn, mode, false).await;
             let nudge = &s.me.cancel.target.nudge;
             if app.shutdown.phase() >= Phase::WaitForServers || nudge.killed() {
                 return Some(close_for_shutdown(app, &mut s.stream, nudge).await);
@@ -244,7 +272,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
         }
         Ok(Outcome::ClientGone { clean }) => {
             if clean {
-                give_back(g, &pool, conn, mode, true).await;
+                give_back(g, pool, conn, mode, true).await;
             }
             Some(Disconnect::ClientClose)
         }

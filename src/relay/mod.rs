@@ -114,6 +114,12 @@ impl Prepared<'_> {
         )
     }
 
+    /// The same, for a new server attachment.
+    fn attached(self) -> Self {
+        self.state.begin_attachment();
+        self
+    }
+
     fn tracker(&self) -> &Tracker {
         &self.state.tracker
     }
@@ -147,9 +153,76 @@ impl Drop for Track<'_> {
     }
 }
 
-impl Track<'_> {
+impl<'s> Track<'s> {
     fn clean(&self, client: &Scanner, server: &Scanner) -> bool {
         self.tx.is_clean() && client.at_boundary() && server.at_boundary()
+    }
+
+    /// `read`: what the session read before attaching (the start of the request), the client's
+    /// too; a relay is released only with nothing left over, so none of it was counted before.
+    fn new(stats: &'s PoolStats, mode: PoolMode, read: usize) -> Self {
+        let mut t = Track {
+            tx: TxTracker::default(),
+            mode,
+            terminated: false,
+            statement_violation: false,
+            idle_since: Instant::now(),
+            counts: Counts::default(),
+            stats,
+        };
+        t.counts.received += read as u64;
+        t
+    }
+
+    /// With everything written, whether the attachment ends and how. `client_idle`: the client has
+    /// nothing buffered and the statement tracker owes nothing.
+    fn ending(
+        &self,
+        server_error: &mut Option<String>,
+        cscan: &Scanner,
+        sscan: &Scanner,
+        client_idle: bool,
+    ) -> Option<Outcome> {
+        if self.terminated {
+            return Some(Outcome::ClientGone {
+                clean: self.clean(cscan, sscan),
+            });
+        }
+        if server_error.is_some() {
+            return Some(self.server_lost(server_error.take()));
+        }
+        if self.statement_violation {
+            return Some(Outcome::TransactionInStatementMode);
+        }
+        // A frame the client has begun keeps the server: released now, the session would see the
+        // request start and take a server again before reading the rest of it.
+        (self.mode != PoolMode::Session && self.clean(cscan, sscan) && client_idle)
+            .then_some(Outcome::Released)
+    }
+
+    /// Adds the counts to the pool's once a transaction has ended, so the shared counters are
+    /// written once per transaction, not per message.
+    fn add_ended_transactions(&mut self) {
+        if self.counts.xacts != 0 {
+            self.counts.add_to(self.stats);
+        }
+    }
+
+    /// The timeout due now, if one is configured: the query's while a request is owed, the idle
+    /// transaction's inside a block.
+    fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, Expiry)> {
+        if self.tx.pending() > 0 {
+            timeouts
+                .query
+                .zip(self.counts.busy_since())
+                .map(|(d, s)| (s + d, Expiry::Query))
+        } else if self.tx.in_transaction() {
+            timeouts
+                .idle_transaction
+                .map(|d| (self.idle_since + d, Expiry::IdleTransaction))
+        } else {
+            None
+        }
     }
 
     /// The server is gone; `message` is its FATAL error's text, if it sent one.
@@ -179,23 +252,9 @@ pub async fn run(
         tracked,
         prepared,
     } = client;
-    let mut tracking = prepared;
-    if let Some(k) = tracking.as_mut() {
-        k.state.begin_attachment();
-    }
+    let mut tracking = prepared.map(Prepared::attached);
     let mut sscan = Scanner::default();
-    let mut t = Track {
-        tx: TxTracker::default(),
-        mode,
-        terminated: false,
-        statement_violation: false,
-        idle_since: Instant::now(),
-        counts: Counts::default(),
-        stats,
-    };
-    // What the session read before attaching (the start of the request) is the client's too; a
-    // relay is released only with nothing left over, so none of it was counted before.
-    t.counts.received += cbuf.len() as u64;
+    let mut t = Track::new(stats, mode, cbuf.len());
     let mut to_client = BytesMut::new();
     let mut to_server = scan_client(
         cbuf,
@@ -208,77 +267,31 @@ pub async fn run(
     let (mut cread, mut cwrite) = cstream.split();
     let (mut sread, mut swrite) = server.stream.split();
     // Written bytes a TLS stream may still hold (see the module comment).
-    let mut server_unflushed = false;
-    let mut client_unflushed = false;
+    let (mut server_unflushed, mut client_unflushed) = (false, false);
     let mut server_error: Option<String> = None;
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     tokio::pin!(stop);
     loop {
-        if cbuf.capacity() == 0 && to_server.is_empty() {
-            // The request moved to `to_server` whole (`take_front`); its buffer, written out,
-            // takes the client's next bytes.
-            std::mem::swap(cbuf, &mut to_server);
-        }
+        reuse_request_buffer(cbuf, &mut to_server);
         if to_server.is_empty() && to_client.is_empty() && !server_unflushed && !client_unflushed {
-            if t.terminated {
-                return Ok(Outcome::ClientGone {
-                    clean: t.clean(cscan, &sscan),
-                });
-            }
-            if server_error.is_some() {
-                return Ok(t.server_lost(server_error));
-            }
-            if t.statement_violation {
-                return Ok(Outcome::TransactionInStatementMode);
-            }
-            // A frame the client has begun keeps the server: released now, the session would see
-            // the request start and take a server again before reading the rest of it.
-            if mode != PoolMode::Session
-                && t.clean(cscan, &sscan)
-                && cbuf.is_empty()
-                && tracking.as_ref().is_none_or(|k| k.tracker().is_idle())
-            {
-                return Ok(Outcome::Released);
+            // Everything is written: the attachment may end here.
+            let client_idle =
+                cbuf.is_empty() && tracking.as_ref().is_none_or(|k| k.tracker().is_idle());
+            if let Some(end) = t.ending(&mut server_error, cscan, &sscan, client_idle) {
+                return Ok(end);
             }
         }
-        let deadline = if t.tx.pending() > 0 {
-            timeouts
-                .query
-                .zip(t.counts.busy_since())
-                .map(|(d, s)| (s + d, Expiry::Query))
-        } else if t.tx.in_transaction() {
-            timeouts
-                .idle_transaction
-                .map(|d| (t.idle_since + d, Expiry::IdleTransaction))
-        } else {
-            None
-        };
-        // The timer is armed only when a timeout is configured and due, and re-armed only when
-        // its deadline moves: no timer work per message otherwise.
-        if let Some((at, _)) = deadline {
-            match timer.as_mut() {
-                Some(sleep) if sleep.deadline() == at => {}
-                Some(sleep) => sleep.as_mut().reset(at),
-                None => timer = Some(Box::pin(sleep_until(at))),
-            }
-        }
-        // Room for the next read; see `ensure_room`.
-        if to_server.is_empty() {
-            ensure_room(cbuf, !cscan.at_boundary());
-        }
-        if to_client.is_empty() {
-            ensure_room(&mut server.rbuf, !sscan.at_boundary());
-        }
+        let deadline = t.deadline(timeouts);
+        arm(&mut timer, deadline);
+        ensure_room(cbuf, cscan, to_server.is_empty());
+        ensure_room(&mut server.rbuf, &sscan, to_client.is_empty());
         tokio::select! {
             biased;
             r = write_or_flush(&mut swrite, &mut to_server), if !to_server.is_empty() || server_unflushed => {
                 match r {
                     Ok(flushed) => server_unflushed = !flushed && swrite.buffers(),
-                    Err(e) => {
-                        // An OS error is for the log; the client hears only that the server is gone.
-                        tracing::debug!(error = %e, "write to server failed");
-                        return server_gone(&t, &sscan);
-                    }
+                    // An OS error is for the log; the client hears only that the server is gone.
+                    Err(e) => return server_gone(&t, &sscan, Some(e)),
                 }
             }
             r = write_or_flush(&mut cwrite, &mut to_client), if !to_client.is_empty() || client_unflushed => {
@@ -286,18 +299,13 @@ pub async fn run(
             }
             r = sread.read_buf(&mut server.rbuf), if to_client.is_empty() && server_error.is_none() => {
                 match r {
-                    Ok(0) | Err(_) => return server_gone(&t, &sscan),
+                    Ok(0) | Err(_) => return server_gone(&t, &sscan, None),
                     Ok(n) => {
                         t.counts.sent += n as u64;
-                        let fatal;
                         let mut p = Params { server: &mut server.params, client: params, tracked };
-                        (to_client, fatal) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut p, tracking.as_mut(), &mut server.statements, &mut to_server)?;
-                        if let Some(m) = fatal {
-                            server_error = Some(m);
-                        }
-                        if t.counts.xacts != 0 {
-                            t.counts.add_to(t.stats);
-                        }
+                        // Read only while no FATAL is held: `server_error` was None.
+                        (to_client, server_error) = scan_server(&mut server.rbuf, &mut sscan, &mut t, &mut p, tracking.as_mut(), &mut server.statements, &mut to_server)?;
+                        t.add_ended_transactions();
                     }
                 }
             }
@@ -311,13 +319,18 @@ pub async fn run(
                 }
             }
             () = async { if let Some(t) = timer.as_mut() { t.as_mut().await } }, if deadline.is_some() => {
-                return Ok(match deadline {
-                    Some((_, Expiry::Query)) => Outcome::QueryTimeout,
-                    _ => Outcome::IdleTransactionTimeout,
-                });
+                return Ok(deadline.map_or(Outcome::QueryTimeout, |(_, e)| e.outcome()));
             }
             () = &mut stop => return Ok(Outcome::Shutdown),
         }
+    }
+}
+
+/// When the request moved to `to_server` whole (`take_front`) and is written out, its buffer takes
+/// the client's next bytes.
+fn reuse_request_buffer(cbuf: &mut BytesMut, to_server: &mut BytesMut) {
+    if cbuf.capacity() == 0 && to_server.is_empty() {
+        std::mem::swap(cbuf, to_server);
     }
 }
 
@@ -337,15 +350,20 @@ async fn write_or_flush(w: &mut WriteHalf<'_>, buf: &mut BytesMut) -> std::io::R
 const READ_ROOM: usize = 512;
 const STREAM_READ_ROOM: usize = 64 * 1024;
 
-/// Makes room for a read. `read_buf` alone reserves 64 bytes in a full buffer, and a buffer it
-/// reclaims can stay that small: a large message then arrives 64 bytes per read, a syscall, a scan
-/// and a write each (tens of seconds for 64 MiB, depending on how reads happened to split). While
-/// a frame streams through, reads are large; otherwise the buffer in hand is reused as it is.
-fn ensure_room(buf: &mut BytesMut, streaming: bool) {
-    let want = if streaming {
-        STREAM_READ_ROOM
-    } else {
+/// Makes room for the next read into `buf`, once the direction's bytes are all `written` (only then
+/// does it read). `read_buf` alone reserves 64 bytes in a full buffer, and a buffer it reclaims can
+/// stay that small: a large message then arrives 64 bytes per read, a syscall, a scan and a write
+/// each (tens of seconds for 64 MiB, depending on how reads happened to split). While a frame
+/// streams through (`scanner` mid-frame), reads are large; otherwise the buffer in hand is reused
+/// as it is.
+fn ensure_room(buf: &mut BytesMut, scanner: &Scanner, written: bool) {
+    if !written {
+        return;
+    }
+    let want = if scanner.at_boundary() {
         READ_ROOM
+    } else {
+        STREAM_READ_ROOM
     };
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
@@ -358,8 +376,36 @@ enum Expiry {
     IdleTransaction,
 }
 
-/// The server closed or failed: lost, or, mid-message, a client that cannot be resynchronised.
-fn server_gone(t: &Track<'_>, sscan: &Scanner) -> Result<Outcome, RelayError> {
+impl Expiry {
+    fn outcome(self) -> Outcome {
+        match self {
+            Expiry::Query => Outcome::QueryTimeout,
+            Expiry::IdleTransaction => Outcome::IdleTransactionTimeout,
+        }
+    }
+}
+
+/// Arms the timer for `deadline`: only when a timeout is configured and due, and again only when
+/// its deadline moves, so no timer work is done per message otherwise.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Option<(Instant, Expiry)>) {
+    let Some((at, _)) = deadline else { return };
+    match timer.as_mut() {
+        Some(sleep) if sleep.deadline() == at => {}
+        Some(sleep) => sleep.as_mut().reset(at),
+        None => *timer = Some(Box::pin(sleep_until(at))),
+    }
+}
+
+/// The server closed or failed (`error`, for the log): lost, or, mid-message, a client that cannot
+/// be resynchronised.
+fn server_gone(
+    t: &Track<'_>,
+    sscan: &Scanner,
+    error: Option<std::io::Error>,
+) -> Result<Outcome, RelayError> {
+    if let Some(e) = error {
+        tracing::debug!(error = %e, "write to server failed");
+    }
     if !sscan.at_boundary() {
         return Err(RelayError::ServerLostMidMessage);
     }

@@ -41,6 +41,90 @@ fn tracked_client_inspects(tag: u8, total: usize, hold: bool, max_held: usize) -
     }
 }
 
+/// What stops forwarding in one scan of a tracked client's bytes.
+#[derive(Default)]
+struct Stop {
+    /// Length of a frame (or a frame's head) at the end of the scanned bytes that must not be
+    /// forwarded as is.
+    cut: Option<usize>,
+    bad: Option<ProtoError>,
+    /// The rest of the frame whose head was cut goes nowhere.
+    discard: bool,
+}
+
+/// What a tracked client's frames are handed to, borrowed for one scan.
+struct Frames<'a, 'k, 's> {
+    k: &'a mut Tracking<'k>,
+    server_statements: &'a mut ServerStatements,
+    to_client: &'a mut BytesMut,
+    t: &'a mut Track<'s>,
+    stop: Stop,
+}
+
+impl Frames<'_, '_, '_> {
+    /// The head of a frame too large to hold (a Parse's or Bind's names); false stops the scan.
+    fn head(&mut self, tag: u8, head: &[u8], total: usize) -> bool {
+        let (mut ctx, tracker, replacement, _) = self.k.parts(self.server_statements);
+        let r = tracker.on_client_head(tag, head, total, &mut ctx, replacement, self.to_client);
+        let replaced = !replacement.is_empty();
+        match r {
+            Ok(HeadAction::Forward) => {
+                note_request(self.t, tag);
+                true
+            }
+            Ok(a) => {
+                if replaced {
+                    note_request(self.t, tag);
+                }
+                self.stop.discard = a == HeadAction::Discard;
+                self.stop.cut = Some(5 + head.len());
+                false
+            }
+            Err(e) => {
+                self.stop.bad = Some(e);
+                false
+            }
+        }
+    }
+
+    /// A whole frame (`body`), or one streaming through (`None`); false stops the scan.
+    fn frame(&mut self, tag: u8, body: Option<&[u8]>) -> bool {
+        let len = body.map(|b| 5 + b.len());
+        if tag == b'X' {
+            self.t.terminated = true;
+            self.stop.cut = len;
+            return false;
+        }
+        let (mut ctx, tracker, replacement, _) = self.k.parts(self.server_statements);
+        match tracker.on_client(tag, body, &mut ctx, replacement, self.to_client) {
+            Ok(ClientAction::Forward) => {
+                note_request(self.t, tag);
+                true
+            }
+            // A frame streaming through cannot be cut; the tracker drops one only while the
+            // server skips to Sync, which ignores it anyway.
+            Ok(ClientAction::Replace) if len.is_none() => true,
+            Ok(ClientAction::Replace) => {
+                if !self.k.state.replacement.is_empty() {
+                    note_request(self.t, tag);
+                }
+                self.stop.cut = len;
+                false
+            }
+            // Held frames count as sent: they go to the server when the hold ends.
+            Ok(ClientAction::Held) => {
+                note_request(self.t, tag);
+                self.stop.cut = len;
+                false
+            }
+            Err(e) => {
+                self.stop.bad = Some(e);
+                false
+            }
+        }
+    }
+}
+
 /// Scans what the client sent and splits off the bytes to forward. With prepared statements
 /// tracked, frames the tracker rewrites or answers are cut out and its bytes put in their place;
 /// its own replies go to `to_client`.
@@ -57,93 +141,32 @@ pub(super) fn scan_client(
     };
     let mut out = BytesMut::new();
     loop {
-        // Length of a frame (or a frame's head) at the end of the scanned bytes that must not be
-        // forwarded as is.
-        let mut cut: Option<usize> = None;
-        let mut bad: Option<ProtoError> = None;
-        // The rest of the frame whose head was cut goes nowhere.
-        let mut discard = false;
         // While the tracker holds messages it needs every frame whole.
         let hold = std::cell::Cell::new(k.tracker().holds_client());
         let max_held = k.max_held;
+        let mut frames = Frames {
+            k: &mut *k,
+            server_statements: &mut *server_statements,
+            to_client: &mut *to_client,
+            t: &mut *t,
+            stop: Stop::default(),
+        };
         let scanned = cscan
             .scan(
                 cbuf,
                 |tag, total| tracked_client_inspects(tag, total, hold.get(), max_held),
                 |e| {
-                    let (tag, body) = match e {
-                        Event::Whole { tag, body } => (tag, Some(body)),
-                        Event::Passing { tag } => (tag, None),
-                        Event::Head { tag, head, total } => {
-                            let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
-                            let r = tracker.on_client_head(
-                                tag,
-                                head,
-                                total,
-                                &mut ctx,
-                                replacement,
-                                to_client,
-                            );
-                            hold.set(tracker.holds_client());
-                            let replaced = !replacement.is_empty();
-                            return match r {
-                                Ok(HeadAction::Forward) => {
-                                    note_request(t, tag);
-                                    true
-                                }
-                                Ok(a) => {
-                                    if replaced {
-                                        note_request(t, tag);
-                                    }
-                                    discard = a == HeadAction::Discard;
-                                    cut = Some(5 + head.len());
-                                    false
-                                }
-                                Err(e) => {
-                                    bad = Some(e);
-                                    false
-                                }
-                            };
-                        }
+                    let go_on = match e {
+                        Event::Whole { tag, body } => frames.frame(tag, Some(body)),
+                        Event::Passing { tag } => frames.frame(tag, None),
+                        Event::Head { tag, head, total } => frames.head(tag, head, total),
                     };
-                    let len = body.map(|b| 5 + b.len());
-                    if tag == b'X' {
-                        t.terminated = true;
-                        cut = len;
-                        return false;
-                    }
-                    let (mut ctx, tracker, replacement, _) = k.parts(server_statements);
-                    let r = tracker.on_client(tag, body, &mut ctx, replacement, to_client);
-                    hold.set(tracker.holds_client());
-                    match r {
-                        Ok(ClientAction::Forward) => {
-                            note_request(t, tag);
-                            true
-                        }
-                        // A frame streaming through cannot be cut; the tracker drops one only while
-                        // the server skips to Sync, which ignores it anyway.
-                        Ok(ClientAction::Replace) if len.is_none() => true,
-                        Ok(ClientAction::Replace) => {
-                            if !k.state.replacement.is_empty() {
-                                note_request(t, tag);
-                            }
-                            cut = len;
-                            false
-                        }
-                        // Held frames count as sent: they go to the server when the hold ends.
-                        Ok(ClientAction::Held) => {
-                            note_request(t, tag);
-                            cut = len;
-                            false
-                        }
-                        Err(e) => {
-                            bad = Some(e);
-                            false
-                        }
-                    }
+                    hold.set(frames.k.tracker().holds_client());
+                    go_on
                 },
             )
             .map_err(RelayError::ClientProto)?;
+        let Stop { cut, bad, discard } = frames.stop;
         if let Some(e) = bad {
             return Err(RelayError::ClientProto(e));
         }

@@ -52,20 +52,7 @@ async fn read_startup(
     buf: &mut BytesMut,
     tls: &ClientTls,
 ) -> Result<StartupMessage, LoginEnd> {
-    if let Some(acceptor) = &tls.acceptor {
-        if buf.is_empty() && stream.peek_first().await.ok().flatten() == Some(TLS_HANDSHAKE_RECORD)
-        {
-            let accepted = stream.accept_tls(acceptor).await;
-            app.events.client_tls_handshake(accepted.is_ok());
-            accepted.map_err(|_| LoginEnd::Gone)?;
-            if stream.alpn_protocol().as_deref() != Some(ALPN_POSTGRESQL) {
-                let e = ClientError::protocol_violation(
-                    "received direct SSL connection request without ALPN protocol negotiation extension",
-                );
-                return Err(reject(&app.events, stream, e).await);
-            }
-        }
-    }
+    accept_direct_tls(app, stream, buf, tls).await?;
     loop {
         match startup::parse(buf) {
             Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest))
@@ -75,26 +62,10 @@ async fn read_startup(
                 let e = ClientError::protocol_violation("unexpected data after SSLRequest");
                 return Err(reject(&app.events, stream, e).await);
             }
-            Ok(Some(StartupPacket::SslRequest)) => match &tls.acceptor {
-                Some(acceptor) if !stream.is_tls() && !stream.is_unix() => {
-                    stream
-                        .write_flushed(b"S")
-                        .await
-                        .map_err(|_| LoginEnd::Gone)?;
-                    // A failed handshake leaves nothing to send an error over.
-                    let accepted = stream.accept_tls(acceptor).await;
-                    app.events.client_tls_handshake(accepted.is_ok());
-                    accepted.map_err(|_| LoginEnd::Gone)?;
-                    continue;
-                }
-                _ => {
-                    stream
-                        .write_flushed(b"N")
-                        .await
-                        .map_err(|_| LoginEnd::Gone)?;
-                    continue;
-                }
-            },
+            Ok(Some(StartupPacket::SslRequest)) => {
+                answer_ssl_request(app, stream, tls).await?;
+                continue;
+            }
             Ok(Some(StartupPacket::GssEncRequest)) => {
                 stream
                     .write_flushed(b"N")
@@ -135,6 +106,52 @@ async fn read_startup(
             Ok(_) => {}
         }
     }
+}
+
+/// PostgreSQL 17's direct TLS: a ClientHello as the very first bytes, which must name the
+/// `postgresql` protocol by ALPN.
+async fn accept_direct_tls(
+    app: &App,
+    stream: &mut Stream,
+    buf: &BytesMut,
+    tls: &ClientTls,
+) -> Result<(), LoginEnd> {
+    let Some(acceptor) = &tls.acceptor else {
+        return Ok(());
+    };
+    if !buf.is_empty() || stream.peek_first().await.ok().flatten() != Some(TLS_HANDSHAKE_RECORD) {
+        return Ok(());
+    }
+    let accepted = stream.accept_tls(acceptor).await;
+    app.events.client_tls_handshake(accepted.is_ok());
+    accepted.map_err(|_| LoginEnd::Gone)?;
+    if stream.alpn_protocol().as_deref() != Some(ALPN_POSTGRESQL) {
+        let e = ClientError::protocol_violation(
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        );
+        return Err(reject(&app.events, stream, e).await);
+    }
+    Ok(())
+}
+
+/// SSLRequest: `S` and the TLS handshake when TLS is configured for this connection, else `N`.
+async fn answer_ssl_request(
+    app: &App,
+    stream: &mut Stream,
+    tls: &ClientTls,
+) -> Result<(), LoginEnd> {
+    let acceptor = match &tls.acceptor {
+        Some(a) if !stream.is_tls() && !stream.is_unix() => a,
+        _ => return stream.write_flushed(b"N").await.map_err(|_| LoginEnd::Gone),
+    };
+    stream
+        .write_flushed(b"S")
+        .await
+        .map_err(|_| LoginEnd::Gone)?;
+    // A failed handshake leaves nothing to send an error over.
+    let accepted = stream.accept_tls(acceptor).await;
+    app.events.client_tls_handshake(accepted.is_ok());
+    accepted.map_err(|_| LoginEnd::Gone)
 }
 
 /// Runs the whole login. On success the client has received AuthenticationOk, the parameters,

@@ -118,58 +118,8 @@ pub(super) fn parse(raw: &RawConfig) -> Result<Peering, ConfigError> {
             g.peer_id
         )));
     }
-    let mut statics = BTreeMap::new();
-    for (key, p) in &raw.peers {
-        let id: u16 = key
-            .trim()
-            .parse()
-            .ok()
-            .filter(|id| (1..=MAX_PEER_ID).contains(id))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "[peers] \"{key}\" is not a peer id (1-{MAX_PEER_ID})"
-                ))
-            })?;
-        let host = p
-            .host
-            .clone()
-            .filter(|h| !h.trim().is_empty())
-            .ok_or_else(|| invalid(format!("[peers] {id} has no host")))?;
-        if id != g.peer_id {
-            statics.insert(
-                id,
-                PeerAddr {
-                    host,
-                    port: p.port.unwrap_or(6432),
-                    pool_size: p.pool_size,
-                },
-            );
-        }
-    }
-    let service = match g.peer_discovery.trim() {
-        "" | "none" => None,
-        "kubernetes" => {
-            let s = g.peer_service.trim();
-            let (ns, name) = match s.split_once('/') {
-                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
-                None => (super::locate::own_namespace(), s.to_owned()),
-            };
-            if name.is_empty() {
-                return Err(invalid(
-                    "peer_discovery = kubernetes needs peer_service = [namespace/]name (the pooler's own Service)",
-                ));
-            }
-            Some(KubeService {
-                namespace: ns,
-                name,
-            })
-        }
-        other => {
-            return Err(invalid(format!(
-                "peer_discovery \"{other}\": pgsluice knows kubernetes"
-            )))
-        }
-    };
+    let statics = static_peers(raw)?;
+    let service = peer_service(g)?;
     let address = own_address(&g.peer_address, &g.listen_addr)?;
     let id = match (&service, address) {
         (Some(_), Some(ip)) => id_of_address(ip),
@@ -207,6 +157,69 @@ pub(super) fn parse(raw: &RawConfig) -> Result<Peering, ConfigError> {
         budget,
         settle: Duration::try_from_secs_f64(g.budget_settle)
             .map_err(|_| invalid("budget_settle must be a number of seconds ≥ 0"))?,
+    })
+}
+
+/// The `[peers]` section, less this process's own entry.
+fn static_peers(raw: &RawConfig) -> Result<BTreeMap<u16, PeerAddr>, ConfigError> {
+    let g = &raw.general;
+    let mut statics = BTreeMap::new();
+    for (key, p) in &raw.peers {
+        let id: u16 = key
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| (1..=MAX_PEER_ID).contains(id))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "[peers] \"{key}\" is not a peer id (1-{MAX_PEER_ID})"
+                ))
+            })?;
+        let host = p
+            .host
+            .clone()
+            .filter(|h| !h.trim().is_empty())
+            .ok_or_else(|| invalid(format!("[peers] {id} has no host")))?;
+        if id != g.peer_id {
+            statics.insert(
+                id,
+                PeerAddr {
+                    host,
+                    port: p.port.unwrap_or(6432),
+                    pool_size: p.pool_size,
+                },
+            );
+        }
+    }
+    Ok(statics)
+}
+
+/// `peer_discovery` and `peer_service`: the pooler's own Service, when replicas find each other
+/// by Kubernetes.
+fn peer_service(g: &super::raw::RawGeneral) -> Result<Option<KubeService>, ConfigError> {
+    Ok(match g.peer_discovery.trim() {
+        "" | "none" => None,
+        "kubernetes" => {
+            let s = g.peer_service.trim();
+            let (ns, name) = match s.split_once('/') {
+                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+                None => (super::locate::own_namespace(), s.to_owned()),
+            };
+            if name.is_empty() {
+                return Err(invalid(
+                    "peer_discovery = kubernetes needs peer_service = [namespace/]name (the pooler's own Service)",
+                ));
+            }
+            Some(KubeService {
+                namespace: ns,
+                name,
+            })
+        }
+        other => {
+            return Err(invalid(format!(
+                "peer_discovery \"{other}\": pgsluice knows kubernetes"
+            )))
+        }
     })
 }
 

@@ -3,6 +3,8 @@
 //! cluster.
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// How many endpoints are taken from all slices: a Service for one database never has more, and a
@@ -56,9 +58,85 @@ pub fn ready<'a>(
     out
 }
 
+/// The slices of one Service as a watch reports them. A relist (after the watch restarts) builds
+/// the next set aside and swaps it in when complete, so the pools never see half a list.
+#[derive(Debug, Default)]
+pub struct SliceSet {
+    by_name: BTreeMap<String, EndpointSlice>,
+    relisting: Option<BTreeMap<String, EndpointSlice>>,
+    listed: bool,
+}
+
+impl SliceSet {
+    /// Applies one watch event. True when the set is complete, so its endpoints may be published.
+    pub fn apply(&mut self, event: Event<EndpointSlice>) -> bool {
+        let key = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
+        match event {
+            Event::Init => self.relisting = Some(BTreeMap::new()),
+            Event::InitApply(s) => {
+                if let Some(r) = self.relisting.as_mut() {
+                    r.insert(key(&s), s);
+                }
+            }
+            Event::InitDone => {
+                self.by_name = self.relisting.take().unwrap_or_default();
+                self.listed = true;
+            }
+            Event::Apply(s) => {
+                self.by_name.insert(key(&s), s);
+            }
+            Event::Delete(s) => {
+                self.by_name.remove(&key(&s));
+            }
+        }
+        self.listed && self.relisting.is_none()
+    }
+
+    /// Whether a complete list was ever had.
+    pub fn listed(&self) -> bool {
+        self.listed
+    }
+
+    /// The ready endpoints of the set (see [`ready`]).
+    pub fn ready(&self, default_port: u16) -> Vec<SocketAddr> {
+        ready(self.by_name.values(), default_port)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relist_is_published_only_when_complete() {
+        let named = |name: &str, ip: &str| {
+            slice(serde_json::json!({
+                "metadata": {"name": name}, "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}]
+            }))
+        };
+        let mut set = SliceSet::default();
+        assert!(!set.apply(Event::Init));
+        assert!(!set.apply(Event::InitApply(named("a", "10.0.0.1"))));
+        assert!(set.apply(Event::InitDone));
+        assert_eq!(
+            set.ready(5432),
+            vec!["10.0.0.1:5432".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(set.apply(Event::Apply(named("b", "10.0.0.2"))));
+        assert_eq!(set.ready(5432).len(), 2);
+        // The watch restarts: the old set stands until the new list is complete.
+        assert!(!set.apply(Event::Init));
+        assert!(!set.apply(Event::InitApply(named("c", "10.0.0.3"))));
+        assert_eq!(set.ready(5432).len(), 2, "half a relist is not published");
+        assert!(set.apply(Event::InitDone));
+        assert_eq!(
+            set.ready(5432),
+            vec!["10.0.0.3:5432".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(set.apply(Event::Delete(named("c", "10.0.0.3"))));
+        assert!(set.ready(5432).is_empty());
+    }
 
     fn slice(json: serde_json::Value) -> EndpointSlice {
         serde_json::from_value(json).unwrap()

@@ -12,9 +12,8 @@
 use super::{endpoints, Endpoints, Service};
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -74,12 +73,8 @@ pub async fn watch_service(
     let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}"));
     let events = watcher::watcher(api, config).default_backoff();
     futures_util::pin_mut!(events);
-    // The slices by name; a relist builds the next set aside and swaps it in when complete.
-    let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-    let mut relisting: Option<BTreeMap<String, EndpointSlice>> = None;
-    let mut listed = false;
+    let mut slices = endpoints::SliceSet::default();
     let mut failing = false;
-    let key = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
     loop {
         let event = tokio::select! {
             e = events.next() => e,
@@ -96,37 +91,12 @@ pub async fn watch_service(
                     );
                     failing = false;
                 }
-                match event {
-                    Event::Init => relisting = Some(BTreeMap::new()),
-                    Event::InitApply(s) => {
-                        if let Some(r) = relisting.as_mut() {
-                            r.insert(key(&s), s);
-                        }
-                    }
-                    Event::InitDone => {
-                        slices = relisting.take().unwrap_or_default();
-                        listed = true;
-                    }
-                    Event::Apply(s) => {
-                        slices.insert(key(&s), s);
-                    }
-                    Event::Delete(s) => {
-                        slices.remove(&key(&s));
-                    }
-                }
-                if listed
-                    && relisting.is_none()
-                    && publish(
-                        &tx,
-                        &service,
-                        endpoints::ready(slices.values(), default_port),
-                    )
-                {
+                if slices.apply(event) && publish(&tx, &service, slices.ready(default_port)) {
                     changes.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
-                if let (Some(code), false) = (refused(&e), listed) {
+                if let (Some(code), false) = (refused(&e), slices.listed()) {
                     tracing::warn!(namespace = ns, service = name, code, error = %e,
                         "discovery falls back to DNS: the EndpointSlice watch is refused (RBAC: get, list, watch on endpointslices)");
                     tx.send_replace(Endpoints::Fallback);

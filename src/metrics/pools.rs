@@ -18,6 +18,7 @@ pub fn families(registry: &Registry) -> Vec<MetricFamily> {
     let mut pools = registry.all();
     pools.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = gauges(&pools, registry);
+    out.extend(limit_gauges(&pools));
     out.extend(counters(&pools));
     out.extend(histograms(&pools));
     out
@@ -44,29 +45,6 @@ fn gauges(pools: &[Arc<Pool>], registry: &Registry) -> Vec<MetricFamily> {
         "pgsluice_pool_disabled",
         "1 while the pool's database is DISABLEd.",
     );
-    let mut limits = [
-        (
-            "pgsluice_pool_size",
-            "Servers the pool may open (pool_size).",
-        ),
-        (
-            "pgsluice_pool_min_size",
-            "Servers kept open (min_pool_size).",
-        ),
-        (
-            "pgsluice_pool_reserve_size",
-            "Extra servers for long waits (reserve_pool_size).",
-        ),
-        (
-            "pgsluice_pool_max_db_connections",
-            "Servers the pool's database may have across pools; 0 is unlimited.",
-        ),
-        (
-            "pgsluice_pool_max_user_connections",
-            "Servers the pool's user may have across pools; 0 is unlimited.",
-        ),
-    ]
-    .map(|(name, help)| Family::gauge(name, help));
     for p in pools {
         let (db, user) = (p.key.database.as_str(), p.key.user.as_str());
         let c = p.census();
@@ -97,6 +75,46 @@ fn gauges(pools: &[Arc<Pool>], registry: &Registry) -> Vec<MetricFamily> {
         max_wait.add(&pair, c.max_wait_us as f64 / 1e6);
         paused.add(&pair, f64::from(u8::from(p.is_paused())));
         disabled.add(&pair, f64::from(u8::from(registry.is_disabled(db))));
+    }
+    vec![
+        clients.done(),
+        servers.done(),
+        max_wait.done(),
+        paused.done(),
+        disabled.done(),
+    ]
+}
+
+/// The limits in force for each pool (after a Service-wide budget divided them).
+fn limit_gauges(pools: &[Arc<Pool>]) -> [MetricFamily; 5] {
+    let mut limits = [
+        (
+            "pgsluice_pool_size",
+            "Servers the pool may open (pool_size).",
+        ),
+        (
+            "pgsluice_pool_min_size",
+            "Servers kept open (min_pool_size).",
+        ),
+        (
+            "pgsluice_pool_reserve_size",
+            "Extra servers for long waits (reserve_pool_size).",
+        ),
+        (
+            "pgsluice_pool_max_db_connections",
+            "Servers the pool's database may have across pools; 0 is unlimited.",
+        ),
+        (
+            "pgsluice_pool_max_user_connections",
+            "Servers the pool's user may have across pools; 0 is unlimited.",
+        ),
+    ]
+    .map(|(name, help)| Family::gauge(name, help));
+    for p in pools {
+        let pair = [
+            ("database", p.key.database.as_str()),
+            ("user", p.key.user.as_str()),
+        ];
         let s = p.settings();
         let values = [
             s.pool_size,
@@ -109,15 +127,7 @@ fn gauges(pools: &[Arc<Pool>], registry: &Registry) -> Vec<MetricFamily> {
             f.add(&pair, v as f64);
         }
     }
-    let mut out = vec![
-        clients.done(),
-        servers.done(),
-        max_wait.done(),
-        paused.done(),
-        disabled.done(),
-    ];
-    out.extend(limits.map(Family::done));
-    out
+    limits.map(Family::done)
 }
 
 fn counters(pools: &[Arc<Pool>]) -> Vec<MetricFamily> {

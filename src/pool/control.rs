@@ -7,23 +7,33 @@
 //! A pool created while its database is paused starts paused.
 
 use super::registry::Registry;
-use super::Pool;
-use std::sync::atomic::Ordering;
+use super::{Pool, PoolState};
 use std::sync::Arc;
 use tokio::time::Instant;
 
 impl Pool {
     pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
+        self.state() == PoolState::Paused
     }
 
-    fn pause(self: &Arc<Self>) {
-        self.paused.store(true, Ordering::Release);
+    /// PAUSE: a closing pool stays closing (it closes its servers anyway).
+    pub(super) fn pause(self: &Arc<Self>) {
+        {
+            let mut inner = self.inner.lock();
+            if inner.state == PoolState::Open {
+                inner.state = PoolState::Paused;
+            }
+        }
         self.evict_idle(|_, _| true);
     }
 
     fn resume(&self) {
-        self.paused.store(false, Ordering::Release);
+        {
+            let mut inner = self.inner.lock();
+            if inner.state == PoolState::Paused {
+                inner.state = PoolState::Open;
+            }
+        }
         self.resumed.notify_waiters();
     }
 

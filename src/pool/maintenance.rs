@@ -50,6 +50,8 @@ fn tidy(pool: &Arc<Pool>) {
             hit
         });
     }
+    // Read before evict_idle, which holds the pool's lock while it asks.
+    let closing = pool.state() == super::PoolState::Closing;
     pool.evict_idle(|server, total| {
         let too_old = s
             .server_lifetime
@@ -57,9 +59,9 @@ fn tidy(pool: &Arc<Pool>) {
         let idle_too_long = total > s.min_pool_size
             && s.server_idle_timeout
                 .is_some_and(|t| now.duration_since(server.last_used) >= t);
-        too_old || idle_too_long || s.closing || !server.is_healthy_idle()
+        too_old || idle_too_long || closing || !server.is_healthy_idle()
     });
-    if s.closing || s.min_pool_size == 0 || pool.is_paused() {
+    if pool.state() != super::PoolState::Open || s.min_pool_size == 0 {
         return;
     }
     let (_, total) = pool.counts();

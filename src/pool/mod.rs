@@ -30,7 +30,7 @@ use limit::Limit;
 use open::LoginFailure;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -103,8 +103,23 @@ struct Waiter {
     reserve_at: Option<Instant>,
 }
 
-#[derive(Default)]
+/// Where a pool stands. DISABLE is not here: it refuses logins to a database before any pool of
+/// it exists, so it is the registry's, per database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolState {
+    #[default]
+    Open,
+    /// PAUSE: checkouts wait for RESUME; servers that come back are closed.
+    Paused,
+    /// The database entry is gone after a reload: connected clients are served, and servers are
+    /// closed as they come back.
+    Closing,
+}
+
+/// The pool's one lock: everything that changes, kept small and never held across `.await`.
 struct Inner {
+    settings: Arc<PoolSettings>,
+    state: PoolState,
     /// Boxed once when opened: a server changes hands at every checkout and check-in, and a
     /// pointer moves where the whole connection state (several hundred bytes) would be copied.
     #[allow(clippy::vec_box)]
@@ -115,28 +130,26 @@ struct Inner {
     gate: ConnectGate,
     /// RECONNECT: servers opened before this are closed when released.
     retire_before: Option<Instant>,
+    /// Server parameters from the latest login, shown to clients when they log in.
+    welcome: Option<ParamSet>,
+    /// The tracked parameters of the latest client to log in, shared with the next one whose
+    /// values are the same (see [`Pool::share_client_params`]).
+    client_params: ParamSet,
+    /// When and how opening a server last failed, for `server_login_retry`.
+    last_login_failure: Option<LoginFailure>,
 }
 
 pub struct Pool {
     pub key: PoolKey,
-    settings: Mutex<Arc<PoolSettings>>,
     inner: Mutex<Inner>,
     db_limit: Arc<Limit>,
     user_limit: Arc<Limit>,
-    /// Server parameters from the latest login, shown to clients when they log in.
-    welcome: Mutex<Option<ParamSet>>,
-    /// The tracked parameters of the latest client to log in, shared with the next one whose
-    /// values are the same (see [`Pool::share_client_params`]).
-    client_params: Mutex<ParamSet>,
-    /// When and how opening a server last failed, for `server_login_retry`.
-    last_login_failure: Mutex<Option<LoginFailure>>,
     pub stats: PoolStats,
     /// Clients logged in to this pool ([`Pool::client_joined`], [`Pool::client_left`]).
     clients: AtomicUsize,
     /// Servers being opened.
     opening: AtomicUsize,
-    /// PAUSE: checkouts wait for `resumed` (control.rs).
-    paused: AtomicBool,
+    /// Wakes checkouts waiting while the pool is paused (control.rs).
     resumed: tokio::sync::Notify,
 }
 
@@ -192,38 +205,59 @@ impl Pool {
     ) -> Self {
         Self {
             key,
-            settings: Mutex::new(Arc::new(settings)),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                settings: Arc::new(settings),
+                state: PoolState::Open,
+                idle: Vec::new(),
+                total: 0,
+                waiters: VecDeque::new(),
+                gate: ConnectGate::default(),
+                retire_before: None,
+                welcome: None,
+                client_params: ParamSet::default(),
+                last_login_failure: None,
+            }),
             db_limit,
             user_limit,
-            welcome: Mutex::new(None),
-            client_params: Mutex::default(),
-            last_login_failure: Mutex::new(None),
             stats: PoolStats::default(),
             clients: AtomicUsize::new(0),
             opening: AtomicUsize::new(0),
-            paused: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
         }
     }
 
     pub fn settings(&self) -> Arc<PoolSettings> {
-        self.settings.lock().clone()
+        self.inner.lock().settings.clone()
     }
 
     /// Reads the settings in place: no reference count to bump on a line every thread shares.
+    /// `f` must not call back into the pool.
     pub fn with_settings<R>(&self, f: impl FnOnce(&PoolSettings) -> R) -> R {
-        f(&self.settings.lock())
+        f(&self.inner.lock().settings)
     }
 
+    /// New settings from a reload; a pool that was closing opens again (its database is back).
     pub fn update_settings(&self, s: PoolSettings) {
-        *self.settings.lock() = Arc::new(s);
+        let mut inner = self.inner.lock();
+        inner.settings = Arc::new(s);
+        if inner.state == PoolState::Closing {
+            inner.state = PoolState::Open;
+        }
+    }
+
+    /// The database entry is gone: see [`PoolState::Closing`].
+    pub fn close(&self) {
+        self.inner.lock().state = PoolState::Closing;
+    }
+
+    pub fn state(&self) -> PoolState {
+        self.inner.lock().state
     }
 
     /// A logging-in client's tracked parameters, as a clone of the previous client's set when the
     /// values are the same: most clients of one pool log in alike, and then share one allocation.
     pub fn share_client_params(&self, params: ParamSet) -> ParamSet {
-        let mut last = self.client_params.lock();
+        let last = &mut self.inner.lock().client_params;
         if *last == params {
             last.clone()
         } else {
@@ -233,7 +267,7 @@ impl Pool {
     }
 
     pub fn welcome_params(&self) -> Option<ParamSet> {
-        self.welcome.lock().clone()
+        self.inner.lock().welcome.clone()
     }
 
     /// Takes a slot if the pool, database and user limits allow; `reserve` allows the reserve pool.
@@ -350,16 +384,15 @@ impl Pool {
     /// Returns a clean server (ReadyForQuery `I`, nothing outstanding) to the pool.
     pub fn checkin(self: &Arc<Self>, conn: Conn) {
         let now = Instant::now();
-        let (expired, cap) = self.with_settings(|s| {
-            let expired = s.closing
-                || s.server_lifetime
-                    .is_some_and(|l| now.saturating_duration_since(conn.server.created) >= l);
-            (expired, s.pool_size + s.reserve_pool_size)
-        });
-        if expired || self.is_paused() {
+        let mut inner = self.inner.lock();
+        let s = &inner.settings;
+        let expired = inner.state != PoolState::Open
+            || s.server_lifetime
+                .is_some_and(|l| now.saturating_duration_since(conn.server.created) >= l);
+        let cap = s.pool_size + s.reserve_pool_size;
+        if expired {
             return;
         }
-        let mut inner = self.inner.lock();
         // A lowered limit (a reload, or a budget shared with more replicas now) closes servers
         // as they come back until the pool is within it.
         let over = inner.total > cap || self.db_limit.excess() > 0 || self.user_limit.excess() > 0;

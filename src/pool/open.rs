@@ -40,9 +40,12 @@ impl Pool {
 
     /// The last login failure, if it was less than `server_login_retry` ago.
     fn recent_login_failure(&self, now: Instant) -> Option<BackendError> {
-        let retry = self.settings().server_login_retry;
-        let last = self.last_login_failure.lock();
-        let f = last.as_ref().filter(|f| now.duration_since(f.at) < retry)?;
+        let inner = self.inner.lock();
+        let retry = inner.settings.server_login_retry;
+        let f = inner
+            .last_login_failure
+            .as_ref()
+            .filter(|f| now.duration_since(f.at) < retry)?;
         Some(BackendError::LoginRetry {
             code: f.code.clone(),
             last: f.message.clone(),
@@ -70,8 +73,8 @@ impl Pool {
         self.stats.note_connect(result, started.elapsed());
         match &opened {
             Ok(_) => {
-                *self.last_login_failure.lock() = None;
                 let mut inner = self.inner.lock();
+                inner.last_login_failure = None;
                 if !inner.gate.is_open() {
                     inner.gate.succeeded();
                     tracing::info!(db = %self.key.database, user = %self.key.user, "server reachable again");
@@ -92,7 +95,7 @@ impl Pool {
             Err(e) => {
                 // Told to the clients that come next: the client-safe text.
                 let told = crate::error::ClientError::from(e);
-                *self.last_login_failure.lock() = Some(LoginFailure {
+                self.inner.lock().last_login_failure = Some(LoginFailure {
                     at: Instant::now(),
                     code: told.code.into_owned(),
                     message: told.message.into_owned(),
@@ -139,7 +142,7 @@ impl Pool {
                 last = BackendError::ReadOnly;
                 continue;
             }
-            *self.welcome.lock() = Some(server.params.clone());
+            self.inner.lock().welcome = Some(server.params.clone());
             return Ok(Box::new(server));
         }
         Err(last)

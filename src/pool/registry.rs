@@ -91,8 +91,7 @@ impl Registry {
                     user_limit.clone(),
                 ));
                 if paused {
-                    pool.paused
-                        .store(true, std::sync::atomic::Ordering::Release);
+                    pool.pause();
                 }
                 db_limit.join(&pool);
                 user_limit.join(&pool);
@@ -139,11 +138,7 @@ impl Registry {
                         p.reconnect();
                     }
                 }
-                None => {
-                    let mut s = (*p.settings()).clone();
-                    s.closing = true;
-                    p.update_settings(s);
-                }
+                None => p.close(),
             }
         }
     }

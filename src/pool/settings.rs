@@ -79,8 +79,6 @@ pub struct PoolSettings {
     pub server_check_query: Option<String>,
     pub server_check_delay: Duration,
     pub login: LoginInfo,
-    /// The database entry is gone after a reload: servers are closed as they come back.
-    pub closing: bool,
 }
 
 /// What pool settings draw on besides the configuration, all owned by the App.
@@ -171,7 +169,6 @@ impl PoolSettings {
                 store: Arc::clone(store),
                 kdf: Arc::clone(kdf),
             },
-            closing: false,
         })
     }
 }

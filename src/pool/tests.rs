@@ -82,3 +82,44 @@ fn only_failures_that_pass_keep_clients_waiting() {
     };
     assert!(!tls.is_transient());
 }
+
+/// A pool of database `app` under `ini`'s settings, with no server behind it.
+fn pool_of(ini: &str) -> std::sync::Arc<Pool> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgsluice.ini");
+    std::fs::write(&path, ini).unwrap();
+    let config = crate::config::load(&path).unwrap();
+    let sources = super::Sources {
+        store: &Default::default(),
+        discovery: &Default::default(),
+        kdf: &Default::default(),
+    };
+    let settings = PoolSettings::resolve(&config, "app", "u", &sources).unwrap();
+    let registry = super::registry::Registry::default();
+    let key = PoolKey {
+        database: "app".into(),
+        user: "u".into(),
+    };
+    registry.get_or_create(key, settings)
+}
+
+#[tokio::test]
+async fn pause_resume_and_a_removed_database_move_the_one_pool_state() {
+    let p = pool_of("[databases]\napp = host=127.0.0.1 port=1\n[pgbouncer]\nlisten_port = 1\n");
+    assert_eq!(p.state(), PoolState::Open);
+    p.pause();
+    assert_eq!(p.state(), PoolState::Paused);
+    assert!(p.is_paused());
+    // The database goes away while paused: closing wins, and RESUME does not reopen it.
+    p.close();
+    assert_eq!(p.state(), PoolState::Closing);
+    p.pause();
+    assert_eq!(
+        p.state(),
+        PoolState::Closing,
+        "a closing pool stays closing"
+    );
+    // A reload that brings the database back reopens it.
+    p.update_settings((*p.settings()).clone());
+    assert_eq!(p.state(), PoolState::Open);
+}

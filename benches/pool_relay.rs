@@ -3,26 +3,25 @@
 //!
 //! Both run over unix socket pairs inside one process, so that what is measured is pgsluice's own
 //! work (and the kernel's socket copies), not a PostgreSQL server's. The far end of each server
-//! connection is a few lines below that answer a login with AuthenticationOk and queries with a
-//! canned pgbench select-only reply; the load benchmark (benches/load) measures against the real
-//! PostgreSQL.
+//! connection is the canned server (common/canned.rs), which answers a login with
+//! AuthenticationOk and queries with pgbench's select-only reply; the load benchmark
+//! (benches/load) measures against the real PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgsluice::backend::params::ParamSet;
-use pgsluice::backend::{BackendKey, Server, ServerAddr};
 use pgsluice::config::PoolMode;
 use pgsluice::net::stream::Stream;
 use pgsluice::pool::{PoolKey, PoolSettings};
 use pgsluice::proto::scan::Scanner;
 use pgsluice::relay::{self, ClientSide, Outcome, Timeouts};
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Runtime;
 
 mod common;
+use common::canned::{answer_queries, login_server, server_over};
 use common::{frame, select_reply};
 
 fn select_query() -> BytesMut {
@@ -33,62 +32,6 @@ fn select_query() -> BytesMut {
         b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\0",
     );
     b
-}
-
-/// The far end of a server connection: answers every Query with `select_reply`, by counting the
-/// Query frames in what arrives (the benchmarks send nothing else).
-async fn answer_queries(mut sock: UnixStream) {
-    let reply = select_reply(1);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut out = BytesMut::new();
-    loop {
-        match sock.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
-            if buf.len() < len {
-                break;
-            }
-            let tag = buf[0];
-            let _ = buf.split_to(len);
-            if tag == b'Q' {
-                out.extend_from_slice(&reply);
-            }
-        }
-        if !out.is_empty() && sock.write_all(&out).await.is_err() {
-            return;
-        }
-        out.clear();
-    }
-}
-
-/// A unix socket "server" that lets anyone in (AuthenticationOk, BackendKeyData, ReadyForQuery)
-/// and then answers queries, for the pool to open its servers against.
-async fn login_server(listener: UnixListener) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            let mut len = [0u8; 4];
-            if sock.read_exact(&mut len).await.is_err() {
-                return;
-            }
-            let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-            if sock.read_exact(&mut startup).await.is_err() {
-                return;
-            }
-            let mut out = BytesMut::new();
-            frame(&mut out, b'R', &0u32.to_be_bytes());
-            frame(&mut out, b'K', &[0, 0, 0, 1, 0, 0, 0, 2]);
-            frame(&mut out, b'Z', b"I");
-            if sock.write_all(&out).await.is_ok() {
-                answer_queries(sock).await;
-            }
-        });
-    }
 }
 
 fn pool_contention(c: &mut Criterion) {
@@ -114,7 +57,7 @@ fn pool_contention(c: &mut Criterion) {
     let config = pgsluice::config::load(&ini).unwrap();
     let app = rt.block_on(async {
         let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5999")).unwrap();
-        tokio::spawn(login_server(listener));
+        tokio::spawn(login_server(listener, Default::default()));
         pgsluice::app::App::new(config)
     });
     let settings = PoolSettings::resolve(&app.config(), "bench", "bench", &app.sources()).unwrap();
@@ -165,22 +108,11 @@ fn relay_loop(c: &mut Criterion) {
         let (app_end, pooler_client) = UnixStream::pair().unwrap();
         let (pooler_server, server_end) = UnixStream::pair().unwrap();
         tokio::spawn(answer_queries(server_end));
-        let server = Server {
-            stream: Stream::from(pooler_server),
-            rbuf: BytesMut::new(),
-            params: ParamSet::default(),
-            key: BackendKey { pid: 1, secret: 2 },
-            addr: Arc::new(ServerAddr {
-                host: "/bench".into(),
-                port: 5432,
-            }),
-            created: tokio::time::Instant::now(),
-            last_used: tokio::time::Instant::now(),
-            id: 1,
-            statements: Default::default(),
-            tracked: None,
-        };
-        (app_end, Stream::from(pooler_client), server)
+        (
+            app_end,
+            Stream::from(pooler_client),
+            server_over(pooler_server),
+        )
     });
     let mut cbuf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::for_client();

@@ -1,4 +1,8 @@
-//! What the micro benchmarks share: protocol frames and pgbench's select-only reply.
+//! What the micro benchmarks (and the canned-server tests) share: protocol frames, pgbench's
+//! select-only reply, and the canned server that answers with it.
+#![allow(dead_code)]
+
+pub mod canned;
 
 use bytes::{BufMut, BytesMut};
 

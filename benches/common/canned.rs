@@ -80,7 +80,8 @@ pub async fn login_server(listener: UnixListener, accepted: Arc<Accepted>) {
     }
 }
 
-/// A logged-in server over `near`, the pooler's end of a socket pair whose other end is the test's or the canned server's.
+/// A logged-in server over `near`: the pooler's end of a socket pair whose other end is the
+/// test's or the canned server's.
 pub fn server_over(near: UnixStream) -> Server {
     Server {
         stream: Stream::from(near),

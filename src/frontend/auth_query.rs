@@ -4,13 +4,13 @@
 //! certificate and calls `public.user_search($1)`. Answers are cached for
 //! [`FETCHED_TTL`](crate::auth::store::FETCHED_TTL) and never logged.
 
-use crate::app::App;
 use crate::auth::secret::Secret;
 use crate::auth::store::FetchKey;
 use crate::backend::query::lookup_second_column;
 use crate::config::{Config, Database};
 use crate::error::{ClientError, Side};
-use crate::pool::{PoolError, PoolKey, PoolSettings};
+use crate::pool::registry::Registry;
+use crate::pool::{PoolError, PoolKey, PoolSettings, Sources};
 use crate::proto::sqlstate;
 use thiserror::Error;
 
@@ -52,10 +52,11 @@ pub fn fetch_key(config: &Config, db: &Database, user: &str) -> Option<FetchKey>
     })
 }
 
-/// The secret `auth_query` gives `user` (`None`: no such user, or no password). Served from the
-/// cache while fresh.
+/// The secret `auth_query` gives `user` (`None`: no such user, or no password), through a pool of
+/// `pools` and cached in `sources.store`. Served from the cache while fresh.
 pub async fn fetch(
-    app: &App,
+    pools: &Registry,
+    sources: &Sources<'_>,
     config: &Config,
     db: &Database,
     database: &str,
@@ -65,7 +66,7 @@ pub async fn fetch(
     let Some(key) = fetch_key(config, db, user) else {
         return Ok(None);
     };
-    if let Some(hit) = app.secrets.fetched(&key) {
+    if let Some(hit) = sources.store.fetched(&key) {
         return Ok(hit);
     }
     let auth_user = db
@@ -79,9 +80,9 @@ pub async fn fetch(
         .or(g.auth_dbname.as_deref())
         .unwrap_or(database);
     let query = db.auth_query.as_deref().unwrap_or(&g.auth_query);
-    let settings = PoolSettings::resolve(config, auth_db, auth_user, &app.sources())
+    let settings = PoolSettings::resolve(config, auth_db, auth_user, sources)
         .ok_or_else(|| AuthQueryError::NoDatabase(auth_db.to_owned()))?;
-    let pool = app.pools.get_or_create(
+    let pool = pools.get_or_create(
         PoolKey {
             database: auth_db.to_owned(),
             user: auth_user.to_owned(),
@@ -93,6 +94,6 @@ pub async fn fetch(
     let found = lookup_second_column(&mut conn.server, query, user).await?;
     pool.checkin(conn);
     let secret = found.filter(|s| !s.is_empty()).map(|s| Secret::parse(&s));
-    app.secrets.store_fetched(key, secret.clone());
+    sources.store.store_fetched(key, secret.clone());
     Ok(secret)
 }

@@ -233,7 +233,16 @@ async fn authenticate_client(
     let secret = match (config.auth_secrets.get(user), config.database(database)) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(db)) if method.needs_secret() => {
-            match crate::frontend::auth_query::fetch(app, config, db, database, user).await {
+            match crate::frontend::auth_query::fetch(
+                &app.pools,
+                &app.sources(),
+                config,
+                db,
+                database,
+                user,
+            )
+            .await
+            {
                 Ok(s) => {
                     fetched_from = crate::frontend::auth_query::fetch_key(config, db, user);
                     s

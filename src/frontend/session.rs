@@ -60,6 +60,19 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The client's span, made when a line is to be logged for it: a span kept for the client's
+    /// whole life would cost every idle client its fields in the subscriber.
+    pub fn span(&self) -> tracing::Span {
+        let who = &self.me.cancel.target.who;
+        let peer = who
+            .peer
+            .map_or_else(|| "unix".to_owned(), |a| a.to_string());
+        let key = &who.pool.key;
+        tracing::info_span!("client", peer = %peer, db = %key.database, user = %key.user)
+    }
+}
+
 /// What ended an idle wait.
 pub enum Woke {
     /// A request has started to arrive.
@@ -351,7 +364,7 @@ async fn checkout(
         Ok(conn) => Ok(conn),
         Err(e) => {
             if g.log_pooler_errors {
-                tracing::warn!(error = %e, "pooler error");
+                tracing::warn!(parent: &s.span(), error = %e, "pooler error");
             }
             tell(&app.events, &mut s.stream, &ClientError::from(&e)).await;
             Err(Disconnect::PoolerError(e.to_string()))
@@ -380,7 +393,7 @@ async fn align_parameters(
     let Err(e) = Box::pin(run_simple(&mut conn.server, &sql)).await else {
         return Ok(());
     };
-    tracing::warn!(error = %e, "could not apply client parameters on server");
+    tracing::warn!(parent: &s.span(), error = %e, "could not apply client parameters on server");
     tell(&app.events, &mut s.stream, &ClientError::from(&e)).await;
     Err(Disconnect::ServerParameterSync)
 }

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use tracing::Instrument;
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -40,11 +41,20 @@ enum State {
 }
 
 impl ClientTask {
-    pub fn new(app: Arc<App>, accepted: Box<Accepted>, guard: ClientGuard) -> Self {
-        let login = Box::pin(async move {
-            let s = log_in(&app, accepted).await;
-            (app, s)
-        });
+    /// `span` names the client in what the login logs.
+    pub fn new(
+        app: Arc<App>,
+        accepted: Box<Accepted>,
+        guard: ClientGuard,
+        span: tracing::Span,
+    ) -> Self {
+        let login = Box::pin(
+            async move {
+                let s = log_in(&app, accepted).await;
+                (app, s)
+            }
+            .instrument(span),
+        );
         Self {
             state: State::LoggingIn(login),
             _guard: guard,
@@ -78,13 +88,16 @@ impl Future for ClientTask {
                         let State::Idle(app, s) = std::mem::replace(state, State::Done) else {
                             return Poll::Ready(());
                         };
-                        State::Closing(Box::pin(goodbye(app, s, why)))
+                        let span = s.span();
+                        State::Closing(Box::pin(goodbye(app, s, why).instrument(span)))
                     }
                 },
                 State::Busy(f) => match ready!(f.as_mut().poll(cx)) {
                     (app, s, None) => idle(app, s),
                     (app, s, Some(reason)) => {
-                        State::Closing(Box::pin(goodbye(app, s, Farewell::Ended(reason))))
+                        let span = s.span();
+                        let bye = goodbye(app, s, Farewell::Ended(reason));
+                        State::Closing(Box::pin(bye.instrument(span)))
                     }
                 },
                 State::Closing(f) => {

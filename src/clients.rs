@@ -18,8 +18,8 @@ use std::time::SystemTime;
 pub enum Link {
     #[default]
     Idle,
-    /// Asking its pool for a server.
-    Waiting,
+    /// Asking its pool for a server, since then.
+    Waiting(tokio::time::Instant),
     /// Holding this server.
     Active(ServerInfo),
 }
@@ -59,7 +59,7 @@ impl CancelTarget {
 
     /// The client asks its pool for a server.
     pub fn wait(&self) {
-        *self.link.lock() = Link::Waiting;
+        *self.link.lock() = Link::Waiting(tokio::time::Instant::now());
     }
 
     pub fn link(&self) -> Link {

@@ -679,8 +679,72 @@ async fn show_servers_lists_held_and_idle_servers_by_backend_pid() {
         assert_eq!(r["type"].as_deref(), Some("S"));
         assert_eq!(r["user"].as_deref(), Some(SCRAM_USER));
         assert_eq!(num(r, "port"), i64::from(Postgres::shared().port));
+        assert_eq!(num(r, "close_needed"), 0, "nothing retired yet");
     }
+    // A named statement b prepares runs on the other server, which counts it once idle again.
+    let statement = b.prepare("SELECT $1::int + 1").await.unwrap();
+    b.query_one(&statement, &[&1i32]).await.unwrap();
+    pool_settles(&pool, (1, 2)).await;
+    let by_remote_pid = |rows: Vec<std::collections::HashMap<String, Option<String>>>,
+                         pid: &str| {
+        rows.into_iter()
+            .find(|r| r["remote_pid"].as_deref() == Some(pid))
+            .unwrap()
+    };
+    let idle = by_remote_pid(show(&console, "SHOW SERVERS").await, &other);
+    assert!(num(&idle, "prepared_statements") >= 1, "{idle:?}");
+    let held_row = |rows| by_remote_pid(rows, &held);
+    // RECONNECT: the held server is closed when released, and says so meanwhile.
+    let admin_console = s
+        .connect_as(MD5_USER, MD5_PASSWORD, "pgbouncer")
+        .await
+        .unwrap();
+    admin_console
+        .simple_query(&format!("RECONNECT {db}"))
+        .await
+        .unwrap();
+    let retired = held_row(show(&console, "SHOW SERVERS").await);
+    assert_eq!(num(&retired, "close_needed"), 1, "{retired:?}");
     a.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_shows_how_long_it_has_waited() {
+    let (s, db) = pooler("admin_wait", "").await;
+    let console = admin(&s).await;
+    // Two servers, both held inside transactions: the third client waits.
+    let holders = [s.connect(&db).await, s.connect(&db).await];
+    for h in &holders {
+        h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let waiter = s.connect(&db).await;
+    let waiting = tokio::spawn(async move {
+        waiter.simple_query("SELECT 1").await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let rows = show(&console, "SHOW CLIENTS").await;
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| r["database"].as_deref() == Some(db.as_str()))
+        .collect();
+    let waited = mine
+        .iter()
+        .find(|r| r["state"].as_deref() == Some("waiting"))
+        .unwrap_or_else(|| panic!("no waiting client: {mine:?}"));
+    assert!(num(waited, "wait") >= 1, "{waited:?}");
+    assert!(
+        (0..1_000_000).contains(&num(waited, "wait_us")),
+        "{waited:?}"
+    );
+    for r in mine
+        .iter()
+        .filter(|r| r["state"].as_deref() != Some("waiting"))
+    {
+        assert_eq!((num(r, "wait"), num(r, "wait_us")), (0, 0), "{r:?}");
+    }
+    holders[0].batch_execute("COMMIT").await.unwrap();
+    waiting.await.unwrap();
+    holders[1].batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,8 @@ pub struct ClientRow {
     pub tls: bool,
     pub id: u64,
     pub application_name: String,
+    /// How long a waiting client has waited, in microseconds (0 unless waiting).
+    pub wait_us: u64,
 }
 
 /// One server, for SHOW SERVERS.
@@ -184,6 +186,10 @@ pub struct ServerRow {
     pub id: u64,
     /// SHOW CLIENTS' id of the client holding it.
     pub client: Option<u64>,
+    /// It will be closed when released (RECONNECT, a moved or removed database).
+    pub close_needed: bool,
+    /// Statements the pooler prepared on it.
+    pub prepared_statements: usize,
 }
 
 /// One setting, for SHOW CONFIG.

@@ -62,8 +62,9 @@ fn client_row(c: &ClientRow, state: &'static str) -> Vec<Val<'static>> {
         u64::from(c.local_port).into(),
         c.connect_time.clone().into(),
         c.connect_time.clone().into(),
-        0u64.into(),
-        0u64.into(),
+        // PgBouncer splits the wait into whole seconds and the microseconds beyond them.
+        (c.wait_us / 1_000_000).into(),
+        (c.wait_us % 1_000_000).into(),
         0u64.into(),
         format!("{:x}", c.id).into(),
         link.into(),
@@ -93,13 +94,13 @@ fn server_row(s: &ServerRow, state: &'static str) -> Vec<Val<'static>> {
         s.request_time.clone().into(),
         0u64.into(),
         0u64.into(),
-        0u64.into(),
+        u64::from(s.close_needed).into(),
         format!("{:x}", s.id).into(),
         link.into(),
         u64::from(s.remote_pid).into(),
         tls.into(),
         "".into(),
-        0u64.into(),
+        s.prepared_statements.into(),
         s.id.into(),
     ]
 }

@@ -12,7 +12,7 @@ use crate::backend::ServerInfo;
 use crate::clients::Link;
 use crate::config::{Config, PoolMode};
 use crate::pool::stats::averages;
-use crate::pool::{Pool, PoolKey};
+use crate::pool::{Pool, PoolKey, PoolState};
 use crate::shutdown::Phase;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,10 +168,13 @@ impl Console for App {
             .iter()
             .map(|c| {
                 let who = &c.who;
-                let (state, server_pid) = match c.link() {
-                    Link::Idle => ("idle", 0),
-                    Link::Waiting => ("waiting", 0),
-                    Link::Active(server) => ("active", server.key.pid),
+                let (state, server_pid, wait_us) = match c.link() {
+                    Link::Idle => ("idle", 0, 0),
+                    Link::Waiting(since) => {
+                        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        ("waiting", 0, us)
+                    }
+                    Link::Active(server) => ("active", server.key.pid, 0),
                 };
                 ClientRow {
                     user: who.pool.key.user.clone(),
@@ -186,15 +189,20 @@ impl Console for App {
                     tls: who.tls,
                     id: c.id,
                     application_name: who.application_name.as_deref().unwrap_or("").to_owned(),
+                    wait_us,
                 }
             })
             .collect()
     }
 
     fn servers(&self) -> Vec<ServerRow> {
-        let row = |key: &PoolKey, s: &ServerInfo, client: Option<u64>| ServerRow {
-            user: key.user.clone(),
-            database: key.database.clone(),
+        let row = |p: &Pool, s: &ServerInfo, client: Option<u64>| ServerRow {
+            // Closed when released: retired by RECONNECT or a moved database, or its database gone.
+            close_needed: p.state() == PoolState::Closing
+                || p.retired_before().is_some_and(|t| s.created <= t),
+            prepared_statements: s.prepared,
+            user: p.key.user.clone(),
+            database: p.key.database.clone(),
             state: if client.is_some() { "active" } else { "idle" },
             addr: s.addr.host.clone(),
             port: s.addr.port,
@@ -211,12 +219,12 @@ impl Console for App {
             .all()
             .iter()
             .filter_map(|c| match c.link() {
-                Link::Active(s) => Some(row(&c.who.pool.key, &s, Some(c.id))),
+                Link::Active(s) => Some(row(&c.who.pool, &s, Some(c.id))),
                 _ => None,
             })
             .collect();
         for p in self.pools.all() {
-            rows.extend(p.idle_servers().iter().map(|s| row(&p.key, s, None)));
+            rows.extend(p.idle_servers().iter().map(|s| row(&p, s, None)));
         }
         rows.sort_by(|a, b| (&a.database, &a.user, a.id).cmp(&(&b.database, &b.user, b.id)));
         rows

@@ -58,6 +58,8 @@ pub struct ServerInfo {
     pub created: Instant,
     pub last_used: Instant,
     pub tls: bool,
+    /// Statements prepared on it by the pooler (transaction and statement mode).
+    pub prepared: usize,
 }
 
 impl Server {
@@ -69,6 +71,7 @@ impl Server {
             created: self.created,
             last_used: self.last_used,
             tls: self.stream.is_tls(),
+            prepared: self.statements.len(),
         }
     }
 

@@ -22,7 +22,16 @@ impl Tracker {
             return Ok(ClientAction::Forward);
         }
         PreparedStats::bump(&ctx.stats.client_parses);
-        if ctx.client.get(p.name).is_some()
+        // Only at the start of a batch, with no shape check or heal under way: with messages of the
+        // batch still owed, an earlier one may fail (or be healed and replayed), and a shape check
+        // takes the first forced reply in the queue for its own, so the forced error would answer
+        // the wrong message (the prepared_tracker fuzz target found both: a Bind of a stale
+        // statement, then a Parse of a settled name). There the name is replaced, as it was before
+        // 42P05 was raised.
+        if self.queue.is_empty()
+            && matches!(self.verify, super::verify::Verify::Off)
+            && matches!(self.heal, super::heal::Heal::Off)
+            && ctx.client.get(p.name).is_some()
             && self.settled(p.name)
             && self.status != TxStatus::Failed
         {

@@ -556,9 +556,11 @@ fn when_the_block_turns_out_aborted_the_client_hears_25p02_not_42p05() {
     let mut w = World::new(10);
     let mut t = Tracker::default();
     prepare_a(&mut w, &mut t, b"T");
-    // A failing statement and the duplicate Parse, pipelined: the block's state is not known yet.
+    // A failing statement and the duplicate Parse, pipelined: the block's state is not known yet,
+    // and with the Query still owed the Parse goes to the server as it is (not forced: see
+    // client_parse), which refuses it in the aborted block as PostgreSQL would.
     w.client(&mut t, b'Q', b"SELECT oops\0");
-    assert_eq!(parse_name_in(&mut w, &mut t, "a", "SELECT 2"), forced);
+    assert_ne!(parse_name_in(&mut w, &mut t, "a", "SELECT 2"), forced);
     w.client(&mut t, b'S', b"");
     w.server(&mut t, b'E', b"C42703\0\0");
     w.server(&mut t, b'Z', b"E");

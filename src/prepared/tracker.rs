@@ -379,6 +379,9 @@ impl Tracker {
             }
             (b'E', _) if self.holding() && self.verify_failed(body, ctx, to_server) => true,
             (b'E', _) if matches!(self.queue.front(), Some(Entry::Forced(_))) => {
+                // What a shape check holds goes now, as after any error: the server skips it to
+                // the Sync, which is among it. Held back, that Sync would never be answered.
+                self.release(to_server);
                 self.forced_error(body, ctx)
             }
             (b'E', r) if r != Reply::Ready => {

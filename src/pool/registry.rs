@@ -134,6 +134,10 @@ impl Registry {
                         (&a.hosts, &a.dbname, &a.user) != (&b.hosts, &b.dbname, &b.user)
                     });
                     p.update_settings(s);
+                    // A database back after it was removed reopens; if it is paused, paused.
+                    if self.switches.lock().paused(&key.database) {
+                        p.pause();
+                    }
                     if moved {
                         p.reconnect();
                     }

@@ -83,12 +83,16 @@ fn only_failures_that_pass_keep_clients_waiting() {
     assert!(!tls.is_transient());
 }
 
-/// A pool of database `app` under `ini`'s settings, with no server behind it.
-fn pool_of(ini: &str) -> std::sync::Arc<Pool> {
+fn config_of(ini: &str) -> crate::config::Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgsluice.ini");
     std::fs::write(&path, ini).unwrap();
-    let config = crate::config::load(&path).unwrap();
+    crate::config::load(&path).unwrap()
+}
+
+/// A pool of database `app` under `ini`'s settings, with no server behind it, and its registry.
+fn pool_of(ini: &str) -> (std::sync::Arc<Pool>, super::registry::Registry) {
+    let config = config_of(ini);
     let sources = super::Sources {
         store: &Default::default(),
         discovery: &Default::default(),
@@ -100,12 +104,14 @@ fn pool_of(ini: &str) -> std::sync::Arc<Pool> {
         database: "app".into(),
         user: "u".into(),
     };
-    registry.get_or_create(key, settings)
+    (registry.get_or_create(key, settings), registry)
 }
+
+const APP_INI: &str = "[databases]\napp = host=127.0.0.1 port=1\n[pgbouncer]\nlisten_port = 1\n";
 
 #[tokio::test]
 async fn pause_resume_and_a_removed_database_move_the_one_pool_state() {
-    let p = pool_of("[databases]\napp = host=127.0.0.1 port=1\n[pgbouncer]\nlisten_port = 1\n");
+    let (p, _registry) = pool_of(APP_INI);
     assert_eq!(p.state(), PoolState::Open);
     p.pause();
     assert_eq!(p.state(), PoolState::Paused);
@@ -121,5 +127,29 @@ async fn pause_resume_and_a_removed_database_move_the_one_pool_state() {
     );
     // A reload that brings the database back reopens it.
     p.update_settings((*p.settings()).clone());
+    assert_eq!(p.state(), PoolState::Open);
+}
+
+#[tokio::test]
+async fn a_paused_database_removed_and_added_back_by_reload_is_still_paused() {
+    let (p, registry) = pool_of(APP_INI);
+    let sources = super::Sources {
+        store: &Default::default(),
+        discovery: &Default::default(),
+        kdf: &Default::default(),
+    };
+    registry.pause(Some("app"));
+    assert_eq!(p.state(), PoolState::Paused);
+    let without =
+        config_of("[databases]\nother = host=127.0.0.1 port=1\n[pgbouncer]\nlisten_port = 1\n");
+    registry.reload(&without, &sources);
+    assert_eq!(p.state(), PoolState::Closing);
+    registry.reload(&config_of(APP_INI), &sources);
+    assert_eq!(
+        p.state(),
+        PoolState::Paused,
+        "PAUSE outlives the database's absence"
+    );
+    registry.resume(Some("app"));
     assert_eq!(p.state(), PoolState::Open);
 }

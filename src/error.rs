@@ -26,7 +26,8 @@ pub enum Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
     /// Nothing of the request reached a server: pgsluice runs it on another one, unseen by the
-    /// client (a reused server found dead at checkout, a first write that failed whole).
+    /// client (a reused server found dead at checkout, before any byte is written; see
+    /// `pool/checkout.rs`).
     Transparent,
     /// The client may try again later: the cause may pass (a server restarting, a full pool).
     Later,

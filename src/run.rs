@@ -70,7 +70,12 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     tracing::info!("shutdown requested, no longer accepting clients");
     tokio::select! {
         _ = app.shutdown.clients_gone() => {}
-        _ = crate::shutdown::reached(&mut phase, Phase::Immediate) => {}
+        _ = crate::shutdown::reached(&mut phase, Phase::Immediate) => {
+            // Clients close now, each told why (57P01) first: a short, bounded grace for that,
+            // or a client queued or idle may see only its connection cut.
+            app.cancels.wake_all();
+            let _ = tokio::time::timeout(IMMEDIATE_GRACE, app.shutdown.clients_gone()).await;
+        }
     }
     let _ = accept.await;
     janitor.abort();
@@ -86,6 +91,9 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// How long an immediate shutdown waits for its clients to hear why they are closed.
+const IMMEDIATE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn spawn_signal_handlers(app: Arc<App>) -> std::io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;

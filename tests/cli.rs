@@ -530,16 +530,24 @@ async fn toml_config_with_environment_overrides_ignores_unrelated_pgsluice_varia
 /// The console as CloudNativePG's manager reaches it: user `pgbouncer` over the unix socket, from
 /// the pooler's own uid, no password.
 async fn console_over_unix(r: &Running) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=pgbouncer dbname=pgbouncer",
-            r._dir.path().display(),
-            r.port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("console over the unix socket");
+    let dsn = format!(
+        "host={} port={} user=pgbouncer dbname=pgbouncer",
+        r._dir.path().display(),
+        r.port
+    );
+    // The TCP listener is what start_binary waits for; on a loaded machine the unix socket may
+    // take a moment longer to accept.
+    let mut tries = 0;
+    let (c, conn) = loop {
+        match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+            Ok(pair) => break pair,
+            Err(_) if tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("console over the unix socket: {e:?}"),
+        }
+    };
     tokio::spawn(conn);
     c
 }

@@ -27,10 +27,18 @@ impl Pool {
     /// Gets a server for a client, waiting at most `query_wait_timeout` (the reserve pool opens
     /// after `reserve_pool_timeout`).
     pub async fn checkout(self: &Arc<Self>) -> Result<Conn, PoolError> {
-        if self.is_paused() {
+        // The state and the settings under one lock, not two.
+        let (paused, mut settings) = {
+            let inner = self.inner.lock();
+            (
+                inner.state == super::PoolState::Paused,
+                inner.settings.clone(),
+            )
+        };
+        if paused {
             self.wait_resumed().await;
+            settings = self.settings();
         }
-        let settings = self.settings();
         let started = Instant::now();
         let mut a = Attempt {
             started,

@@ -31,6 +31,11 @@ pub(super) enum ShapeOf {
     Client(Box<[u8]>),
     /// The pooler's Describe before a held Bind.
     Verify,
+    /// The pooler's Describe for a check whose held messages went unchecked (released): its answer
+    /// records the copy's columns and decides nothing. Left as `Verify`, it would be taken for the
+    /// answer of a later check, of another statement (the prepared_tracker fuzz target found that:
+    /// a wrong forced error, and a copy forgotten while the server kept it).
+    Released,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +192,7 @@ impl Tracker {
         match of {
             ShapeOf::Client(name) => ctx.client.set_shape(&name, statement, shape),
             ShapeOf::Verify => self.verified(shape, ctx, to_server),
+            ShapeOf::Released => {}
         }
         swallow
     }
@@ -266,6 +272,15 @@ impl Tracker {
         if let Verify::Holding { .. } = std::mem::take(&mut self.verify) {
             to_server.extend_from_slice(&self.replay);
             self.replay.clear();
+            for entry in &mut self.queue {
+                if let Entry::Describe {
+                    of: of @ ShapeOf::Verify,
+                    ..
+                } = entry
+                {
+                    *of = ShapeOf::Released;
+                }
+            }
         }
     }
 

@@ -51,6 +51,10 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, signals: bool) -> std::i
             loop {
                 tick.tick().await;
                 app.statements.prune();
+                let live = app.statements.ids();
+                for pool in app.pools.all() {
+                    pool.accepted.retain(&live);
+                }
             }
         })
     };

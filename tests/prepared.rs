@@ -107,9 +107,9 @@ async fn pgbench_prepared_has_no_failures() {
     // Select-only: many clients per pgbench thread over a pool smaller than the client count.
     pgbench_through(&s, &db, &["-S", "-c", "20", "-j", "2", "-t", "200"], 4000).await;
     // TPC-B holds a server across a transaction while pgbench prepares the next command with a
-    // blocking PQprepare, so one pgbench thread may drive only as many clients as there are servers
-    // (true of any pooler): one thread per client here.
-    pgbench_through(&s, &db, &["-c", "6", "-j", "6", "-t", "100"], 600).await;
+    // blocking PQprepare: a client without a server preparing BEGIN is answered without one, so
+    // one thread drives more clients than there are servers (prepared_without_server.rs).
+    pgbench_through(&s, &db, &["-c", "6", "-j", "2", "-t", "100"], 600).await;
     let parses: u64 = s
         .app
         .pools
@@ -494,18 +494,6 @@ async fn after_an_error_a_large_message_before_sync_does_not_stall_the_client() 
     assert_eq!(wire::read_until_ready(&mut raw).await.1, None);
 }
 
-/// A Bind of statement `name` to the unnamed portal, no parameters, then an Execute of it.
-fn bind_execute(name: &str) -> Vec<u8> {
-    let mut m = vec![b'B'];
-    m.extend_from_slice(&((4 + 1 + name.len() + 1 + 6) as u32).to_be_bytes());
-    m.push(0);
-    m.extend_from_slice(name.as_bytes());
-    m.push(0);
-    m.extend_from_slice(&[0; 6]);
-    m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
-    m
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_parse_of_a_name_gets_42p05_as_on_postgresql_and_the_session_goes_on() {
     let pg = Postgres::shared();
@@ -527,7 +515,7 @@ async fn a_second_parse_of_a_name_gets_42p05_as_on_postgresql_and_the_session_go
 
     // Redefining it fails, and what follows in the batch is skipped to the Sync.
     let mut batch = wire::parse("s", "SELECT 2");
-    batch.extend(bind_execute("s"));
+    batch.extend(wire::bind_execute("s"));
     batch.extend(wire::sync());
     raw.write_all(&batch).await.unwrap();
     assert_eq!(
@@ -536,7 +524,7 @@ async fn a_second_parse_of_a_name_gets_42p05_as_on_postgresql_and_the_session_go
     );
 
     // The name still means the first statement.
-    let mut batch = bind_execute("s");
+    let mut batch = wire::bind_execute("s");
     batch.extend(wire::sync());
     raw.write_all(&batch).await.unwrap();
     let mut value = None;

@@ -1,7 +1,8 @@
 #![no_main]
 //! The relay's frame scanner over arbitrary bytes arriving in arbitrary pieces: never panics, never
 //! forwards more than it was given, reports whole frames only when they are complete and heads no
-//! longer than asked, and skips only bytes of a frame it was told to drop.
+//! longer than asked, and skips only bytes of a frame it was told to drop. The same bytes as a batch
+//! answered without a server: never more than was given, and only a whole batch, up to its Sync.
 use libfuzzer_sys::fuzz_target;
 use pgsluice::proto::scan::{Event, Inspect, Scanner};
 
@@ -46,4 +47,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut buf = bytes::BytesMut::from(rest);
     while let Ok(Some(_)) = pgsluice::proto::take_frame(&mut buf, 1 << 16) {}
+    let registry = pgsluice::prepared::Registry::default();
+    let known = registry.intern(b"SELECT 1\0\0\0");
+    let accepted = pgsluice::prepared::local::Accepted::default();
+    accepted.learn(known.id);
+    let mut client = pgsluice::prepared::ClientStatements::default();
+    let mut out = bytes::BytesMut::new();
+    if let Ok(Some(used)) = pgsluice::prepared::local::answer(rest, (&registry, &accepted), &mut client, &mut out) {
+        assert!(used <= rest.len() && rest[used - 5..used] == [b'S', 0, 0, 0, 4]);
+        assert!(out.ends_with(&[b'Z', 0, 0, 0, 5, b'I']));
+    }
 });

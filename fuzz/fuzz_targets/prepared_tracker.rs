@@ -250,6 +250,7 @@ struct Pooled {
     servers: [(Server, ServerStatements); 2],
     current: usize,
     stats: PreparedStats,
+    accepted: pgsluice::prepared::local::Accepted,
     capacity: usize,
     tracker: Tracker,
     /// Frames sent to the current server and not yet run.
@@ -269,6 +270,7 @@ impl Pooled {
                 client: &mut self.client,
                 server: statements,
                 stats: &self.stats,
+                accepted: &self.accepted,
                 capacity: self.capacity,
                 max_held: 1 << 20,
             },
@@ -367,6 +369,7 @@ fuzz_target!(|input: Input| {
         servers: Default::default(),
         current: 0,
         stats: PreparedStats::default(),
+        accepted: Default::default(),
         capacity: 1 + input.capacity as usize % 4,
         tracker: Tracker::default(),
         wire: BytesMut::new(),

@@ -16,7 +16,7 @@ use crate::proto::scan::{self, Scanner};
 use crate::proto::sqlstate;
 use crate::relay::{self, ClientSide, Outcome, Prepared, RelayError, Timeouts};
 use crate::shutdown::Phase;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
@@ -201,6 +201,11 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
     let g = &config.general;
     let pool = s.me.pool().clone();
     let mode = pool.with_settings(|s| s.mode);
+    if mode != PoolMode::Session && g.max_prepared_statements > 0 {
+        if let Some(answered) = answer_without_server(app, s, &pool).await {
+            return answered.err();
+        }
+    }
     s.me.cancel.target.wait();
     let mut conn = match checkout(app, s, &pool, g).await {
         Ok(c) => c,
@@ -211,6 +216,34 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
     }
     let outcome = relay_attached(app, s, &pool, &mut conn.server, mode, g).await;
     settle(app, s, &pool, conn, mode, g, outcome).await
+}
+
+/// A batch of Parse (+ Describe) + Sync that what servers have shown of its statements answers
+/// (see [`crate::prepared::local`]): no server is taken for it. `None`: the request needs a server.
+async fn answer_without_server(
+    app: &App,
+    s: &mut Session,
+    pool: &crate::pool::Pool,
+) -> Option<Result<(), Disconnect>> {
+    if !s.scanner.at_boundary() {
+        return None;
+    }
+    let state = s.statements.get_or_insert_with(Default::default);
+    let mut out = BytesMut::new();
+    // A malformed frame is the relay's to refuse, as always.
+    let used = crate::prepared::local::answer(
+        &s.buf,
+        (&app.statements, &pool.accepted),
+        &mut state.statements,
+        &mut out,
+    )
+    .ok()??;
+    s.buf.advance(used);
+    crate::prepared::PreparedStats::bump(&pool.stats.prepared.answered_without_server);
+    if s.stream.write_flushed(&out).await.is_err() {
+        return Some(Err(Disconnect::ClientEof));
+    }
+    Some(Ok(()))
 }
 
 /// Relays between the client and its server until the server can be released or something ends
@@ -244,6 +277,7 @@ async fn relay_attached(
                     registry: &app.statements,
                     state: statements.get_or_insert_with(Default::default),
                     stats: &pool.stats.prepared,
+                    accepted: &pool.accepted,
                     capacity: g.max_prepared_statements,
                     max_held: g.max_held_message,
                 }

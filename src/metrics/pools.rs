@@ -165,7 +165,8 @@ fn counters(pools: &[Arc<Pool>]) -> Vec<MetricFamily> {
     let mut prepared = Family::counter(
         "pgsluice_prepared_statements_total",
         "Prepared-statement events: client_parse, server_parse (prepared on a server, also \
-         re-prepared on another), bind, reused (already on the server), evicted, healed.",
+         re-prepared on another), bind, reused (already on the server), evicted, healed, \
+         answered_without_server (a Parse + Sync batch answered from what servers have shown).",
     );
     for p in pools {
         let pair = [
@@ -199,6 +200,7 @@ fn counters(pools: &[Arc<Pool>]) -> Vec<MetricFamily> {
             ("reused", &ps.hits),
             ("evicted", &ps.evictions),
             ("healed", &ps.healed),
+            ("answered_without_server", &ps.answered_without_server),
         ] {
             let [d, u] = pair;
             prepared.add(&[d, u, ("event", event)], n(v));

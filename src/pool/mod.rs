@@ -145,6 +145,8 @@ pub struct Pool {
     db_limit: Arc<Limit>,
     user_limit: Arc<Limit>,
     pub stats: PoolStats,
+    /// The statements this pool's servers have accepted a Parse of (prepared::local).
+    pub accepted: crate::prepared::local::Accepted,
     /// Clients logged in to this pool ([`Pool::client_joined`], [`Pool::client_left`]).
     clients: AtomicUsize,
     /// Servers being opened.
@@ -220,6 +222,7 @@ impl Pool {
             db_limit,
             user_limit,
             stats: PoolStats::default(),
+            accepted: Default::default(),
             clients: AtomicUsize::new(0),
             opening: AtomicUsize::new(0),
             resumed: tokio::sync::Notify::new(),

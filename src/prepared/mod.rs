@@ -7,6 +7,7 @@
 //! The [`tracker`] rewrites the client's extended-protocol messages to the pooler's names, prepares on
 //! demand, and keeps the replies in order. Unnamed statements pass through untouched.
 
+pub mod local;
 pub mod tracker;
 
 use bytes::{Bytes, BytesMut};
@@ -53,10 +54,20 @@ impl Registry {
             .clone()
     }
 
+    /// The statement for `definition`, if there is one.
+    pub fn lookup(&self, definition: &[u8]) -> Option<Arc<Statement>> {
+        self.by_definition.get(definition).map(|s| s.clone())
+    }
+
     /// Forgets definitions no client refers to any more (servers that still hold them evict them in
     /// their own time). Called by the janitor.
     pub fn prune(&self) {
         self.by_definition.retain(|_, s| Arc::strong_count(s) > 1);
+    }
+
+    /// The ids of the statements there are.
+    pub fn ids(&self) -> std::collections::HashSet<u64> {
+        self.by_definition.iter().map(|s| s.id).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -323,6 +334,8 @@ pub struct PreparedStats {
     pub stale_shapes: AtomicU64,
     /// Statements held behind another's shape check, which went unchecked (one check at a time).
     pub unchecked_shapes: AtomicU64,
+    /// Batches of Parse (+ Describe) + Sync answered without a server (local.rs).
+    pub answered_without_server: AtomicU64,
 }
 
 impl PreparedStats {

@@ -22,6 +22,8 @@ pub struct Ctx<'a> {
     pub client: &'a mut ClientStatements,
     pub server: &'a mut ServerStatements,
     pub stats: &'a PreparedStats,
+    /// The statements this pool's servers have accepted (local.rs).
+    pub accepted: &'a super::local::Accepted,
     /// `max_prepared_statements`: how many statements one server keeps.
     pub capacity: usize,
     /// `max_held_message`: the most client bytes a shape check may hold back (verify.rs).
@@ -359,8 +361,18 @@ impl Tracker {
                 self.queue.front(),
                 Some(Entry::Describe { swallow: true, .. })
             ),
-            (b'1', Reply::Parse)
-            | (b'2', Reply::Bind)
+            (b'1', Reply::Parse) => {
+                // Later Parse + Sync batches of it may be answered without a server (local.rs).
+                if let Some(Entry::Server {
+                    statement: Some(id),
+                    ..
+                }) = self.queue.front()
+                {
+                    ctx.accepted.learn(*id);
+                }
+                self.complete()
+            }
+            (b'2', Reply::Bind)
             | (b'3', Reply::Close)
             | (b'T' | b'n', Reply::Describe)
             | (b'C' | b'I' | b's', Reply::Execute) => self.complete(),

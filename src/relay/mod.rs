@@ -84,6 +84,8 @@ pub struct Prepared<'a> {
     /// The client's statements, tracker and buffers, kept across attachments.
     pub state: &'a mut ClientState,
     pub stats: &'a PreparedStats,
+    /// The statements this pool's servers have accepted.
+    pub accepted: &'a crate::prepared::local::Accepted,
     /// `max_prepared_statements`.
     pub capacity: usize,
     /// `max_held_message`.
@@ -105,6 +107,7 @@ impl Prepared<'_> {
                 client: &mut state.statements,
                 server,
                 stats: self.stats,
+                accepted: self.accepted,
                 capacity: self.capacity,
                 max_held: self.max_held,
             },

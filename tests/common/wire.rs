@@ -131,6 +131,18 @@ pub fn parse(name: &str, sql: &str) -> Vec<u8> {
     m
 }
 
+/// A Bind of statement `name` to the unnamed portal, no parameters, then an Execute of it.
+pub fn bind_execute(name: &str) -> Vec<u8> {
+    let mut m = vec![b'B'];
+    m.extend_from_slice(&((4 + 1 + name.len() + 1 + 6) as u32).to_be_bytes());
+    m.push(0);
+    m.extend_from_slice(name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&[0; 6]);
+    m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    m
+}
+
 pub fn sync() -> Vec<u8> {
     vec![b'S', 0, 0, 0, 4]
 }

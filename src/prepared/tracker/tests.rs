@@ -26,6 +26,7 @@ struct World {
     client: ClientStatements,
     server: ServerStatements,
     stats: PreparedStats,
+    accepted: crate::prepared::local::Accepted,
     capacity: usize,
     max_held: usize,
 }
@@ -37,6 +38,7 @@ impl World {
             client: ClientStatements::default(),
             server: ServerStatements::default(),
             stats: PreparedStats::default(),
+            accepted: Default::default(),
             capacity,
             max_held: 1 << 20,
         }
@@ -47,6 +49,7 @@ impl World {
             client: &mut self.client,
             server: &mut self.server,
             stats: &self.stats,
+            accepted: &self.accepted,
             capacity: self.capacity,
             max_held: self.max_held,
         }

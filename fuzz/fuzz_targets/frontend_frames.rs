@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     accepted.learn(known.id);
     let mut client = pgsluice::prepared::ClientStatements::default();
     let mut out = bytes::BytesMut::new();
-    if let Ok(Some(used)) = pgsluice::prepared::local::answer(rest, (&registry, &accepted), &mut client, &mut out) {
+    if let Ok(Some(used)) = pgsluice::prepared::local::answer(rest, (&registry, &accepted), (&mut client, pgsluice::prepared::ClientLimits::NONE), &mut out) {
         assert!(used <= rest.len() && rest[used - 5..used] == [b'S', 0, 0, 0, 4]);
         assert!(out.ends_with(&[b'Z', 0, 0, 0, 5, b'I']));
     }

@@ -273,6 +273,7 @@ impl Pooled {
                 accepted: &self.accepted,
                 capacity: self.capacity,
                 max_held: 1 << 20,
+                limits: pgsluice::prepared::ClientLimits::NONE,
             },
             &mut self.tracker,
         )

@@ -84,6 +84,9 @@ pub struct General {
     /// unnamed Parse streams through with only its head read; a larger named Parse is refused
     /// with 54000. Per-client buffered protocol state stays within a few times this.
     pub max_held_message: usize,
+    /// The most named statements one client keeps in transaction and statement mode, and the most
+    /// bytes of their names and query texts: a Parse past either gets 54000 and the session goes on.
+    pub client_statements: crate::prepared::ClientLimits,
     pub server_check_query: Option<String>,
     pub server_check_delay: Duration,
     pub server_connect_timeout: Option<Duration>,
@@ -337,6 +340,10 @@ fn general(
         max_prepared_statements: g.max_prepared_statements,
         // Below a few KiB even a Parse of an ordinary query would be refused.
         max_held_message: g.max_held_message.max(MIN_HELD_MESSAGE),
+        client_statements: crate::prepared::ClientLimits {
+            statements: g.max_client_statements,
+            bytes: g.max_client_statement_bytes,
+        },
         server_check_query: (!g.server_check_query.trim().is_empty())
             .then_some(g.server_check_query),
         server_check_delay: Duration::from_secs_f64(g.server_check_delay),

@@ -254,6 +254,10 @@ fn set_own(g: &mut RawGeneral, e: &IniEntry) -> Result<bool, ConfigError> {
     let err = |m: String| bad(e, &key, m);
     match key.as_str() {
         "max_held_message" => g.max_held_message = parse_num(v).map_err(err)?,
+        "max_client_statements" => g.max_client_statements = parse_num(v).map_err(err)?,
+        "max_client_statement_bytes" => {
+            g.max_client_statement_bytes = parse_num(v).map_err(err)?;
+        }
         "workers" => g.workers = parse_num(v).map_err(err)?,
         "metrics_addr" => g.metrics_addr = v.to_owned(),
         "kubeconfig" => g.kubeconfig = path(v),

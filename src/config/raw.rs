@@ -28,6 +28,10 @@ pub struct RawGeneral {
     pub max_prepared_statements: usize,
     /// pgsluice only: the largest client message held in memory whole (see [`General`]).
     pub max_held_message: usize,
+    /// pgsluice only: how many named statements, and how many bytes of names and query text, one
+    /// client may keep (see [`General`]).
+    pub max_client_statements: usize,
+    pub max_client_statement_bytes: usize,
     pub server_check_query: String,
     pub server_check_delay: f64,
     pub server_connect_timeout: f64,
@@ -121,6 +125,8 @@ impl Default for RawGeneral {
             server_reset_query_always: false,
             max_prepared_statements: 200,
             max_held_message: 1 << 20,
+            max_client_statements: 1000,
+            max_client_statement_bytes: 16 << 20,
             server_check_query: "select 1".into(),
             server_check_delay: 30.0,
             server_connect_timeout: 15.0,

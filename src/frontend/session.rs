@@ -202,7 +202,7 @@ async fn serve_request(app: &App, s: &mut Session) -> Option<Disconnect> {
     let pool = s.me.pool().clone();
     let mode = pool.with_settings(|s| s.mode);
     if mode != PoolMode::Session && g.max_prepared_statements > 0 {
-        if let Some(answered) = answer_without_server(app, s, &pool).await {
+        if let Some(answered) = answer_without_server(app, s, &pool, g.client_statements).await {
             return answered.err();
         }
     }
@@ -224,6 +224,7 @@ async fn answer_without_server(
     app: &App,
     s: &mut Session,
     pool: &crate::pool::Pool,
+    limits: crate::prepared::ClientLimits,
 ) -> Option<Result<(), Disconnect>> {
     if !s.scanner.at_boundary() {
         return None;
@@ -234,7 +235,7 @@ async fn answer_without_server(
     let used = crate::prepared::local::answer(
         &s.buf,
         (&app.statements, &pool.accepted),
-        &mut state.statements,
+        (&mut state.statements, limits),
         &mut out,
     )
     .ok()??;
@@ -280,6 +281,7 @@ async fn relay_attached(
                     accepted: &pool.accepted,
                     capacity: g.max_prepared_statements,
                     max_held: g.max_held_message,
+                    limits: g.client_statements,
                 }
             }),
         },

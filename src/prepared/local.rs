@@ -13,7 +13,7 @@
 //! and only a server can tell whether they changed since. A statement whose table has gone since a
 //! server accepted it fails at its first use rather than at its Parse.
 
-use super::{ClientStatements, Registry, Statement};
+use super::{ClientLimits, ClientStatements, Registry, Statement};
 use crate::proto::{encode, frontend, scan, ProtoError};
 use bytes::BytesMut;
 use dashmap::DashSet;
@@ -62,10 +62,10 @@ impl Accepted {
 pub fn answer(
     buf: &[u8],
     known: (&Registry, &Accepted),
-    client: &mut ClientStatements,
+    (client, limits): (&mut ClientStatements, ClientLimits),
     out: &mut BytesMut,
 ) -> Result<Option<usize>, ProtoError> {
-    let Some((parses, used)) = plan(buf, known, client)? else {
+    let Some((parses, used)) = plan(buf, known, (client, limits))? else {
         return Ok(None);
     };
     for (name, stmt) in parses {
@@ -83,10 +83,11 @@ type Planned<'a> = (Vec<(&'a [u8], Arc<Statement>)>, usize);
 fn plan<'a>(
     buf: &'a [u8],
     (registry, accepted): (&Registry, &Accepted),
-    client: &ClientStatements,
+    (client, limits): (&ClientStatements, ClientLimits),
 ) -> Result<Option<Planned<'a>>, ProtoError> {
     let mut parses: Vec<(&'a [u8], Arc<Statement>)> = Vec::new();
     let mut at = 0;
+    let mut bytes = client.bytes();
     while parses.len() <= MAX_PARSES {
         let Some(h) = scan::header(&buf[at..])? else {
             return Ok(None);
@@ -99,10 +100,14 @@ fn plan<'a>(
             b'P' => {
                 let p = frontend::parse(body)?;
                 // Unnamed: it must live on the server its Bind goes to. A name the client has, or
-                // parses twice here, gets 42P05 from PostgreSQL: the server path answers that.
+                // parses twice here, gets 42P05 from PostgreSQL, and one past the client's limits
+                // 54000: the server path answers those.
+                bytes = bytes.saturating_add(p.name.len() + p.definition.len());
                 let fresh = !p.name.is_empty()
                     && client.get(p.name).is_none()
-                    && !parses.iter().any(|(n, _)| *n == p.name);
+                    && !parses.iter().any(|(n, _)| *n == p.name)
+                    && client.len() + parses.len() < limits.statements
+                    && bytes <= limits.bytes;
                 match accepted.statement(registry, p.definition).filter(|_| fresh) {
                     Some(stmt) => parses.push((p.name, stmt)),
                     None => return Ok(None),
@@ -150,7 +155,10 @@ mod tests {
         let batch = [parse("a", "SELECT 1"), sync()].concat();
         let _ = r.intern(b"SELECT 1\0\0\0");
         let mut out = BytesMut::new();
-        assert_eq!(answer(&batch, (&r, &a), &mut c, &mut out).unwrap(), None);
+        assert_eq!(
+            answer(&batch, (&r, &a), (&mut c, ClientLimits::NONE), &mut out).unwrap(),
+            None
+        );
         assert!(c.get(b"a").is_none() && out.is_empty());
     }
 
@@ -165,7 +173,13 @@ mod tests {
         let batch = [parse("a", "SELECT 1"), parse("b", "SELECT 2"), sync()].concat();
         let next = parse("c", "x");
         let mut out = BytesMut::new();
-        let used = answer(&[&batch[..], &next].concat(), (&r, &a), &mut c, &mut out).unwrap();
+        let used = answer(
+            &[&batch[..], &next].concat(),
+            (&r, &a),
+            (&mut c, ClientLimits::NONE),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(used, Some(batch.len()), "the next batch stays");
         assert_eq!(tags(&out), b"11Z");
         assert_eq!(&out[out.len() - 1..], b"I");
@@ -196,14 +210,17 @@ mod tests {
         ];
         for batch in cases {
             let mut out = BytesMut::new();
-            assert_eq!(answer(&batch, (&r, &a), &mut c, &mut out).unwrap(), None);
+            assert_eq!(
+                answer(&batch, (&r, &a), (&mut c, ClientLimits::NONE), &mut out).unwrap(),
+                None
+            );
             assert!(out.is_empty() && c.is_empty());
         }
         c.insert(b"a", stmt);
         let batch = [parse("a", "SELECT 1"), sync()].concat();
         let mut out = BytesMut::new();
         assert_eq!(
-            answer(&batch, (&r, &a), &mut c, &mut out).unwrap(),
+            answer(&batch, (&r, &a), (&mut c, ClientLimits::NONE), &mut out).unwrap(),
             None,
             "a name the client has"
         );

@@ -100,22 +100,64 @@ impl ClientState {
     }
 }
 
+/// How much one client may keep named (`max_client_statements`, `max_client_statement_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub statements: usize,
+    /// Bytes of names and query texts (a definition shared with other clients counts in full).
+    pub bytes: usize,
+}
+
+impl ClientLimits {
+    pub const NONE: ClientLimits = ClientLimits {
+        statements: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
 /// What a client's name meant: the statement and the columns the client was shown for it.
 #[derive(Debug, Clone)]
 pub struct ClientEntry {
     /// `None`: the name meant nothing.
-    pub statement: Option<Arc<Statement>>,
+    named: Option<Named>,
     shapes: Option<Vec<(u64, u64)>>,
+}
+
+/// A client's name for a statement, and when in the client's stream its Parse came.
+#[derive(Debug, Clone)]
+struct Named {
+    statement: Arc<Statement>,
+    /// The client's [`ClientStatements::mark`] when it was named: a reset sent before that does not
+    /// touch it, even when the reset takes effect later (pipelined).
+    born: u64,
+}
+
+/// What a client's DEALLOCATE of one name found, at its turn.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deallocated {
+    Removed,
+    /// A Parse sent after the DEALLOCATE named it again: that one stays.
+    NamedSince,
+    Missing,
 }
 
 /// One client's prepared statements, by the names it gave them.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    by_name: HashMap<Box<[u8]>, Named>,
     /// The result shapes ([`shape_of`]) each name was described with, by the statement id they were
     /// for: what the client expects its rows to look like. Keyed by id as well, because a Describe's
     /// answer may come after a later Parse of the same name that an error then undoes.
     shapes: HashMap<Box<[u8]>, Vec<(u64, u64)>>,
+    /// The bytes of the names and definitions in `by_name`, for `max_client_statement_bytes`.
+    bytes: usize,
+    /// How many names have been given: the next one's `born`.
+    births: u64,
+}
+
+/// What naming a statement costs against `max_client_statement_bytes`.
+fn cost(name: &[u8], s: &Statement) -> usize {
+    name.len() + s.definition.len()
 }
 
 /// A fingerprint of a statement's result shape: its RowDescription, or NoData.
@@ -130,7 +172,7 @@ pub fn shape_of(tag: u8, body: &[u8]) -> u64 {
 impl ClientStatements {
     /// The shape the client was shown for `name`, if it asked (Describe) since preparing it.
     pub fn shape(&self, name: &[u8]) -> Option<u64> {
-        let id = self.by_name.get(name)?.id;
+        let id = self.by_name.get(name)?.statement.id;
         self.shapes
             .get(name)?
             .iter()
@@ -152,14 +194,48 @@ impl ClientStatements {
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(|n| &n.statement)
+    }
+
+    /// Whether naming a statement of `definition` `name` keeps the client within `limits`.
+    pub fn fits(&self, name: &[u8], definition: &[u8], limits: ClientLimits) -> bool {
+        let (count, freed) = match self.by_name.get(name) {
+            Some(old) => (self.by_name.len(), cost(name, &old.statement)),
+            None => (self.by_name.len() + 1, 0),
+        };
+        let bytes = (self.bytes - freed).saturating_add(name.len() + definition.len());
+        count <= limits.statements && bytes <= limits.bytes
+    }
+
+    /// Where the client's stream is now: names given from here on are born at or after it.
+    pub fn mark(&self) -> u64 {
+        self.births
+    }
+
+    fn set(&mut self, name: &[u8], named: Named) -> Option<Named> {
+        self.bytes += cost(name, &named.statement);
+        let old = self.by_name.insert(name.into(), named);
+        if let Some(o) = &old {
+            self.bytes -= cost(name, &o.statement);
+        }
+        old
+    }
+
+    fn unset(&mut self, name: &[u8]) -> Option<Named> {
+        let old = self.by_name.remove(name);
+        if let Some(o) = &old {
+            self.bytes -= cost(name, &o.statement);
+        }
+        old
     }
 
     /// Names `s` `name`, returning what the name meant before (with the columns it was shown).
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> ClientEntry {
         let shapes = self.shapes.remove(name);
+        let born = self.births;
+        self.births += 1;
         ClientEntry {
-            statement: self.by_name.insert(name.into(), s),
+            named: self.set(name, Named { statement: s, born }),
             shapes,
         }
     }
@@ -168,17 +244,17 @@ impl ClientStatements {
     /// read for the statement id the name means, and a fresh Parse clears them), so that an undone
     /// Close, or a Describe answer that comes late, loses nothing.
     pub fn take(&mut self, name: &[u8]) -> Option<ClientEntry> {
-        self.by_name.remove(name).map(|statement| ClientEntry {
-            statement: Some(statement),
+        self.unset(name).map(|named| ClientEntry {
+            named: Some(named),
             shapes: None,
         })
     }
 
     /// Gives `name` back a meaning it had (an undone Close or Parse).
     pub fn put(&mut self, name: &[u8], e: ClientEntry) {
-        match e.statement {
-            Some(s) => self.by_name.insert(name.into(), s),
-            None => self.by_name.remove(name),
+        match e.named {
+            Some(n) => self.set(name, n),
+            None => self.unset(name),
         };
         // Shapes recorded since (a late Describe answer) stay; the saved ones come back.
         for (id, shape) in e.shapes.into_iter().flatten() {
@@ -192,21 +268,41 @@ impl ClientStatements {
         }
     }
 
-    pub fn remove(&mut self, name: &[u8]) -> bool {
-        self.take(name).is_some()
-    }
-
     /// A Parse of `name` as statement `id` did not happen: if the name still means `id` (a later
     /// Parse may have reused it), it gets back its `previous` meaning, or goes.
     pub fn restore_if(&mut self, name: &[u8], id: u64, previous: ClientEntry) {
-        if self.by_name.get(name).is_some_and(|s| s.id == id) {
+        if self.by_name.get(name).is_some_and(|n| n.statement.id == id) {
             self.put(name, previous);
         }
     }
 
+    /// DEALLOCATE `name`, sent at `mark`, at its turn.
+    pub fn deallocate(&mut self, name: &[u8], mark: u64) -> Deallocated {
+        match self.by_name.get(name) {
+            None => Deallocated::Missing,
+            Some(n) if n.born >= mark => Deallocated::NamedSince,
+            Some(_) => {
+                self.unset(name);
+                Deallocated::Removed
+            }
+        }
+    }
+
+    /// DEALLOCATE ALL or DISCARD ALL, sent at `mark`, at its turn: the names given before it go.
+    pub fn clear_before(&mut self, mark: u64) {
+        self.by_name.retain(|_, n| n.born >= mark);
+        let by_name = &self.by_name;
+        self.shapes.retain(|name, _| by_name.contains_key(name));
+        self.bytes = by_name.iter().map(|(k, n)| cost(k, &n.statement)).sum();
+    }
+
     pub fn clear(&mut self) {
-        self.by_name.clear();
-        self.shapes.clear();
+        self.clear_before(u64::MAX);
+    }
+
+    /// The bytes of the names and query texts named, as counted against the limit.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -221,8 +317,8 @@ impl ClientStatements {
 /// The statements one server has prepared, least recently used first out.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    /// Statement id to the tick it was last used at.
-    prepared: HashMap<u64, u64>,
+    /// Statement id to the tick it was last used at and the tick it was prepared at.
+    prepared: HashMap<u64, (u64, u64)>,
     /// The result shape ([`shape_of`]) of a prepared copy, once a Describe of it was answered.
     shapes: HashMap<u64, u64>,
     /// Statements that exist on the server but must be closed before they are prepared again: evicted
@@ -236,8 +332,8 @@ impl ServerStatements {
     pub fn touch(&mut self, id: u64) -> bool {
         self.tick += 1;
         match self.prepared.get_mut(&id) {
-            Some(t) => {
-                *t = self.tick;
+            Some((used, _)) => {
+                *used = self.tick;
                 true
             }
             None => false,
@@ -248,7 +344,7 @@ impl ServerStatements {
     /// recently used statement, which the caller must close on the server.
     pub fn insert(&mut self, id: u64, capacity: usize) -> Option<u64> {
         self.tick += 1;
-        self.prepared.insert(id, self.tick);
+        self.prepared.insert(id, (self.tick, self.tick));
         self.shapes.remove(&id);
         if self.prepared.len() <= capacity {
             return None;
@@ -257,7 +353,7 @@ impl ServerStatements {
             .prepared
             .iter()
             .filter(|(&k, _)| k != id)
-            .min_by_key(|(_, &t)| t)?;
+            .min_by_key(|(_, &(used, _))| used)?;
         self.forget(victim);
         Some(victim)
     }
@@ -296,6 +392,20 @@ impl ServerStatements {
         let before = self.stale.len();
         self.stale.retain(|&s| s != id);
         self.stale.len() != before
+    }
+
+    /// Where the server's stream is now: statements prepared from here on are newer than it.
+    pub fn mark(&self) -> u64 {
+        self.tick
+    }
+
+    /// The server ran DISCARD ALL or DEALLOCATE ALL, sent at `mark`: the statements prepared before
+    /// it are gone, the ones pipelined after it are there. Stale ones stay listed: closing a name
+    /// that is not there is no error.
+    pub fn clear_before(&mut self, mark: u64) {
+        self.prepared.retain(|_, &mut (_, born)| born > mark);
+        let prepared = &self.prepared;
+        self.shapes.retain(|id, _| prepared.contains_key(id));
     }
 
     /// The server ran DISCARD ALL or DEALLOCATE ALL: it has nothing prepared any more.

@@ -28,6 +28,8 @@ pub struct Ctx<'a> {
     pub capacity: usize,
     /// `max_held_message`: the most client bytes a shape check may hold back (verify.rs).
     pub max_held: usize,
+    /// How much the client may keep named.
+    pub limits: super::ClientLimits,
 }
 
 /// The reply a message expects from the server.
@@ -58,6 +60,22 @@ enum Undo {
     Stale(u64),
 }
 
+/// Stream positions (`ClientStatements::mark`, `ServerStatements::mark`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    client: u64,
+    server: u64,
+}
+
+impl Marks {
+    fn now(ctx: &Ctx<'_>) -> Self {
+        Marks {
+            client: ctx.client.mark(),
+            server: ctx.server.mark(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Entry {
     /// A reply the server owes; `swallow` when the message was the pooler's own.
@@ -67,6 +85,10 @@ enum Entry {
         undo: Undo,
         /// The pooler statement a Bind used, to re-prepare it after "cached plan must not change".
         statement: Option<u64>,
+        /// For an Execute or a simple Query: where the client's and the server's streams were when
+        /// it was sent. If it runs DEALLOCATE ALL or DISCARD ALL, the statements named and prepared
+        /// before it go (the ones pipelined after it stay).
+        marks: Marks,
     },
     /// A Describe of a named statement, whose answer records a result shape (verify.rs).
     Describe {
@@ -102,14 +124,17 @@ enum Local {
         name: Box<[u8]>,
         statement: Option<ClientEntry>,
     },
-    /// A client's DEALLOCATE (`None`: ALL), answered and applied at its turn.
-    Deallocate(Option<Box<[u8]>>),
+    /// A client's DEALLOCATE (`None`: ALL), sent at the client's stream position `mark`, answered
+    /// and applied at its turn.
+    Deallocate { name: Option<Box<[u8]>>, mark: u64 },
     /// 0A000 for a Bind of a statement whose columns changed since the client prepared it.
     StaleStatement,
     /// 54000 for a named Parse of `size` bytes, over `max_held_message`.
     TooLarge { size: usize, max: usize },
     /// 42P05 for a Parse of a name the client already has.
     AlreadyExists(Box<[u8]>),
+    /// 54000 for a Parse past the client's limits.
+    TooMany(super::ClientLimits),
 }
 
 /// The message [`Tracker::use_statement`] readies a statement for.
@@ -142,9 +167,6 @@ pub struct Tracker {
     /// The server reported an error and is skipping the client's messages until its next Sync, which
     /// the client had not sent yet: its messages until then are dropped, as the server would.
     skipping: bool,
-    /// A DISCARD ALL was sent while its transaction state was not known: the client's statements go
-    /// when the server reports it done.
-    discard_pending: bool,
     /// A batch kept to be replayed once if its statement's cached plan went stale (heal.rs).
     heal: heal::Heal,
     /// The bytes of that batch, from its Bind to its Sync, or the messages held while a copy's shape
@@ -161,7 +183,6 @@ impl Default for Tracker {
             status: TxStatus::Idle,
             copy: CopyInSyncs::default(),
             skipping: false,
-            discard_pending: false,
             heal: heal::Heal::Off,
             replay: BytesMut::new(),
             verify: verify::Verify::Off,
@@ -170,11 +191,17 @@ impl Default for Tracker {
 }
 
 fn server(reply: Reply) -> Entry {
+    runs(reply, Marks::default())
+}
+
+/// An Execute or simple Query, sent at `marks`.
+fn runs(reply: Reply, marks: Marks) -> Entry {
     Entry::Server {
         reply,
         swallow: false,
         undo: Undo::Nothing,
         statement: None,
+        marks,
     }
 }
 
@@ -195,7 +222,6 @@ impl Tracker {
         self.status = TxStatus::Idle;
         self.copy = CopyInSyncs::default();
         self.skipping = false;
-        self.discard_pending = false;
         self.heal = heal::Heal::Off;
         self.replay.clear();
         self.verify = verify::Verify::Off;
@@ -299,7 +325,7 @@ impl Tracker {
             }
             (b'P' | b'B' | b'D' | b'C', None) => return Err(ProtoError::Malformed("extended")),
             (b'E', _) => {
-                self.queue.push_back(server(Reply::Execute));
+                self.queue.push_back(runs(Reply::Execute, Marks::now(ctx)));
                 ClientAction::Forward
             }
             (b'Q', body) => self.client_query(body, ctx),
@@ -337,9 +363,14 @@ impl Tracker {
             && body
                 .is_some_and(|b| b.starts_with(b"DISCARD ALL") || b.starts_with(b"DEALLOCATE ALL"))
         {
-            ctx.server.clear();
-            if std::mem::take(&mut self.discard_pending) {
-                ctx.client.clear();
+            // Run by the server (a simple query, or an Execute, as psycopg sends it in a
+            // pipeline): the server's statements are gone, and the client's named before it.
+            match self.queue.front() {
+                Some(Entry::Server { marks, .. }) => {
+                    ctx.server.clear_before(marks.server);
+                    ctx.client.clear_before(marks.client);
+                }
+                _ => ctx.server.clear(),
             }
         }
         if tag == b'G' {
@@ -447,7 +478,10 @@ impl Tracker {
                 Local::StaleStatement => Self::stale_error(to_client),
                 Local::TooLarge { size, max } => large::too_large_error(to_client, size, max),
                 Local::AlreadyExists(name) => statements::already_exists(to_client, &name),
-                Local::Deallocate(name) => self.deallocate(name.as_deref(), ctx, to_client),
+                Local::TooMany(limits) => statements::too_many(to_client, limits),
+                Local::Deallocate { name, mark } => {
+                    self.deallocate(name.as_deref(), mark, ctx, to_client);
+                }
             }
         }
     }

@@ -90,6 +90,8 @@ pub struct Prepared<'a> {
     pub capacity: usize,
     /// `max_held_message`.
     pub max_held: usize,
+    /// `max_client_statements`, `max_client_statement_bytes`.
+    pub limits: crate::prepared::ClientLimits,
 }
 
 type Tracking<'a> = Prepared<'a>;
@@ -110,6 +112,7 @@ impl Prepared<'_> {
                 accepted: self.accepted,
                 capacity: self.capacity,
                 max_held: self.max_held,
+                limits: self.limits,
             },
             &mut state.tracker,
             &mut state.replacement,

@@ -124,12 +124,14 @@ impl Tracker {
                     swallow: true,
                     undo: Undo::Server(stmt.id),
                     statement: Some(stmt.id),
+                    marks: super::Marks::default(),
                 });
                 self.queue.push_front(Entry::Server {
                     reply: Reply::Close,
                     swallow: true,
                     undo: Undo::Stale(stmt.id),
                     statement: None,
+                    marks: super::Marks::default(),
                 });
                 // A fresh copy: whatever columns were recorded for the old one no longer hold.
                 ctx.server.forget(stmt.id);

@@ -1,8 +1,11 @@
 //! DEALLOCATE, DEALLOCATE ALL and DISCARD ALL sent as simple queries act on the client's own
 //! statements, whatever server they run on: DEALLOCATE is answered by the pooler, DISCARD ALL runs on
-//! the server as well (it resets the session there).
+//! the server as well (it resets the session there). Sent through the extended protocol (psycopg
+//! does in a pipeline), DEALLOCATE ALL and DISCARD ALL run on the server, and its CommandComplete
+//! clears the client's names given before them.
 
-use super::{server, ClientAction, Ctx, Entry, Local, Reply, Tracker};
+use super::{runs, ClientAction, Ctx, Entry, Local, Marks, Reply, Tracker};
+use crate::prepared::Deallocated;
 use crate::proto::frontend::{self, Reset};
 use crate::proto::tx::TxStatus;
 use crate::proto::{encode, sqlstate};
@@ -10,32 +13,25 @@ use bytes::BytesMut;
 
 impl Tracker {
     pub(super) fn client_query(&mut self, body: Option<&[u8]>, ctx: &mut Ctx<'_>) -> ClientAction {
-        let Some(reset) = body.and_then(frontend::reset_statement) else {
-            self.copy.on_client(b'Q');
-            self.queue.push_back(server(Reply::Ready));
-            return ClientAction::Forward;
-        };
-        // With replies still owed, the transaction state the reset meets is not known yet: it is
-        // decided when the reset's turn comes.
-        let settled = self.queue.is_empty();
-        match reset {
-            Reset::DiscardAll => {
-                // The server runs it too. Inside a block it refuses (25001) and the statements stay;
-                // when that is not known yet, they go when the server reports success.
-                if settled && self.status == TxStatus::Idle {
-                    ctx.client.clear();
-                } else if !settled {
-                    self.discard_pending = true;
-                }
+        // Each reset acts on the names given before it in the client's stream, at its turn: a
+        // Parse pipelined after it keeps its name, as on PostgreSQL.
+        let marks = Marks::now(ctx);
+        let reset = body.and_then(frontend::reset_statement);
+        let name = match reset {
+            // The server runs it too (it resets the session there); inside a block it refuses
+            // (25001) and the statements stay. Its CommandComplete clears them (on_server).
+            None | Some(Reset::DiscardAll) => {
                 self.copy.on_client(b'Q');
-                self.queue.push_back(server(Reply::Ready));
+                self.queue.push_back(runs(Reply::Ready, marks));
                 return ClientAction::Forward;
             }
-            Reset::DeallocateAll => self.queue.push_back(Entry::Local(Local::Deallocate(None))),
-            Reset::Deallocate(name) => self
-                .queue
-                .push_back(Entry::Local(Local::Deallocate(Some(name.into())))),
-        }
+            Some(Reset::DeallocateAll) => None,
+            Some(Reset::Deallocate(name)) => Some(name.into()),
+        };
+        self.queue.push_back(Entry::Local(Local::Deallocate {
+            name,
+            mark: marks.client,
+        }));
         ClientAction::Replace
     }
 
@@ -44,6 +40,7 @@ impl Tracker {
     pub(super) fn deallocate(
         &self,
         name: Option<&[u8]>,
+        mark: u64,
         ctx: &mut Ctx<'_>,
         to_client: &mut BytesMut,
     ) {
@@ -57,10 +54,12 @@ impl Tracker {
                 to_client,
             ),
             None => {
-                ctx.client.clear();
+                ctx.client.clear_before(mark);
                 encode::command_complete(to_client, "DEALLOCATE ALL");
             }
-            Some(name) if ctx.client.remove(name) => {
+            // Named again by a Parse pipelined after the DEALLOCATE: it was there before it too
+            // (else the application would not have deallocated it), and the new one stays.
+            Some(name) if ctx.client.deallocate(name, mark) != Deallocated::Missing => {
                 encode::command_complete(to_client, "DEALLOCATE")
             }
             Some(name) => refused(

@@ -46,6 +46,17 @@ impl Tracker {
                 .push_back(Entry::Forced(Local::AlreadyExists(p.name.into())));
             return Ok(ClientAction::Replace);
         }
+        if !ctx.client.fits(p.name, p.definition, ctx.limits) {
+            // Refused where it stands, as a Parse PostgreSQL could not run: the batch ends there.
+            encode::parse_message(
+                out,
+                super::verify::FORCED_ERROR_NAME,
+                super::verify::FORCED_ERROR_QUERY,
+            );
+            self.queue
+                .push_back(Entry::Forced(Local::TooMany(ctx.limits)));
+            return Ok(ClientAction::Replace);
+        }
         let stmt = ctx.registry.intern(p.definition);
         let previous = ctx.client.insert(p.name, stmt.clone());
         // A client's own Parse always reaches the server, even when the server has the statement:
@@ -99,6 +110,7 @@ impl Tracker {
             swallow: false,
             undo: Undo::Nothing,
             statement: Some(stmt.id),
+            marks: super::Marks::default(),
         });
         Ok(ClientAction::Replace)
     }
@@ -178,6 +190,7 @@ impl Tracker {
             swallow,
             undo,
             statement: Some(stmt.id),
+            marks: super::Marks::default(),
         });
         if let Some(victim) = ctx.server.insert(stmt.id, ctx.capacity) {
             PreparedStats::bump(&ctx.stats.evictions);
@@ -192,6 +205,7 @@ impl Tracker {
             swallow: true,
             undo: Undo::Stale(id),
             statement: None,
+            marks: super::Marks::default(),
         });
     }
 }
@@ -201,17 +215,41 @@ impl Tracker {
     /// Parse, Close, DEALLOCATE or DISCARD ALL of it is still on its way (each may yet fail or
     /// succeed). Otherwise a second Parse goes to the server as it is and the outcome decides.
     fn settled(&self, name: &[u8]) -> bool {
-        !self.discard_pending
-            && !self.queue.iter().any(|e| match e {
-                Entry::Server {
-                    undo: Undo::Both { name: n, .. },
-                    ..
-                } => &**n == name,
-                Entry::Local(Local::CloseComplete { name: n, .. }) => &**n == name,
-                Entry::Local(Local::Deallocate(n)) => n.as_deref().is_none_or(|n| n == name),
-                _ => false,
-            })
+        !self.queue.iter().any(|e| match e {
+            Entry::Server {
+                undo: Undo::Both { name: n, .. },
+                ..
+            } => &**n == name,
+            Entry::Local(Local::CloseComplete { name: n, .. }) => &**n == name,
+            Entry::Local(Local::Deallocate { name: n, .. }) => {
+                n.as_deref().is_none_or(|n| n == name)
+            }
+            _ => false,
+        })
     }
+}
+
+/// The 54000 a Parse past the client's limits gets.
+pub(super) fn too_many(to_client: &mut BytesMut, limits: super::super::ClientLimits) {
+    let message = format!(
+        "too many prepared statements on this connection: the pooler keeps at most {} named \
+         statements and {} bytes of their names and query texts per client",
+        limits.statements, limits.bytes
+    );
+    encode::error_with_fields(
+        to_client,
+        &[
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', sqlstate::PROGRAM_LIMIT_EXCEEDED),
+            (b'M', &message),
+            (
+                b'H',
+                "Close or DEALLOCATE statements no longer used, or raise max_client_statements or \
+                 max_client_statement_bytes in the pooler's configuration.",
+            ),
+        ],
+    );
 }
 
 /// The 42P05 a second Parse of a name gets, as PostgreSQL words it.

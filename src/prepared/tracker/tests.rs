@@ -1,4 +1,5 @@
 use super::*;
+use crate::prepared::ClientLimits;
 
 /// A client frame body helper: Parse of `name` with `sql` and no parameter types.
 fn parse_body(name: &str, sql: &str) -> Vec<u8> {
@@ -29,6 +30,7 @@ struct World {
     accepted: crate::prepared::local::Accepted,
     capacity: usize,
     max_held: usize,
+    limits: ClientLimits,
 }
 
 impl World {
@@ -41,6 +43,7 @@ impl World {
             accepted: Default::default(),
             capacity,
             max_held: 1 << 20,
+            limits: ClientLimits::NONE,
         }
     }
     fn ctx(&mut self) -> Ctx<'_> {
@@ -52,6 +55,7 @@ impl World {
             accepted: &self.accepted,
             capacity: self.capacity,
             max_held: self.max_held,
+            limits: self.limits,
         }
     }
     /// Feeds one client frame; returns (action, replacement tags, local reply tags).

@@ -244,6 +244,7 @@ impl Tracker {
             swallow: true,
             undo: super::Undo::Nothing,
             statement: None,
+            marks: super::Marks::default(),
         };
         self.queue.push_front(Entry::Describe {
             swallow: true,
@@ -255,6 +256,7 @@ impl Tracker {
             swallow: true,
             undo: super::Undo::Server(id),
             statement: Some(id),
+            marks: super::Marks::default(),
         });
         self.queue.push_front(own(Reply::Close));
         self.queue.push_front(own(Reply::Ready));

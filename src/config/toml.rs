@@ -41,3 +41,17 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         warnings: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// The example configurations shipped in `config/` load, with every key they document.
+    #[test]
+    fn the_shipped_examples_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for file in ["pgsluice.toml", "pgbouncer.ini"] {
+            let c = crate::config::load(&dir.join(file))
+                .unwrap_or_else(|e| panic!("config/{file} does not load: {e}"));
+            assert_eq!(c.general.client_statements.statements, 1000, "{file}");
+        }
+    }
+}

@@ -21,6 +21,9 @@ Phases (each one runs many connections at once against a pool of a few servers):
   g. the same, made deterministic: C's Parse (+ Sync) and its Bind/Execute run on two
      different servers, the second holding a copy of the statement from before the ALTER
      (needs a pool of at least 2 servers).
+  h. a reset inside a pipeline: after a ROLLBACK psycopg pipelines its own DEALLOCATE ALL
+     (extended protocol) ahead of the Parse of its next statements. (A DEALLOCATE ALL of the
+     application's inside a pipeline confuses psycopg itself, on PostgreSQL too.)
 
 Any error (does not exist, already exists, protocol error, wrong result) fails the
 run with a message naming the phase, worker, iteration and step. The whole run has a
@@ -319,6 +322,26 @@ def phase_e(_admin):
     return run_threads("e pipeline", CLIENTS, worker)
 
 
+# --- phase h: resets inside a pipeline --------------------------------------------------
+
+def phase_h(_admin):
+    def worker(k):
+        with connect(prepare_threshold=0, autocommit=False) as conn:
+            for i in range(10):
+                with conn.pipeline():
+                    a = conn.execute("SELECT %s::int * 3", (i,))
+                    conn.execute("ROLLBACK")
+                with conn.pipeline():
+                    # psycopg forgot its statements at the ROLLBACK: it pipelines DEALLOCATE ALL
+                    # (extended protocol) ahead of preparing these again.
+                    b = conn.execute("SELECT %s::int * 3", (i + 1,))
+                    c = conn.execute("SELECT %s::text || 'h'", (k,))
+                got = (a.fetchone()[0], b.fetchone()[0], c.fetchone()[0])
+                check(got, (i * 3, (i + 1) * 3, f"{k}h"), f"pipeline after ROLLBACK {i}")
+                conn.rollback()
+    return run_threads("h pipeline resets", CLIENTS, worker)
+
+
 # --- phase f: migration ----------------------------------------------------------------
 
 def phase_f(admin):
@@ -455,6 +478,7 @@ def main():
             ("e", lambda: phase_e(admin)),
             ("f", lambda: phase_f(admin)),
             ("g", lambda: phase_g(admin)),
+            ("h", lambda: phase_h(admin)),
         ]
         only = os.environ.get("PGSLUICE_DRIVER_PHASES")  # e.g. "af" to run phases a and f
         for key, run in phases:

@@ -9,7 +9,7 @@ pooler RSS, and prints the ratios pgsluice/PgBouncer and pgsluice/direct. Every 
 import argparse, asyncio, concurrent.futures, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import idle  # noqa: E402
+import callgrind, idle, large, report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLK = os.sysconf("SC_CLK_TCK")
@@ -166,6 +166,8 @@ SCENARIOS = {
     # S1 again while /metrics is scraped every second: what scraping costs the data path.
     "S1M": ("select-only, simple, 50 clients, /metrics scraped 1/s", ["-S", "-M", "simple", "-c", "50", "-j", "1"]),
     "S6": ("select-only, 1 client (latency)", ["-S", "-M", "simple", "-c", "1", "-j", "1"]),
+    # 2 000 clients at once over 20 servers: where an event loop per client costs.
+    "S8": ("select-only, simple, 2000 clients", ["-S", "-M", "simple", "-c", "2000", "-j", "2"]),
 }
 
 
@@ -222,10 +224,77 @@ def idle_clients(env, port, pid, n):
     return r
 
 
+def run_pgbench_scenario(env, a, sid, targets, results, rnd, bouncer_prepared):
+    title, scenario_args = SCENARIOS[sid]
+    tls = sid.endswith("T")
+    scraped = sid == "S1M"
+    for name, port, pid in (targets[:1] if scraped else targets):
+        args = scenario_args
+        if name == "direct" and (tls or sid == "S8"):
+            continue  # no TLS on the throwaway PostgreSQL, nor 2 000 connection slots
+        sslmode = "require" if tls else "disable"
+        # An older PgBouncer fails -M prepared in transaction mode: its row in S3 is then the
+        # same load with the simple protocol, the best it can do, as the reference.
+        if name == "pgbouncer" and "prepared" in args and not bouncer_prepared:
+            args = [("simple" if x == "prepared" else x) for x in args]
+            name = "pgbouncer -M simple"
+        # Warm the pool, then measure.
+        pgbench(env, port, ["-S", "-c", "4", "-T", "1"], 60)
+        cpu0 = cpu_seconds(pid) if pid else None
+        busy0, idle0 = machine_busy()
+        if scraped:
+            stop = threading.Event()
+            scraper = concurrent.futures.ThreadPoolExecutor(1).submit(scrape_every_second, env.metrics_port, stop)
+        r = pgbench(env, port, args + ["-T", str(a.duration)], a.duration + 120, sslmode)
+        if scraped:
+            stop.set()
+            r["scrapes"] = scraper.result()
+        busy1, idle1 = machine_busy()
+        if pid:
+            cpu = cpu_seconds(pid) - cpu0
+            r["pooler_cpu_us_per_xact"] = round(cpu * 1e6 / r["xacts"], 2) if r["xacts"] else None
+            r["pooler_rss_kib"] = rss_kib(pid)
+        r["machine_cpu_busy_pct"] = round(100 * (1 - (idle1 - idle0) / max(busy1 - busy0, 1e-9)), 1)
+        r.update(scenario=sid, title=title, target=name, round=rnd)
+        results.append(r)
+        print(f"[{rnd}] {sid} {name:9} tps={r['tps']:9.1f} lat={r['latency_ms']} cpu/xact={r.get('pooler_cpu_us_per_xact')} "
+              f"failed={r['failed']} {r['error'] or ''}", flush=True)
+
+
+def run_idle(env, a, targets, results, rnd, fds):
+    for n in (int(x) for x in a.idle.split(",")):
+        if n + 100 > fds:
+            print(f"S5 {n} clients skipped: the descriptor limit is {fds}", flush=True)
+            continue
+        for name, port, pid in targets:
+            if pid is None:
+                continue
+            r = idle_clients(env, port, pid, n)
+            r.update(scenario="S5", title=f"{n} idle SCRAM clients", target=name, round=rnd)
+            results.append(r)
+            print(f"[{rnd}] S5 {n} {name:9} rss={r.get('pooler_rss_kib')} KiB per client={r.get('rss_per_client_kib')} KiB "
+                  f"{r['error'] or ''}", flush=True)
+
+
+def run_large(targets, results, rnd):
+    for name, port, pid in targets:
+        try:
+            rows = large.measure(port, pid, rss_kib)
+        except Exception as e:  # reported, not fatal to the run
+            print(f"[{rnd}] S7 {name:9} ERROR {str(e)[:200]}", flush=True)
+            continue
+        for row in rows:
+            r = {"scenario": "S7", "title": f"{row['mib']} MiB parameter", "target": name, "round": rnd, "ok": True,
+                 "seconds": row["seconds"], "rss_growth_kib": row["rss_growth_kib"], "error": None}
+            results.append(r)
+            print(f"[{rnd}] S7 {row['mib']:3} MiB {name:9} {row['seconds']:.4f} s rss growth={row['rss_growth_kib']} KiB", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=15)
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S5,S6")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S5,S6,S7,S8,S1C")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of every scenario, the targets' order alternating")
     ap.add_argument("--idle", default="2000,10000", help="S5 client counts")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--out", default=f"{ROOT}/target/load")
@@ -239,82 +308,26 @@ def main():
                        check=True, env=dict(os.environ, PGPASSWORD="bench"), capture_output=True)
         targets = [("pgsluice", env.sluice_port, env.sluice.pid), ("pgbouncer", env.bouncer_port, env.bouncer_pid), ("direct", env.pg_port, None)]
         bouncer_prepared = pgbouncer_has_prepared_statements()
-        for sid in a.scenarios.split(","):
-            if sid == "S5":
-                for n in (int(x) for x in a.idle.split(",")):
-                    if n + 100 > fds:
-                        print(f"S5 {n} clients skipped: the descriptor limit is {fds}", flush=True)
-                        continue
-                    for name, port, pid in targets[:2]:
-                        r = idle_clients(env, port, pid, n)
-                        r.update(scenario="S5", title=f"{n} idle SCRAM clients", target=name)
-                        results.append(r)
-                        print(f"S5 {n} {name:9} rss={r.get('pooler_rss_kib')} KiB per client={r.get('rss_per_client_kib')} KiB "
-                              f"{r['error'] or ''}", flush=True)
-                continue
-            title, scenario_args = SCENARIOS[sid]
-            tls = sid.endswith("T")
-            scraped = sid == "S1M"
-            for name, port, pid in (targets[:1] if scraped else targets):
-                args = scenario_args
-                if tls and name == "direct":
-                    continue  # the throwaway PostgreSQL runs without TLS; the ratio is against PgBouncer
-                sslmode = "require" if tls else "disable"
-                # An older PgBouncer fails -M prepared in transaction mode: its row in S3 is then the
-                # same load with the simple protocol, the best it can do, as the reference.
-                if name == "pgbouncer" and "prepared" in args and not bouncer_prepared:
-                    args = [("simple" if x == "prepared" else x) for x in args]
-                    name = "pgbouncer -M simple"
-                # Warm the pool, then measure.
-                pgbench(env, port, args[:0] + ["-S", "-c", "4", "-T", "1"], 60)
-                cpu0 = cpu_seconds(pid) if pid else None
-                busy0, idle0 = machine_busy()
-                if scraped:
-                    stop = threading.Event()
-                    scraper = concurrent.futures.ThreadPoolExecutor(1).submit(scrape_every_second, env.metrics_port, stop)
-                r = pgbench(env, port, args + ["-T", str(a.duration)], a.duration + 120, sslmode)
-                if scraped:
-                    stop.set()
-                    r["scrapes"] = scraper.result()
-                busy1, idle1 = machine_busy()
-                if pid:
-                    cpu = cpu_seconds(pid) - cpu0
-                    r["pooler_cpu_us_per_xact"] = round(cpu * 1e6 / r["xacts"], 2) if r["xacts"] else None
-                    r["pooler_rss_kib"] = rss_kib(pid)
-                r["machine_cpu_busy_pct"] = round(100 * (1 - (idle1 - idle0) / max(busy1 - busy0, 1e-9)), 1)
-                r.update(scenario=sid, title=title, target=name)
-                results.append(r)
-                print(f"{sid} {name:9} tps={r['tps']:9.1f} lat={r['latency_ms']} cpu/xact={r.get('pooler_cpu_us_per_xact')} "
-                      f"failed={r['failed']} {r['error'] or ''}", flush=True)
+        for rnd in range(a.rounds):
+            # Alternate which pooler goes first, so that drift in the machine favours neither.
+            order = targets if rnd % 2 == 0 else [targets[1], targets[0], targets[2]]
+            for sid in a.scenarios.split(","):
+                if sid == "S5":
+                    run_idle(env, a, order, results, rnd, fds)
+                elif sid == "S7":
+                    run_large(order, results, rnd)
+                elif sid == "S1C":
+                    if rnd == 0:
+                        sluice_bin = os.environ.get("PGSLUICE_BIN", f"{ROOT}/target/release/pgsluice")
+                        bouncer_bin = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+                        results.extend(callgrind.measure(env, pgbench, [("pgsluice", sluice_bin, None),
+                                                                        ("pgbouncer", bouncer_bin, drop_to_postgres)]))
+                else:
+                    run_pgbench_scenario(env, a, sid, order, results, rnd, bouncer_prepared)
     finally:
         env.close()
     os.makedirs(a.out, exist_ok=True)
-    lines = ["| scenario | target | TPS | avg latency ms | pooler CPU µs/xact | pooler RSS KiB | failed | TPS ÷ PgBouncer | CPU ÷ PgBouncer | TPS ÷ direct |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    by = {(r["title"], r["target"]): r for r in results}
-    for r in results:
-        if r["scenario"] == "S5":
-            continue
-        b = by.get((r["title"], "pgbouncer")) or by.get((r["title"], "pgbouncer -M simple")); d = by.get((r["title"], "direct"))
-        ratio = lambda x, y: f"{x / y:.2f}" if x and y else "–"
-        lines.append(f"| {r['scenario']} {r['title']} | {r['target']} | {r['tps']:.0f} | {r['latency_ms']} | {r.get('pooler_cpu_us_per_xact', '–')} | "
-                     f"{r.get('pooler_rss_kib', '–')} | {r['failed'] if r['error'] is None else 'ERROR'} | "
-                     f"{ratio(r['tps'], b and b['ok'] and b['tps'])} | {ratio(r.get('pooler_cpu_us_per_xact'), b and b.get('pooler_cpu_us_per_xact'))} | "
-                     f"{ratio(r['tps'], d and d['tps'])} |")
-    plain = by.get((SCENARIOS["S1"][0], "pgsluice"))
-    for r in results:
-        if r["scenario"] == "S1M" and plain and plain.get("pooler_cpu_us_per_xact") and r.get("pooler_cpu_us_per_xact"):
-            lines += ["", f"S1M: pgsluice CPU per transaction with /metrics scraped every second ({r.get('scrapes')} scrapes) "
-                          f"÷ without: {r['pooler_cpu_us_per_xact'] / plain['pooler_cpu_us_per_xact']:.3f}"]
-    idle_rows = [r for r in results if r["scenario"] == "S5"]
-    if idle_rows:
-        lines += ["", "| S5 | target | pooler RSS KiB | RSS per idle client KiB | ÷ PgBouncer |", "|---|---|---|---|---|"]
-        for r in idle_rows:
-            b = by.get((r["title"], "pgbouncer"))
-            per, bper = r.get("rss_per_client_kib"), b and b.get("rss_per_client_kib")
-            lines.append(f"| {r['title']} | {r['target']} | {r.get('pooler_rss_kib', '–')} | {per if per is not None else 'ERROR'} | "
-                         f"{f'{per / bper:.2f}' if per and bper else '–'} |")
-    table = "\n".join(lines)
+    table = report.render(results, SCENARIOS)
     print("\n" + table)
     with open(f"{a.out}/results.md", "w") as f:
         f.write(table + "\n")

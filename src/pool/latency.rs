@@ -48,18 +48,21 @@ impl Latency {
         self.observe_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
-    /// Adds a local histogram's counts (only the buckets it used) and empties it.
+    /// Adds a local histogram's counts (only the buckets it used) and empties it. Called once per
+    /// transaction: it visits the used buckets only (callgrind put the loop over all 19 at 4 % of
+    /// a `pgbench -S` transaction's instructions).
     pub fn add(&self, local: &mut LocalLatency) {
-        if local.sum_us == 0 && local.counts.iter().all(|&c| c == 0) {
-            return;
+        let mut used = std::mem::take(&mut local.used);
+        while used != 0 {
+            let i = used.trailing_zeros() as usize;
+            used &= used - 1;
+            self.counts[i].fetch_add(u64::from(local.counts[i]), Ordering::Relaxed);
+            local.counts[i] = 0;
         }
-        for (shared, n) in self.counts.iter().zip(local.counts.iter()) {
-            if *n != 0 {
-                shared.fetch_add(u64::from(*n), Ordering::Relaxed);
-            }
+        if local.sum_us != 0 {
+            self.sum_us.fetch_add(local.sum_us, Ordering::Relaxed);
+            local.sum_us = 0;
         }
-        self.sum_us.fetch_add(local.sum_us, Ordering::Relaxed);
-        *local = LocalLatency::default();
     }
 
     pub fn snapshot(&self) -> LatencySnapshot {
@@ -81,12 +84,15 @@ impl Latency {
 pub struct LocalLatency {
     counts: [u32; SLOTS],
     sum_us: u64,
+    /// Bit `i` set: `counts[i]` is not 0.
+    used: u32,
 }
 
 impl LocalLatency {
     pub fn observe_us(&mut self, us: u64) {
-        let c = &mut self.counts[slot(us)];
-        *c = c.saturating_add(1);
+        let i = slot(us);
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.used |= 1 << i;
         self.sum_us = self.sum_us.saturating_add(us);
     }
 }

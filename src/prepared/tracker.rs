@@ -356,6 +356,11 @@ impl Tracker {
         to_client: &mut BytesMut,
         to_server: &mut BytesMut,
     ) -> bool {
+        // Rows answer only the client's own Executes (the pooler sends none): nothing to track, and
+        // the commonest frame of all.
+        if tag == b'D' {
+            return false;
+        }
         if let Some(swallow) = self.heal_on_server(tag, body, ctx, to_server) {
             return swallow;
         }

@@ -118,8 +118,11 @@ pub(super) fn scan_server(
                     Event::Passing { tag } | Event::Head { tag, .. } => (tag, None),
                 };
                 let mut go_on = true;
-                // What the bookkeeping was before this frame, for a ReadyForQuery the tracker keeps.
-                let before = (t.tx, t.idle_since, t.counts);
+                // What the bookkeeping was before a ReadyForQuery, in case the tracker keeps it (a
+                // copy of the counts and their histograms: taken for that frame only, as callgrind
+                // found the copy for every frame among a transaction's costliest steps).
+                let before = (tag == be::READY_FOR_QUERY && tracking.is_some())
+                    .then(|| (t.tx, t.idle_since, t.counts));
                 if tag == be::COPY_IN_RESPONSE {
                     t.tx.on_copy_in();
                 }
@@ -137,7 +140,7 @@ pub(super) fn scan_server(
                 if let Some(k) = tracking.as_deref_mut() {
                     let (mut ctx, tracker, _, local) = k.parts(server_statements);
                     if tracker.on_server(tag, body, &mut ctx, local, to_server) {
-                        if tag == be::READY_FOR_QUERY {
+                        if let Some(before) = before {
                             // A ReadyForQuery the tracker keeps answers the pooler's own Sync, or
                             // one it replays: the client's requests are still owed.
                             (t.tx, t.idle_since, t.counts) = before;

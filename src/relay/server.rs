@@ -121,8 +121,11 @@ pub(super) fn scan_server(
                 // What the bookkeeping was before a ReadyForQuery, in case the tracker keeps it (a
                 // copy of the counts and their histograms: taken for that frame only, as callgrind
                 // found the copy for every frame among a transaction's costliest steps).
-                let before = (tag == be::READY_FOR_QUERY && tracking.is_some())
-                    .then(|| (t.tx, t.idle_since, t.counts));
+                let before = if tag == be::READY_FOR_QUERY && tracking.is_some() {
+                    Some((t.tx, t.idle_since, t.counts))
+                } else {
+                    None
+                };
                 if tag == be::COPY_IN_RESPONSE {
                     t.tx.on_copy_in();
                 }

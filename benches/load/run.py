@@ -110,17 +110,39 @@ class Env:
         if os.geteuid() == 0:
             for name in ("pgbouncer.ini", "userlist.txt", "server.crt", "server.key"):
                 shutil.chown(f"{self.dir}/{name}", "postgres", "postgres")
+        self.start_poolers()
+
+    def start_poolers(self):
         bouncer = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         # PgBouncer will not run as root. It drops to postgres in the child rather than through
         # runuser, whose PAM session would cut the descriptor limit S5 needs back to 1024.
         self.bouncer = subprocess.Popen([bouncer, f"{self.dir}/pgbouncer.ini"], stdout=subprocess.DEVNULL,
-                                        stderr=open(f"{self.dir}/pgbouncer.log", "w"), preexec_fn=drop_to_postgres)
+                                        stderr=open(f"{self.dir}/pgbouncer.log", "a"), preexec_fn=drop_to_postgres)
         self.procs.append(self.bouncer)
         self.sluice = subprocess.Popen([os.environ.get("PGSLUICE_BIN", f"{ROOT}/target/release/pgsluice"), f"{self.dir}/pgsluice.ini"], stdout=subprocess.DEVNULL,
-                                       stderr=open(f"{self.dir}/pgsluice.log", "w"))
+                                       stderr=open(f"{self.dir}/pgsluice.log", "a"))
         self.procs.append(self.sluice)
         wait_port(self.bouncer_port); wait_port(self.sluice_port)
         self.bouncer_pid = self.bouncer.pid
+
+    def restart_poolers(self):
+        """Fresh pooler processes: RSS growth (S5, S7) shows only on a pooler that has not yet held
+        more memory, since the allocator keeps what earlier scenarios took."""
+        for p in (self.sluice, self.bouncer):
+            self.procs.remove(p)
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill(); p.wait()
+        for port in (self.sluice_port, self.bouncer_port):
+            end = time.time() + 10
+            while time.time() < end:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close(); time.sleep(0.1)
+                except OSError:
+                    break
+        self.start_poolers()
 
     def psql(self, sql):
         subprocess.run([f"{self.bindir}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-c", sql], check=True)
@@ -293,9 +315,8 @@ def run_large(targets, results, rnd):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=15)
-    # S7 and S5 read RSS growth, which only a pooler that has not yet held more memory shows: they
-    # come before S8's 2 000 clients, and S5 runs in the first round only (the allocator keeps what
-    # 10 000 clients took, so a later round would read no growth at all).
+    # S7 and S5 read RSS growth, which only a pooler that has not yet held more memory shows: every
+    # round starts with fresh poolers, and the two come before S8's 2 000 clients.
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S6,S7,S5,S8,S1C")
     ap.add_argument("--rounds", type=int, default=3, help="runs of every scenario, the targets' order alternating")
     ap.add_argument("--idle", default="2000,10000", help="S5 client counts")
@@ -312,12 +333,14 @@ def main():
         targets = [("pgsluice", env.sluice_port, env.sluice.pid), ("pgbouncer", env.bouncer_port, env.bouncer_pid), ("direct", env.pg_port, None)]
         bouncer_prepared = pgbouncer_has_prepared_statements()
         for rnd in range(a.rounds):
+            if rnd > 0:
+                env.restart_poolers()
+                targets = [("pgsluice", env.sluice_port, env.sluice.pid), ("pgbouncer", env.bouncer_port, env.bouncer_pid), targets[2]]
             # Alternate which pooler goes first, so that drift in the machine favours neither.
             order = targets if rnd % 2 == 0 else [targets[1], targets[0], targets[2]]
             for sid in a.scenarios.split(","):
                 if sid == "S5":
-                    if rnd == 0:
-                        run_idle(env, a, order, results, rnd, fds)
+                    run_idle(env, a, order, results, rnd, fds)
                 elif sid == "S7":
                     run_large(order, results, rnd)
                 elif sid == "S1C":

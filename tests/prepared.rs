@@ -105,11 +105,11 @@ async fn pgbench_prepared_has_no_failures() {
     )
     .await;
     // Select-only: many clients per pgbench thread over a pool smaller than the client count.
-    pgbench_through(&s, &db, &["-S", "-c", "20", "-j", "2", "-t", "200"], 4000).await;
+    pgbench_prepared(&s, &db, &["-S", "-c", "20", "-j", "2", "-t", "200"], 4000).await;
     // TPC-B holds a server across a transaction while pgbench prepares the next command with a
     // blocking PQprepare: a client without a server preparing BEGIN is answered without one, so
     // one thread drives more clients than there are servers (prepared_without_server.rs).
-    pgbench_through(&s, &db, &["-c", "6", "-j", "2", "-t", "100"], 600).await;
+    pgbench_prepared(&s, &db, &["-c", "6", "-j", "2", "-t", "100"], 600).await;
     let parses: u64 = s
         .app
         .pools
@@ -123,34 +123,6 @@ async fn pgbench_prepared_has_no_failures() {
         })
         .sum();
     assert!(parses > 0, "pgbench's statements were prepared on servers");
-}
-
-/// Runs pgbench -M prepared through pgsluice and checks that every transaction went through.
-async fn pgbench_through(s: &Sluice, db: &str, args: &[&str], want: usize) {
-    let pg = Postgres::shared();
-    let mut cmd = std::process::Command::new(pg.bindir.join("pgbench"));
-    cmd.args(["-M", "prepared", "-n"])
-        .args(args)
-        .args(["-h", "127.0.0.1", "-p", &s.addr.port().to_string()])
-        .args(["-U", SCRAM_USER, db])
-        .env("PGPASSWORD", SCRAM_PASSWORD);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pgbench {args:?} failed: {text}");
-    assert!(text.contains("number of failed transactions: 0"), "{text}");
-    assert!(
-        text.contains(&format!(
-            "number of transactions actually processed: {want}/{want}"
-        )),
-        "{text}"
-    );
-    assert!(
-        !text.contains("does not exist") && !text.contains("already exists"),
-        "{text}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

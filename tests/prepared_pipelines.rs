@@ -33,15 +33,8 @@ async fn replies(addr: std::net::SocketAddr, db: &str, script: &[Step]) -> Vec<R
         let mut left = *readies;
         while left > 0 {
             let (tag, body) = wire::read_message(&mut raw).await;
-            let code = (tag == b'E').then(|| {
-                let framed = [
-                    vec![b'E'],
-                    ((body.len() + 4) as u32).to_be_bytes().to_vec(),
-                    body,
-                ]
-                .concat();
-                wire::error_code(&framed).unwrap_or_default()
-            });
+            let code = (tag == b'E')
+                .then(|| wire::error_code(&wire::framed(tag, &body)).unwrap_or_default());
             if tag == b'Z' {
                 left -= 1;
             }
@@ -202,12 +195,7 @@ async fn a_client_past_its_statement_limits_gets_54000_and_goes_on() {
     raw.write_all(&batch).await.unwrap();
     let (tag, body) = wire::read_message(&mut raw).await;
     assert_eq!(tag, b'E');
-    let framed = [
-        vec![b'E'],
-        ((body.len() + 4) as u32).to_be_bytes().to_vec(),
-        body,
-    ]
-    .concat();
+    let framed = wire::framed(tag, &body);
     assert_eq!(wire::error_code(&framed).as_deref(), Some("54000"));
     let message = wire::error_message(&framed).unwrap();
     assert!(message.contains("at most 3 named statements"), "{message}");

@@ -43,30 +43,14 @@ async fn pgbench_prepared_with_more_clients_per_thread_than_servers_does_not_dea
         "\\set n random(1, 1000)\nBEGIN;\nSELECT :n::int + 1;\nSELECT pg_sleep(0.001);\nEND;\n",
     )
     .unwrap();
-    let mut cmd = std::process::Command::new("timeout");
-    cmd.arg("60")
-        .arg(pg.bindir.join("pgbench"))
-        .args(["-M", "prepared", "-n", "-c", "4", "-j", "1", "-t", "50"])
-        .arg("-f")
-        .arg(&script)
-        .args(["-h", "127.0.0.1", "-p", &s.addr.port().to_string()])
-        .args(["-U", SCRAM_USER, &db])
-        .env("PGPASSWORD", SCRAM_PASSWORD);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "pgbench failed or hung (exit {:?}): {text}",
-        out.status.code()
-    );
-    assert!(
-        text.contains("number of transactions actually processed: 200/200"),
-        "{text}"
-    );
-    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    let script = script.to_str().unwrap();
+    pgbench_prepared(
+        &s,
+        &db,
+        &["-c", "4", "-j", "1", "-t", "50", "-f", script],
+        200,
+    )
+    .await;
     assert!(
         answered_without_server(&s) > 0,
         "some PQprepare was answered without a server"
@@ -177,15 +161,7 @@ async fn first_value(raw: &mut tokio::net::TcpStream) -> Result<Option<String>, 
             b'D' if value.is_none() => {
                 value = Some(String::from_utf8_lossy(&body[6..]).into_owned());
             }
-            b'E' => {
-                let framed = [
-                    vec![b'E'],
-                    ((body.len() + 4) as u32).to_be_bytes().to_vec(),
-                    body,
-                ]
-                .concat();
-                error = wire::error_code(&framed);
-            }
+            b'E' => error = wire::error_code(&wire::framed(tag, &body)),
             b'Z' => return error.map_or(Ok(value), Err),
             _ => {}
         }

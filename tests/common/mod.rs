@@ -531,3 +531,38 @@ pub async fn pool_settles(pool: &pgsluice::pool::Pool, want: (usize, usize)) {
         pool.counts()
     );
 }
+
+/// Runs pgbench `-M prepared` through pgsluice, as the SCRAM user, for at most 120 s (a hang fails
+/// with exit 124), and checks that all `want` transactions went through with no statement errors.
+pub async fn pgbench_prepared(s: &Sluice, db: &str, args: &[&str], want: usize) {
+    let pg = Postgres::shared();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(pg.bindir.join("pgbench"))
+        .args(["-M", "prepared", "-n"])
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &s.addr.port().to_string()])
+        .args(["-U", SCRAM_USER, db])
+        .env("PGPASSWORD", SCRAM_PASSWORD);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "pgbench {args:?} failed or hung (exit {:?}): {text}",
+        out.status.code()
+    );
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "number of transactions actually processed: {want}/{want}"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("does not exist") && !text.contains("already exists"),
+        "{text}"
+    );
+}

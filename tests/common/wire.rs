@@ -57,6 +57,14 @@ pub fn first_error(mut bytes: &[u8]) -> Option<Vec<(u8, String)>> {
     None
 }
 
+/// A message as it stands on the wire, from the tag and body [`read_message`] gives.
+pub fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
 /// The SQLSTATE of the first ErrorResponse in a stream of backend messages.
 pub fn error_code(bytes: &[u8]) -> Option<String> {
     first_error(bytes)?
@@ -155,10 +163,7 @@ pub async fn read_until_ready(raw: &mut tokio::net::TcpStream) -> (Vec<u8>, Opti
         let (tag, body) = read_message(raw).await;
         tags.push(tag);
         if tag == b'E' {
-            let mut framed = vec![b'E'];
-            framed.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-            framed.extend_from_slice(&body);
-            code = error_code(&framed);
+            code = error_code(&framed(tag, &body));
         }
         if tag == b'Z' {
             return (tags, code);

@@ -8,7 +8,7 @@
 //! exactly where the client's Parse stood (ending the batch as any error does), and the client
 //! hears 54000 instead of its error. The session goes on.
 
-use super::{server, Entry, Local, Reply, Tracker};
+use super::{server, Local, Reply, Tracker};
 use super::{ClientAction, Ctx};
 use crate::prepared::PreparedStats;
 use crate::proto::{encode, frontend, sqlstate, ProtoError};
@@ -84,15 +84,13 @@ impl Tracker {
                 self.queue.push_back(server(Reply::Parse));
                 return Ok(HeadAction::Forward);
             }
-            encode::parse_message(
+            self.force_error(
                 out,
-                super::verify::FORCED_ERROR_NAME,
-                super::verify::FORCED_ERROR_QUERY,
+                Local::TooLarge {
+                    size: total,
+                    max: ctx.max_held,
+                },
             );
-            self.queue.push_back(Entry::Forced(Local::TooLarge {
-                size: total,
-                max: ctx.max_held,
-            }));
             return Ok(HeadAction::Discard);
         }
         let streamed = total - 5 - head.len();
@@ -108,17 +106,23 @@ pub(super) fn too_large_error(to_client: &mut BytesMut, size: usize, max: usize)
     let message = format!(
         "prepared statement message of {size} bytes exceeds the pooler's limit of {max} bytes"
     );
+    limit_error(
+        to_client,
+        &message,
+        "Use an unnamed statement, or raise max_held_message in the pooler's configuration.",
+    );
+}
+
+/// A 54000 (`program_limit_exceeded`) with its hint: what the pooler answers for each of its limits.
+pub(super) fn limit_error(to_client: &mut BytesMut, message: &str, hint: &str) {
     encode::error_with_fields(
         to_client,
         &[
             (b'S', "ERROR"),
             (b'V', "ERROR"),
             (b'C', sqlstate::PROGRAM_LIMIT_EXCEEDED),
-            (b'M', &message),
-            (
-                b'H',
-                "Use an unnamed statement, or raise max_held_message in the pooler's configuration.",
-            ),
+            (b'M', message),
+            (b'H', hint),
         ],
     );
 }

@@ -37,24 +37,12 @@ impl Tracker {
         {
             // PostgreSQL refuses to redefine a name: the server must fail right here too, so that
             // what follows is skipped to the Sync as there (see large.rs).
-            encode::parse_message(
-                out,
-                super::verify::FORCED_ERROR_NAME,
-                super::verify::FORCED_ERROR_QUERY,
-            );
-            self.queue
-                .push_back(Entry::Forced(Local::AlreadyExists(p.name.into())));
+            self.force_error(out, Local::AlreadyExists(p.name.into()));
             return Ok(ClientAction::Replace);
         }
         if !ctx.client.fits(p.name, p.definition, ctx.limits) {
             // Refused where it stands, as a Parse PostgreSQL could not run: the batch ends there.
-            encode::parse_message(
-                out,
-                super::verify::FORCED_ERROR_NAME,
-                super::verify::FORCED_ERROR_QUERY,
-            );
-            self.queue
-                .push_back(Entry::Forced(Local::TooMany(ctx.limits)));
+            self.force_error(out, Local::TooMany(ctx.limits));
             return Ok(ClientAction::Replace);
         }
         let stmt = ctx.registry.intern(p.definition);
@@ -236,19 +224,11 @@ pub(super) fn too_many(to_client: &mut BytesMut, limits: super::super::ClientLim
          statements and {} bytes of their names and query texts per client",
         limits.statements, limits.bytes
     );
-    encode::error_with_fields(
+    super::large::limit_error(
         to_client,
-        &[
-            (b'S', "ERROR"),
-            (b'V', "ERROR"),
-            (b'C', sqlstate::PROGRAM_LIMIT_EXCEEDED),
-            (b'M', &message),
-            (
-                b'H',
-                "Close or DEALLOCATE statements no longer used, or raise max_client_statements or \
-                 max_client_statement_bytes in the pooler's configuration.",
-            ),
-        ],
+        &message,
+        "Close or DEALLOCATE statements no longer used, or raise max_client_statements or \
+         max_client_statement_bytes in the pooler's configuration.",
     );
 }
 

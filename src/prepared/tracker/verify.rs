@@ -305,6 +305,14 @@ impl Tracker {
         self.queue.push_front(Entry::Forced(Local::StaleStatement));
     }
 
+    /// Sends a Parse that cannot parse where a client's message stood, so that the server fails
+    /// right there (ending the batch as any error does), and queues `reply` for the client to hear
+    /// instead of the server's error (see [`Tracker::forced_error`]).
+    pub(super) fn force_error(&mut self, out: &mut BytesMut, reply: Local) {
+        encode::parse_message(out, FORCED_ERROR_NAME, FORCED_ERROR_QUERY);
+        self.queue.push_back(Entry::Forced(reply));
+    }
+
     /// The pooler's failing Parse failed: the client hears the forced reply (0A000, 54000, 42P05)
     /// instead, and the server now skips what follows to the Sync, as after any error. Returns
     /// whether the server's error is swallowed: in an aborted transaction block PostgreSQL refuses

@@ -1,4 +1,4 @@
-"""S1C: instructions per transaction under callgrind, for pgsluice and PgBouncer.
+"""S1C and S4C: instructions per transaction (S4C: per login) under callgrind, for pgsluice and PgBouncer.
 
 Instruction counts are repeatable where CPU time on a shared 2-core machine is not. Each pooler runs
 under `valgrind --tool=callgrind` on its own port, twice: once for a short pgbench run and once for a
@@ -8,7 +8,11 @@ difference in transactions is the cost of one transaction. Bounded by count and 
 import os, re, shutil, signal, subprocess, time
 
 CLIENTS = 10
-SHORT, LONG = 50, 250  # transactions per client
+# Per scenario: title, pgbench arguments, and the short and long run's transactions per client.
+SCENARIOS = {
+    "S1C": (f"select-only, simple, {CLIENTS} clients", ["-S", "-M", "simple"], 50, 250),
+    "S4C": (f"connection storm -C, SCRAM, {CLIENTS} clients", ["-S", "-C", "-M", "simple"], 10, 40),
+}
 
 
 def _free_port():
@@ -41,14 +45,14 @@ def _config(env, name, port):
     return path
 
 
-def _instructions(env, name, binary, preexec, pgbench, per_client):
+def _instructions(env, name, binary, preexec, pgbench, args, per_client):
     port = _free_port()
     out = f"{env.dir}/callgrind-{name}-{per_client}.out"
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, _config(env, name, port)],
                             stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "w"), preexec_fn=preexec)
     try:
         _wait_port(port)
-        r = pgbench(env, port, ["-S", "-M", "simple", "-c", str(CLIENTS), "-j", "1", "-t", str(per_client)], 600)
+        r = pgbench(env, port, args + ["-c", str(CLIENTS), "-j", "1", "-t", str(per_client)], 600)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -60,21 +64,21 @@ def _instructions(env, name, binary, preexec, pgbench, per_client):
     return int(totals.group(1)) if totals else None, r["xacts"]
 
 
-def measure(env, pgbench, poolers):
-    """One S1C row per pooler (name, binary, preexec_fn): instructions per transaction, or the error."""
+def measure(env, pgbench, poolers, sid="S1C"):
+    """One `sid` row per pooler (name, binary, preexec_fn): instructions per transaction, or the error."""
     if not shutil.which("valgrind"):
-        print("S1C skipped: valgrind is not installed", flush=True)
+        print(f"{sid} skipped: valgrind is not installed", flush=True)
         return []
+    title, args, short, long = SCENARIOS[sid]
     rows = []
     for name, binary, preexec in poolers:
-        row = {"scenario": "S1C", "title": f"select-only, simple, {CLIENTS} clients", "target": name, "round": 0,
-               "ok": True, "error": None}
+        row = {"scenario": sid, "title": title, "target": name, "round": 0, "ok": True, "error": None}
         try:
-            short_ir, short_x = _instructions(env, name, binary, preexec, pgbench, SHORT)
-            long_ir, long_x = _instructions(env, name, binary, preexec, pgbench, LONG)
+            short_ir, short_x = _instructions(env, name, binary, preexec, pgbench, args, short)
+            long_ir, long_x = _instructions(env, name, binary, preexec, pgbench, args, long)
             row["ir_per_xact"] = round((long_ir - short_ir) / (long_x - short_x))
         except Exception as e:  # reported, not fatal to the run
             row.update(ok=False, error=str(e)[:200])
         rows.append(row)
-        print(f"S1C {name:9} instructions per transaction: {row.get('ir_per_xact')} {row['error'] or ''}", flush=True)
+        print(f"{sid} {name:9} instructions per transaction: {row.get('ir_per_xact')} {row['error'] or ''}", flush=True)
     return rows

@@ -105,19 +105,22 @@ def _large_rows(results):
 
 
 def _callgrind_rows(results):
-    rows = {r["target"]: r for r in results if r["scenario"] == "S1C"}
-    s, b = rows.get("pgsluice"), rows.get("pgbouncer")
-    if not s:
-        return []
-    return [f"| S1C {s['title']} | instructions per transaction (callgrind) | {s.get('ir_per_xact') or '–'} | "
-            f"{(b or {}).get('ir_per_xact') or '–'} | {_num(_ratio(s.get('ir_per_xact'), (b or {}).get('ir_per_xact')), '{:.2f}')} |"]
+    lines = []
+    for sid, unit in (("S1C", "transaction"), ("S4C", "login")):
+        rows = {r["target"]: r for r in results if r["scenario"] == sid}
+        s, b = rows.get("pgsluice"), rows.get("pgbouncer")
+        if not s:
+            continue
+        lines.append(f"| {sid} {s['title']} | instructions per {unit} (callgrind) | {s.get('ir_per_xact') or '–'} | "
+                     f"{(b or {}).get('ir_per_xact') or '–'} | {_num(_ratio(s.get('ir_per_xact'), (b or {}).get('ir_per_xact')), '{:.2f}')} |")
+    return lines
 
 
 def _detail(results):
     lines = ["| round | scenario | target | TPS | avg latency ms | pooler CPU µs/xact | pooler RSS KiB | machine busy % | failed |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        if r["scenario"] in ("S5", "S7", "S1C"):
+        if r["scenario"] in ("S5", "S7", "S1C", "S4C"):
             continue
         lines.append(f"| {r.get('round', 0)} | {r['scenario']} {r['title']} | {r['target']} | {r['tps']:.0f} | {r['latency_ms']} | "
                      f"{r.get('pooler_cpu_us_per_xact', '–')} | {r.get('pooler_rss_kib', '–')} | {r.get('machine_cpu_busy_pct', '–')} | "

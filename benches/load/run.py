@@ -317,7 +317,7 @@ def main():
     ap.add_argument("--duration", type=int, default=15)
     # S7 and S5 read RSS growth, which only a pooler that has not yet held more memory shows: every
     # round starts with fresh poolers, and the two come before S8's 2 000 clients.
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S6,S7,S5,S8,S1C")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S4T,S6,S7,S5,S8,S1C,S4C")
     ap.add_argument("--rounds", type=int, default=3, help="runs of every scenario, the targets' order alternating")
     ap.add_argument("--idle", default="2000,10000", help="S5 client counts")
     ap.add_argument("--scale", type=int, default=10)
@@ -343,12 +343,12 @@ def main():
                     run_idle(env, a, order, results, rnd, fds)
                 elif sid == "S7":
                     run_large(order, results, rnd)
-                elif sid == "S1C":
+                elif sid in callgrind.SCENARIOS:
                     if rnd == 0:
                         sluice_bin = os.environ.get("PGSLUICE_BIN", f"{ROOT}/target/release/pgsluice")
                         bouncer_bin = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
                         results.extend(callgrind.measure(env, pgbench, [("pgsluice", sluice_bin, None),
-                                                                        ("pgbouncer", bouncer_bin, drop_to_postgres)]))
+                                                                        ("pgbouncer", bouncer_bin, drop_to_postgres)], sid))
                 else:
                     run_pgbench_scenario(env, a, sid, order, results, rnd, bouncer_prepared)
     finally:

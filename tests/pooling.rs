@@ -410,6 +410,49 @@ async fn psql_through_pgsluice() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["42", SCRAM_USER]);
 }
 
+/// What a login is shown (ParameterStatus) is the server's parameters with the client's own values
+/// over them. Logins that are alike share one greeting, so the order alike, unlike, alike must
+/// still show each client its own values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_login_is_shown_its_own_parameters() {
+    let s = Sluice::start("pool_mode = transaction\ndefault_pool_size = 1", "").await;
+    let logins: [&[(&str, &str)]; 4] = [
+        &[("application_name", "alike"), ("DateStyle", "ISO, DMY")],
+        &[("application_name", "alike"), ("DateStyle", "ISO, DMY")],
+        &[("application_name", "unlike"), ("TimeZone", "Asia/Tokyo")],
+        &[],
+    ];
+    let mut shown_alike = None;
+    for (i, extra) in logins.iter().enumerate() {
+        let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let shown = common::wire::login_md5_with(&mut raw, "appdb", extra).await;
+        let get = |name: &str| {
+            shown
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        assert!(get("server_version").is_some(), "login {i}: {shown:?}");
+        for (k, v) in *extra {
+            assert_eq!(get(k), Some(*v), "login {i}: {shown:?}");
+        }
+        match i {
+            1 => assert_eq!(
+                Some(&shown),
+                shown_alike.as_ref(),
+                "alike logins, alike greetings"
+            ),
+            2 => assert_ne!(get("DateStyle"), Some("ISO, DMY"), "login 2: {shown:?}"),
+            3 => {
+                assert_eq!(get("application_name"), Some(""), "login 3: {shown:?}");
+                assert_ne!(get("TimeZone"), Some("Asia/Tokyo"), "login 3: {shown:?}");
+            }
+            _ => {}
+        }
+        shown_alike.get_or_insert(shown);
+    }
+}
+
 /// Clients that log in alike share one copy of their parameters; one that logs in differently, or
 /// changes a value later, must still see only its own values, on whichever server it gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

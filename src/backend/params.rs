@@ -10,7 +10,7 @@ static STAMPS: AtomicU64 = AtomicU64::new(1);
 ///
 /// Every client keeps one for its whole life, so the set is one allocation: `name\0value\0…`,
 /// shared by clones (clients of one pool mostly log in with the same values; see
-/// the pool's `share_client_params`) and replaced, never edited, when a value changes.
+/// the pool's `greeting`) and replaced, never edited, when a value changes.
 /// Neither names nor values can hold a NUL (the protocol ends them with one).
 #[derive(Debug, Clone, Default)]
 pub struct ParamSet {
@@ -73,23 +73,44 @@ impl ParamSet {
         }
     }
 
-    /// Keeps only the `names` given, in their order and spelling (see [`ParamSet::project`]), and
-    /// gives back the memory of the rest.
-    pub fn retain_names(&mut self, names: &[String]) {
-        let kept = self.project(names);
-        if kept != *self {
-            *self = kept;
-        }
-    }
-
     /// The values of `names` that this set holds, in the order and spelling of `names`: two sets
     /// agree on those names exactly when their projections are equal, which makes "does this
     /// server already have the client's parameters" one string comparison.
+    ///
+    /// One pass over the set (a login makes one projection; a `get` per name rescanned the set).
     pub fn project(&self, names: &[String]) -> ParamSet {
+        let mut found: Vec<Option<&str>> = vec![None; names.len()];
+        for (k, v) in self.iter() {
+            if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(k)) {
+                found[i] = Some(v);
+            }
+        }
         let mut packed = String::new();
-        for n in names {
-            if let Some(v) = self.get(n) {
+        for (n, v) in names.iter().zip(found) {
+            if let Some(v) = v {
                 push_pair(&mut packed, n, v);
+            }
+        }
+        ParamSet {
+            packed: packed.into(),
+            stamp: STAMPS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// This set with `top`'s values over it (names of `top` it lacks come last), made in one pass
+    /// and one allocation: what a logging-in client is shown (the server's values, its own over
+    /// them). The same as `set` for each of `top`'s pairs, which rebuilt the set every time.
+    pub fn overlaid(&self, top: &ParamSet) -> ParamSet {
+        if top.packed.is_empty() {
+            return self.clone();
+        }
+        let mut packed = String::with_capacity(self.packed.len() + top.packed.len());
+        for (k, v) in self.iter() {
+            push_pair(&mut packed, k, top.get(k).unwrap_or(v));
+        }
+        for (k, v) in top.iter() {
+            if self.get(k).is_none() {
+                push_pair(&mut packed, k, v);
             }
         }
         ParamSet {
@@ -229,13 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn retain_names_keeps_tracked_values_and_restamps() {
+    fn project_keeps_named_values_and_restamps() {
         let mut set = ParamSet::default();
         set.set("TimeZone", "UTC");
         set.set("server_version", "15.18");
         set.set("application_name", "app");
         let before = set.stamp();
-        set.retain_names(&["timezone".to_owned(), "application_name".to_owned()]);
+        let set = set.project(&["application_name".to_owned(), "timezone".to_owned()]);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            [("application_name", "app"), ("timezone", "UTC")],
+            "in the order and spelling of the names"
+        );
         assert_eq!(set.get("TimeZone"), Some("UTC"));
         assert_eq!(set.get("application_name"), Some("app"));
         assert_eq!(set.get("server_version"), None);
@@ -256,16 +282,44 @@ mod tests {
         let mut client = ParamSet::default();
         client.set("TIMEZONE", "UTC");
         client.set("application_name", "app");
-        client.retain_names(&tracked);
+        let client = client.project(&tracked);
         assert_eq!(client.project(&tracked), server.project(&tracked));
         assert_eq!(
             client,
             server.project(&tracked),
-            "a retained set is its own projection"
+            "a projection is its own projection"
         );
         server.set("TimeZone", "Europe/Paris");
         assert_ne!(client, server.project(&tracked));
         assert!(ParamSet::sync_query(&client, &server, &tracked).is_some());
+    }
+
+    #[test]
+    fn overlaid_equals_setting_each_value() {
+        let mut server = ParamSet::default();
+        server.set("TimeZone", "UTC");
+        server.set("server_version", "15.18");
+        server.set("application_name", "");
+        let mut client = ParamSet::default();
+        client.set("application_name", "app");
+        client.set("timezone", "Europe/Paris");
+        client.set("search_path", "s");
+        let mut by_set = server.clone();
+        for (k, v) in client.iter() {
+            by_set.set(k, v);
+        }
+        let over = server.overlaid(&client);
+        assert_eq!(over, by_set);
+        assert_eq!(
+            over.iter().collect::<Vec<_>>(),
+            [
+                ("TimeZone", "Europe/Paris"),
+                ("server_version", "15.18"),
+                ("application_name", "app"),
+                ("search_path", "s")
+            ]
+        );
+        assert_eq!(server.overlaid(&ParamSet::default()), server);
     }
 
     #[test]

@@ -297,10 +297,7 @@ async fn welcome(
         },
     };
     // The client sees the server's parameters, with its own values for the tracked ones.
-    let mut shown = welcome;
-    for (k, v) in params.iter() {
-        shown.set(k, v);
-    }
+    let greeting = pool.greeting(&welcome, &params, &g.tracked_parameters);
     let who = crate::clients::Who {
         pool: pool.clone(),
         peer: stream.peer_addr(),
@@ -315,11 +312,9 @@ async fn welcome(
     let cancel = app
         .cancels
         .register(who, || app.peers.mint(), |p, s| app.peers.lookup(p, s));
-    let mut out = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(64 + greeting.statuses.len());
     encode::auth_ok(&mut out);
-    for (k, v) in shown.iter() {
-        encode::parameter_status(&mut out, k, v);
-    }
+    out.extend_from_slice(&greeting.statuses);
     encode::backend_key_data(&mut out, cancel.pid, cancel.secret);
     encode::ready_for_query(&mut out, b'I');
     stream
@@ -328,11 +323,9 @@ async fn welcome(
         .map_err(|_| LoginEnd::Gone)?;
     // From here on only the tracked parameters matter (a server is aligned to them); keeping the
     // server's whole set would cost every idle client a copy of it (about 1 KiB).
-    shown.retain_names(&g.tracked_parameters);
-    let shared = pool.share_client_params(shown);
     pool.client_joined();
     Ok(Login::Pool(LoggedIn {
-        params: shared,
+        params: greeting.tracked,
         cancel,
     }))
 }

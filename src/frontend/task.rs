@@ -88,15 +88,16 @@ impl Future for ClientTask {
                         let State::Idle(app, s) = std::mem::replace(state, State::Done) else {
                             return Poll::Ready(());
                         };
-                        let span = s.span();
+                        let span = goodbye_span(&app, &s, &why);
                         State::Closing(Box::pin(goodbye(app, s, why).instrument(span)))
                     }
                 },
                 State::Busy(f) => match ready!(f.as_mut().poll(cx)) {
                     (app, s, None) => idle(app, s),
                     (app, s, Some(reason)) => {
-                        let span = s.span();
-                        let bye = goodbye(app, s, Farewell::Ended(reason));
+                        let why = Farewell::Ended(reason);
+                        let span = goodbye_span(&app, &s, &why);
+                        let bye = goodbye(app, s, why);
                         State::Closing(Box::pin(bye.instrument(span)))
                     }
                 },
@@ -115,6 +116,23 @@ impl Future for ClientTask {
 fn idle(app: Arc<App>, mut s: Session) -> State {
     session::arm_idle_timer(&app, &mut s);
     State::Idle(app, s)
+}
+
+/// The span that names the client in what its goodbye logs. A client that simply left logs nothing
+/// unless `log_disconnections` is on, and then gets none: making a span formats its fields for the
+/// subscriber, which was a tenth of a login storm's instructions.
+fn goodbye_span(app: &App, s: &Session, why: &Farewell) -> tracing::Span {
+    let left = matches!(
+        why,
+        Farewell::Eof
+            | Farewell::Terminate
+            | Farewell::Ended(Disconnect::ClientClose | Disconnect::ClientEof)
+    );
+    if left && !app.config().general.log_disconnections {
+        tracing::Span::none()
+    } else {
+        s.span()
+    }
 }
 
 /// The end of a session: what the client is told, the disconnect line, the socket shut down.

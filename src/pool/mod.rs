@@ -10,6 +10,7 @@ mod census;
 mod checkout;
 mod connect_gate;
 mod control;
+mod greeting;
 pub mod latency;
 pub mod limit;
 pub mod maintenance;
@@ -20,6 +21,7 @@ mod settings;
 pub mod stats;
 
 pub use census::Census;
+pub use greeting::Greeting;
 pub use settings::{PoolSettings, Sources};
 pub use stats::PoolStats;
 
@@ -132,9 +134,8 @@ struct Inner {
     retire_before: Option<Instant>,
     /// Server parameters from the latest login, shown to clients when they log in.
     welcome: Option<ParamSet>,
-    /// The tracked parameters of the latest client to log in, shared with the next one whose
-    /// values are the same (see [`Pool::share_client_params`]).
-    client_params: ParamSet,
+    /// The latest client's greeting, for the next one that logs in alike ([`Pool::greeting`]).
+    greeting: greeting::LastGreeting,
     /// When and how opening a server last failed, for `server_login_retry`.
     last_login_failure: Option<LoginFailure>,
 }
@@ -216,7 +217,7 @@ impl Pool {
                 gate: ConnectGate::default(),
                 retire_before: None,
                 welcome: None,
-                client_params: ParamSet::default(),
+                greeting: Default::default(),
                 last_login_failure: None,
             }),
             db_limit,
@@ -255,18 +256,6 @@ impl Pool {
 
     pub fn state(&self) -> PoolState {
         self.inner.lock().state
-    }
-
-    /// A logging-in client's tracked parameters, as a clone of the previous client's set when the
-    /// values are the same: most clients of one pool log in alike, and then share one allocation.
-    pub fn share_client_params(&self, params: ParamSet) -> ParamSet {
-        let last = &mut self.inner.lock().client_params;
-        if *last == params {
-            last.clone()
-        } else {
-            *last = params.clone();
-            params
-        }
     }
 
     pub fn welcome_params(&self) -> Option<ParamSet> {

@@ -88,8 +88,20 @@ pub async fn login_md5(raw: &mut tokio::net::TcpStream) {
 
 /// Logs in as the md5 user to `database`, up to ReadyForQuery.
 pub async fn login_md5_to(raw: &mut tokio::net::TcpStream, database: &str) {
+    login_md5_with(raw, database, &[]).await;
+}
+
+/// Logs in as the md5 user to `database` with the startup parameters `extra`, up to ReadyForQuery;
+/// returns the ParameterStatus pairs the client was shown, in order.
+pub async fn login_md5_with(
+    raw: &mut tokio::net::TcpStream,
+    database: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     use md5::{Digest, Md5};
-    let pkt = startup(196608, &[("user", MD5_USER), ("database", database)]);
+    let mut params = vec![("user", MD5_USER), ("database", database)];
+    params.extend_from_slice(extra);
+    let pkt = startup(196608, &params);
     raw.write_all(&pkt).await.unwrap();
     let (tag, msg) = read_message(raw).await;
     assert_eq!(tag, b'R');
@@ -109,11 +121,18 @@ pub async fn login_md5_to(raw: &mut tokio::net::TcpStream, database: &str) {
     p.extend_from_slice(answer.as_bytes());
     p.push(0);
     raw.write_all(&p).await.unwrap();
+    let mut shown = Vec::new();
     loop {
-        let (tag, _) = read_message(raw).await;
+        let (tag, body) = read_message(raw).await;
         assert_ne!(tag, b'E', "login failed");
-        if tag == b'Z' {
-            return;
+        match tag {
+            b'Z' => return shown,
+            b'S' => {
+                let mut parts = body.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p));
+                let name = parts.next().unwrap().into_owned();
+                shown.push((name, parts.next().unwrap().into_owned()));
+            }
+            _ => {}
         }
     }
 }

@@ -144,8 +144,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or(1),
         n => n,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // One worker needs no work stealing: the current-thread scheduler skips it and its bookkeeping.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("pgsluice-worker")
         .build()

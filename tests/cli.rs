@@ -42,7 +42,7 @@ fn malformed_value_exits_before_listening_naming_file_line_and_key() {
 struct Running {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Running {
@@ -84,11 +84,7 @@ fn start_binary_with(extra: &str) -> Running {
         .spawn()
         .unwrap();
     // Built first, so that a pooler that does not come up is killed with it.
-    let r = Running {
-        child,
-        port,
-        _dir: dir,
-    };
+    let r = Running { child, port, dir };
     assert!(listening(port), "pgsluice did not start listening");
     let mut r = r;
     // Something listening on the port is not proof that it is this process.
@@ -215,7 +211,7 @@ async fn sighup_reloads_pool_settings() {
     let r = start_binary("session");
     let c = client(r.port).await.unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
-    let ini = r._dir.path().join("pgbouncer.ini");
+    let ini = r.dir.path().join("pgbouncer.ini");
     let text = std::fs::read_to_string(&ini)
         .unwrap()
         .replace("pool_mode = session", "pool_mode = statement");
@@ -293,10 +289,44 @@ async fn pgbench_simple_and_extended_have_no_failures() {
     let _ = pg;
 }
 
+/// `workers = 1` runs the binary on a single-threaded scheduler: it must serve a pgbench load
+/// (logins, simple and extended protocol, a pool smaller than the clients) and stop on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_pgbench_and_stops_on_sigterm() {
+    let mut r = start_binary_with(
+        "pool_mode = transaction\ndefault_pool_size = 3\n[pgsluice]\nworkers = 1",
+    );
+    let port = r.port;
+    let script = r.dir.path().join("select.sql");
+    std::fs::write(&script, "SELECT 1;\nBEGIN;\nSELECT 2;\nEND;\n").unwrap();
+    for mode in ["simple", "extended"] {
+        let script = script.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let f = script.to_str().unwrap();
+            pgbench(
+                Postgres::shared(),
+                port,
+                &["-n", "-f", f, "-c", "10", "-j", "2", "-t", "50", "-M", mode],
+            )
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("processed: 500/500"),
+            "pgbench -M {mode}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    signal(&r.child, "-TERM");
+    let st = wait_exit(&mut r.child, Duration::from_secs(5)).expect("still running after SIGTERM");
+    assert!(st.success(), "{st:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_socket_listener_serves_clients() {
     let r = start_binary("transaction");
-    let dir = r._dir.path().display().to_string();
+    let dir = r.dir.path().display().to_string();
     let (c, conn) = tokio_postgres::connect(
         &format!(
             "host={dir} port={} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname=appdb",
@@ -512,11 +542,7 @@ async fn toml_config_with_environment_overrides_ignores_unrelated_pgsluice_varia
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut r = Running {
-        child,
-        port,
-        _dir: dir,
-    };
+    let mut r = Running { child, port, dir };
     let up = listening(port);
     if !up {
         let log = stop_and_read_log(&mut r);
@@ -532,7 +558,7 @@ async fn toml_config_with_environment_overrides_ignores_unrelated_pgsluice_varia
 async fn console_over_unix(r: &Running) -> tokio_postgres::Client {
     let dsn = format!(
         "host={} port={} user=pgbouncer dbname=pgbouncer",
-        r._dir.path().display(),
+        r.dir.path().display(),
         r.port
     );
     // The TCP listener is what start_binary waits for; on a loaded machine the unix socket may
@@ -595,7 +621,7 @@ async fn sigusr1_pauses_sigusr2_resumes_and_console_reload_applies_the_file() {
     assert_eq!(console_value(&console, "SHOW STATE", "paused").await, "no");
 
     // RELOAD re-reads the file: the new pool mode shows in SHOW CONFIG, the client stays.
-    let ini = r._dir.path().join("pgbouncer.ini");
+    let ini = r.dir.path().join("pgbouncer.ini");
     let text = std::fs::read_to_string(&ini)
         .unwrap()
         .replace("pool_mode = transaction", "pool_mode = statement");

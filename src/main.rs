@@ -138,12 +138,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .map(process::Pidfile::create)
         .transpose()?;
-    let workers = match g.workers {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        n => n,
-    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = pgsluice::run::worker_count(g.workers, cores);
     // One worker needs no work stealing: the current-thread scheduler skips it and its bookkeeping.
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()

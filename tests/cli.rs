@@ -289,38 +289,42 @@ async fn pgbench_simple_and_extended_have_no_failures() {
     let _ = pg;
 }
 
-/// `workers = 1` runs the binary on a single-threaded scheduler: it must serve a pgbench load
-/// (logins, simple and extended protocol, a pool smaller than the clients) and stop on SIGTERM.
+/// Both schedulers the binary can run on (`workers = 1`: tokio's current-thread one; more: the
+/// multi-thread one) serve a pgbench load (logins, simple and extended protocol, a pool smaller than
+/// the clients) and stop on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_serves_pgbench_and_stops_on_sigterm() {
-    let mut r = start_binary_with(
-        "pool_mode = transaction\ndefault_pool_size = 3\n[pgsluice]\nworkers = 1",
-    );
-    let port = r.port;
-    let script = r.dir.path().join("select.sql");
-    std::fs::write(&script, "SELECT 1;\nBEGIN;\nSELECT 2;\nEND;\n").unwrap();
-    for mode in ["simple", "extended"] {
-        let script = script.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let f = script.to_str().unwrap();
-            pgbench(
-                Postgres::shared(),
-                port,
-                &["-n", "-f", f, "-c", "10", "-j", "2", "-t", "50", "-M", mode],
-            )
-        })
-        .await
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("processed: 500/500"),
-            "pgbench -M {mode}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+async fn one_and_two_workers_serve_pgbench_and_stop_on_sigterm() {
+    for workers in [1, 2] {
+        let mut r = start_binary_with(&format!(
+            "pool_mode = transaction\ndefault_pool_size = 3\n[pgsluice]\nworkers = {workers}"
+        ));
+        let port = r.port;
+        let script = r.dir.path().join("select.sql");
+        std::fs::write(&script, "SELECT 1;\nBEGIN;\nSELECT 2;\nEND;\n").unwrap();
+        for mode in ["simple", "extended"] {
+            let script = script.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                let f = script.to_str().unwrap();
+                pgbench(
+                    Postgres::shared(),
+                    port,
+                    &["-n", "-f", f, "-c", "10", "-j", "2", "-t", "50", "-M", mode],
+                )
+            })
+            .await
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("processed: 500/500"),
+                "workers = {workers}, pgbench -M {mode}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        signal(&r.child, "-TERM");
+        let st = wait_exit(&mut r.child, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("workers = {workers}: still running after SIGTERM"));
+        assert!(st.success(), "workers = {workers}: {st:?}");
     }
-    signal(&r.child, "-TERM");
-    let st = wait_exit(&mut r.child, Duration::from_secs(5)).expect("still running after SIGTERM");
-    assert!(st.success(), "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

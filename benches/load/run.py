@@ -322,7 +322,7 @@ def main():
     ap.add_argument("--idle", default="2000,10000", help="S5 client counts")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--out", default=f"{ROOT}/target/load")
-    ap.add_argument("--workers", type=int, default=0, help="pgsluice runtime threads (0: one per core)")
+    ap.add_argument("--workers", type=int, default=0, help="pgsluice runtime threads (0: its default, one per core but one on 2 cores or fewer)")
     a = ap.parse_args()
     fds = raise_fd_limit()
     env = Env(pool_size=20, workers=a.workers)

@@ -209,7 +209,7 @@ async fn a_client_past_its_statement_limits_gets_54000_and_goes_on() {
         (vec![b'2', b'D', b'C', b'Z'], None),
         "the session goes on, its statements intact"
     );
-    raw.write_all(&[vec![b'C', 0, 0, 0, 8, b'S', b's', b'3', 0], wire::sync()].concat())
+    raw.write_all(&[wire::close_statement("s3"), wire::sync()].concat())
         .await
         .unwrap();
     assert_eq!(
@@ -222,7 +222,7 @@ async fn a_client_past_its_statement_limits_gets_54000_and_goes_on() {
         (vec![b'1', b'Z'], None)
     );
     // The bytes limit: a long query text, with the count well within its limit.
-    raw.write_all(&[vec![b'C', 0, 0, 0, 8, b'S', b's', b'4', 0], wire::sync()].concat())
+    raw.write_all(&[wire::close_statement("s4"), wire::sync()].concat())
         .await
         .unwrap();
     assert_eq!(

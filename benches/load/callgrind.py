@@ -5,7 +5,9 @@ under `valgrind --tool=callgrind` on its own port, twice: once for a short pgben
 longer one (same clients, so logins and start-up cancel out); the difference in instructions over the
 difference in transactions is the cost of one transaction. Bounded by count and time.
 """
-import os, re, shutil, signal, subprocess, time
+import os, re, shutil, signal, subprocess
+
+from ports import free_port, wait_port
 
 CLIENTS = 10
 # Per scenario: title, pgbench arguments, and the short and long run's transactions per client.
@@ -15,28 +17,12 @@ SCENARIOS = {
 }
 
 
-def _free_port():
-    import socket
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def _wait_port(port, timeout=90):
-    import socket
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {port} under valgrind")
-
-
 def _config(env, name, port):
     """A copy of the pooler's ini on another port (and, for pgsluice, another metrics port)."""
     with open(f"{env.dir}/{name}.ini") as f:
         text = f.read()
     text = re.sub(r"listen_port = \d+", f"listen_port = {port}", text)
-    text = re.sub(r"metrics_addr = \S+", f"metrics_addr = 127.0.0.1:{_free_port()}", text)
+    text = re.sub(r"metrics_addr = \S+", f"metrics_addr = 127.0.0.1:{free_port()}", text)
     path = f"{env.dir}/callgrind-{name}.ini"
     with open(path, "w") as f:
         f.write(text)
@@ -46,12 +32,12 @@ def _config(env, name, port):
 
 
 def _instructions(env, name, binary, preexec, pgbench, args, per_client):
-    port = _free_port()
+    port = free_port()
     out = f"{env.dir}/callgrind-{name}-{per_client}.out"
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, _config(env, name, port)],
                             stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "w"), preexec_fn=preexec)
     try:
-        _wait_port(port)
+        wait_port(port, 90)
         r = pgbench(env, port, args + ["-c", str(CLIENTS), "-j", "1", "-t", str(per_client)], 600)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -10,14 +10,11 @@ import argparse, asyncio, concurrent.futures, json, os, re, resource, shutil, si
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind, idle, large, report  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 def pg_bindir():
@@ -52,16 +49,6 @@ def machine_busy():
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:8]]
     return sum(parts) / CLK, parts[3] / CLK
-
-
-def wait_port(port, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 class Env:

@@ -272,17 +272,24 @@ mod tests {
         );
     }
 
+    /// A set made by `set` of each pair, in order.
+    fn set_of(pairs: &[(&str, &str)]) -> ParamSet {
+        let mut set = ParamSet::default();
+        for (k, v) in pairs {
+            set.set(k, v);
+        }
+        set
+    }
+
     #[test]
     fn projections_are_equal_exactly_when_the_names_agree() {
         let tracked = vec!["TimeZone".to_owned(), "application_name".to_owned()];
-        let mut server = ParamSet::default();
-        server.set("application_name", "app");
-        server.set("server_version", "15.18");
-        server.set("timezone", "UTC");
-        let mut client = ParamSet::default();
-        client.set("TIMEZONE", "UTC");
-        client.set("application_name", "app");
-        let client = client.project(&tracked);
+        let mut server = set_of(&[
+            ("application_name", "app"),
+            ("server_version", "15.18"),
+            ("timezone", "UTC"),
+        ]);
+        let client = set_of(&[("TIMEZONE", "UTC"), ("application_name", "app")]).project(&tracked);
         assert_eq!(client.project(&tracked), server.project(&tracked));
         assert_eq!(
             client,
@@ -296,14 +303,16 @@ mod tests {
 
     #[test]
     fn overlaid_equals_setting_each_value() {
-        let mut server = ParamSet::default();
-        server.set("TimeZone", "UTC");
-        server.set("server_version", "15.18");
-        server.set("application_name", "");
-        let mut client = ParamSet::default();
-        client.set("application_name", "app");
-        client.set("timezone", "Europe/Paris");
-        client.set("search_path", "s");
+        let server = set_of(&[
+            ("TimeZone", "UTC"),
+            ("server_version", "15.18"),
+            ("application_name", ""),
+        ]);
+        let client = set_of(&[
+            ("application_name", "app"),
+            ("timezone", "Europe/Paris"),
+            ("search_path", "s"),
+        ]);
         let mut by_set = server.clone();
         for (k, v) in client.iter() {
             by_set.set(k, v);

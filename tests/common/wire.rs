@@ -170,6 +170,14 @@ pub fn bind_execute(name: &str) -> Vec<u8> {
     m
 }
 
+/// A Close of statement `name`.
+pub fn close_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    framed(b'C', &body)
+}
+
 pub fn sync() -> Vec<u8> {
     vec![b'S', 0, 0, 0, 4]
 }
